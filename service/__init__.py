@@ -1,0 +1,1 @@
+"""fal-jobs: fal.ai queue jobs with durable, live status."""
