@@ -1,0 +1,1 @@
+"""Postgres: the Piccolo tables and their migrations, the embedded server, the connection pool."""

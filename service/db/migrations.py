@@ -1,0 +1,61 @@
+"""Applying Piccolo's migrations, and telling whether a database has them all."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import asyncpg
+
+from service.settings import PROJECT_ROOT
+
+MIGRATIONS_FOLDER = PROJECT_ROOT / "piccolo_migrations"
+APP_NAME = "fal_jobs"
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def apply_migrations(dsn: str) -> None:
+    """Run Piccolo's `migrations forwards` against `dsn`; a no-op when all have run.
+
+    A child process, because Piccolo binds its engine to DATABASE_URL when piccolo_conf is
+    imported, and the caller (the test suite, the service) may talk to several databases.
+    """
+    env = {**os.environ, "DATABASE_URL": dsn, "PICCOLO_CONF": "piccolo_conf"}
+    done = subprocess.run(
+        [sys.executable, "-m", "piccolo.main", "migrations", "forwards", APP_NAME],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise MigrationError(f"migrations failed:\n{done.stdout}\n{done.stderr}")
+
+
+@cache
+def expected_migration_ids() -> frozenset[str]:
+    ids = set()
+    for path in sorted(Path(MIGRATIONS_FOLDER).glob(f"{APP_NAME}_*.py")):
+        spec = importlib.util.spec_from_file_location(f"_migration_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        ids.add(module.ID)
+    return frozenset(ids)
+
+
+async def missing_migrations(connection: asyncpg.Connection) -> frozenset[str]:
+    """The migration ids of this checkout that the database has not run (all of them on a new one)."""
+    exists = await connection.fetchval("SELECT to_regclass('migration') IS NOT NULL")
+    ran: set[str] = set()
+    if exists:
+        rows = await connection.fetch("SELECT name FROM migration WHERE app_name = $1", APP_NAME)
+        ran = {row["name"] for row in rows}
+    return expected_migration_ids() - ran

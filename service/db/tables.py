@@ -1,0 +1,53 @@
+"""The schema as Piccolo tables; `piccolo_migrations/` holds the migrations made from them.
+
+Runtime queries are plain SQL over asyncpg (see `service.jobs`): the status machine needs
+`SELECT ... FOR UPDATE` inside one transaction, and the hot paths stay one round trip each.
+"""
+
+from piccolo.columns import JSONB, BigSerial, Integer, Text, Timestamptz, Varchar
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+
+class FalUser(Table, tablename="fal_users"):
+    id = Varchar(length=36, primary_key=True)
+    name = Varchar(length=100, unique=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class FalApiKey(Table, tablename="fal_api_keys"):
+    # Only a SHA-256 of the key is kept; the key itself is shown once, at creation.
+    key_hash = Varchar(length=64, primary_key=True)
+    user_id = Varchar(length=36, index=True)
+    prefix = Varchar(length=16)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class FalJob(Table, tablename="fal_jobs"):
+    request_id = Text(primary_key=True)
+    user_id = Varchar(length=36)
+    model_id = Text()
+    type = Varchar(length=8)
+    input = JSONB()
+    status = Varchar(length=16, default="pending")
+    queue_position = Integer(null=True, default=None)
+    logs = JSONB(null=True, default=None)
+    result = JSONB(null=True, default=None)
+    error = Text(null=True, default=None)
+    error_type = Text(null=True, default=None)
+    mode = Varchar(length=8, default="webhook")
+    version = Integer(default=1)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+    completed_at = Timestamptz(null=True, default=None)
+
+
+class FalJobEvent(Table, tablename="fal_job_events"):
+    # Append-only: one row per accepted change, written in the same transaction as the change.
+    id = BigSerial(primary_key=True)
+    request_id = Text()
+    user_id = Varchar(length=36)
+    version = Integer()
+    status = Varchar(length=16)
+    data = JSONB()
+    created_at = Timestamptz(default=TimestamptzNow())
