@@ -1,0 +1,69 @@
+"""A job and a change to it, as the store, the API and the event stream all see them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+JobStatus = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
+JobType = Literal["image", "video"]
+JobMode = Literal["webhook", "polling"]
+
+JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "in_progress", "completed", "failed", "cancelled")
+JOB_TYPES: tuple[JobType, ...] = ("image", "video")
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+LOG_LINES_KEPT = 20
+"""fal resends every log line on each status; a job keeps only the tail a reader needs."""
+
+
+class LogLine(msgspec.Struct, kw_only=True):
+    message: str
+    level: str | None = None
+    source: str | None = None
+    timestamp: str | None = None
+
+
+class Job(msgspec.Struct, kw_only=True):
+    request_id: str
+    user_id: str
+    model_id: str
+    type: JobType
+    input: dict[str, Any]
+    status: JobStatus
+    queue_position: int | None
+    logs: list[LogLine] | None
+    result: Any
+    error: str | None
+    error_type: str | None
+    mode: JobMode
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class NewJob(msgspec.Struct, kw_only=True, frozen=True):
+    request_id: str
+    user_id: str
+    model_id: str
+    type: JobType
+    input: dict[str, Any]
+    mode: JobMode
+
+
+class JobChange(msgspec.Struct, kw_only=True, frozen=True):
+    """What fal told us about a job: from a webhook, its status stream, a poll or a sweep."""
+
+    status: JobStatus
+    queue_position: int | None = None
+    logs: list[LogLine] | None = None
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
