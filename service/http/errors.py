@@ -1,0 +1,117 @@
+"""The one error shape: `{"status": 404, "error": "not_found", "message": "job 'x' not found"}`.
+
+Every failure, ours or Litestar's, leaves through here. Messages name the problem and never carry
+a secret; an unexpected exception is logged with its traceback and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from service.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotAuthenticated,
+    NotFound,
+    Unavailable,
+    UpstreamError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[DomainError], int] = {
+    InvalidRequest: 400,
+    NotAuthenticated: 401,
+    NotFound: 404,
+    Conflict: 409,
+    UpstreamError: 502,
+    Unavailable: 503,
+}
+
+CODE_BY_STATUS = {
+    400: "invalid_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    500: "internal_error",
+    502: "upstream_error",
+    503: "unavailable",
+}
+
+
+class ErrorBody(msgspec.Struct):
+    status: int
+    error: str
+    message: str
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
+    return Response(ErrorBody(status=status, error=code, message=message), status_code=status, headers=headers)
+
+
+def _status_for(exc: DomainError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[kind]
+    return 500
+
+
+def handle_domain_error(request: Request, exc: DomainError) -> Response[ErrorBody]:
+    status = _status_for(exc)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return error_response(status, exc.code, exc.message, headers)
+
+
+def handle_validation_error(request: Request, exc: ValidationException) -> Response[ErrorBody]:
+    problems = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            key = item.get("key")
+            problems.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
+    message = "; ".join(problems) or str(exc.detail)
+    return error_response(400, "invalid_request", message)
+
+
+def handle_http_exception(request: Request, exc: HTTPException) -> Response[ErrorBody]:
+    status = exc.status_code
+    message = str(exc.detail) if exc.detail else "request failed"
+    if status == 404 and message == "Not Found":
+        message = f"no route for {request.method} {request.url.path}"
+    if status >= 500:
+        log.error("http exception", exc_info=exc)
+    return error_response(status, CODE_BY_STATUS.get(status, "error"), message, exc.headers or None)
+
+
+def handle_database_unavailable(request: Request, exc: Exception) -> Response[ErrorBody]:
+    log.warning("database unavailable", extra={"error": type(exc).__name__})
+    return error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "1"})
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response[ErrorBody]:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal error; the request id in X-Request-Id finds the log line")
+
+
+EXCEPTION_HANDLERS = {
+    DomainError: handle_domain_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_exception,
+    asyncpg.PostgresConnectionError: handle_database_unavailable,
+    asyncpg.CannotConnectNowError: handle_database_unavailable,
+    asyncpg.InterfaceError: handle_database_unavailable,
+    ConnectionError: handle_database_unavailable,
+    OSError: handle_database_unavailable,
+    Exception: handle_unexpected,
+}

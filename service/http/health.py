@@ -1,0 +1,37 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import msgspec
+from litestar import Response, get
+
+from service.db.migrations import missing_migrations
+from service.http.dependencies import PoolDependency
+
+
+class Health(msgspec.Struct):
+    status: str
+    checks: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+@get("/healthz", tags=["health"], summary="The process is alive")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["health"], summary="The database is reachable and its migrations are current")
+async def readyz(pool: PoolDependency) -> Response[Health]:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2):
+            async with pool.acquire() as connection:
+                missing = await missing_migrations(connection)
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if not missing else f"{len(missing)} not applied; run 'python -m service migrate'"
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        checks["database"] = f"unreachable ({type(exc).__name__})"
+    ready = all(value == "ok" for value in checks.values()) and "migrations" in checks
+    return Response(Health(status="ready" if ready else "not_ready", checks=checks), status_code=200 if ready else 503)
