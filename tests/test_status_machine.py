@@ -1,0 +1,184 @@
+"""The status machine: its pure rules, and the transaction that applies them on the real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.db.pool import init_connection
+from service.jobs.models import Job, JobChange, LogLine, NewJob
+from service.jobs.status_machine import apply_change, create_job, decide
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def job(**fields: object) -> Job:
+    base = dict(
+        request_id="r1", user_id="u1", model_id="fal-ai/flux/dev", type="image", input={}, status="pending",
+        queue_position=None, logs=None, result=None, error=None, error_type=None, mode="webhook", version=1,
+        created_at=NOW, updated_at=NOW, completed_at=None,
+    )
+    base.update(fields)
+    return Job(**base)  # type: ignore[arg-type]
+
+
+def logs(n: int) -> list[LogLine]:
+    return [LogLine(message=f"step {i}", timestamp=f"2026-01-01T00:00:{i:02d}") for i in range(n)]
+
+
+class TestDecide:
+    def test_pending_may_go_to_in_progress_or_straight_to_terminal(self) -> None:
+        assert decide(job(), JobChange(status="in_progress"), NOW) == {"status": "in_progress", "queue_position": None, "logs": None}
+        done = decide(job(), JobChange(status="completed", result={"seed": 2**60}), NOW)
+        assert done is not None and done["status"] == "completed" and done["result"] == {"seed": 2**60}
+        assert done["completed_at"] == NOW
+
+    @pytest.mark.parametrize("terminal", ["completed", "failed", "cancelled"])
+    @pytest.mark.parametrize("offered", ["pending", "in_progress", "completed", "failed", "cancelled"])
+    def test_terminal_states_are_final(self, terminal: str, offered: str) -> None:
+        assert decide(job(status=terminal), JobChange(status=offered, queue_position=0, logs=logs(3)), NOW) is None  # type: ignore[arg-type]
+
+    def test_queue_position_only_moves_forward(self) -> None:
+        assert decide(job(), JobChange(status="pending", queue_position=5), NOW) == {"queue_position": 5}
+        assert decide(job(queue_position=5), JobChange(status="pending", queue_position=3), NOW) == {"queue_position": 3}
+        assert decide(job(queue_position=3), JobChange(status="pending", queue_position=5), NOW) is None
+        assert decide(job(queue_position=3), JobChange(status="pending", queue_position=3), NOW) is None
+        assert decide(job(status="in_progress"), JobChange(status="pending", queue_position=0), NOW) is None
+
+    def test_logs_only_move_forward_and_keep_a_tail(self) -> None:
+        running = job(status="in_progress", logs=logs(2))
+        assert decide(running, JobChange(status="in_progress", logs=logs(2)), NOW) is None
+        assert decide(running, JobChange(status="in_progress", logs=logs(1)), NOW) is None
+        update = decide(running, JobChange(status="in_progress", logs=logs(30)), NOW)
+        assert update is not None and len(update["logs"]) == 20 and update["logs"][-1].message == "step 29"
+
+    def test_a_late_in_progress_after_completion_is_ignored(self) -> None:
+        assert decide(job(status="completed"), JobChange(status="in_progress"), NOW) is None
+
+
+async def new_job(pool: asyncpg.Pool, user_id: str = "u-test") -> Job:
+    async with pool.acquire() as connection:
+        return await create_job(
+            connection,
+            NewJob(request_id=str(uuid.uuid4()), user_id=user_id, model_id="fal-ai/flux/dev", type="image",
+                   input={"prompt": "a fox"}, mode="webhook"),
+        )
+
+
+async def events_of(pool: asyncpg.Pool, request_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT version, status, data FROM fal_job_events WHERE request_id = $1 ORDER BY id", request_id)
+
+
+async def test_create_writes_version_one_and_one_event(pool: asyncpg.Pool) -> None:
+    created = await new_job(pool)
+    assert (created.status, created.version) == ("pending", 1)
+    events = await events_of(pool, created.request_id)
+    assert [(e["version"], e["status"]) for e in events] == [(1, "pending")]
+    assert events[0]["data"]["request_id"] == created.request_id
+
+
+async def test_apply_bumps_version_appends_one_event_and_duplicates_are_no_ops(pool: asyncpg.Pool) -> None:
+    created = await new_job(pool)
+    seed = 196619188014358660
+    async with pool.acquire() as connection:
+        first = await apply_change(connection, created.request_id, JobChange(status="completed", result={"seed": seed}))
+        again = await apply_change(connection, created.request_id, JobChange(status="completed", result={"seed": 1}))
+        late = await apply_change(connection, created.request_id, JobChange(status="in_progress"))
+    assert first.accepted and first.job is not None and first.job.version == 2
+    assert not again.accepted and again.job == first.job
+    assert not late.accepted and late.job is not None and late.job.status == "completed"
+    events = await events_of(pool, created.request_id)
+    assert [(e["version"], e["status"]) for e in events] == [(1, "pending"), (2, "completed")]
+    assert events[1]["data"]["result"]["seed"] == seed  # exact: beyond 2^53
+    row = await pool.fetchrow("SELECT version, result, completed_at FROM fal_jobs WHERE request_id = $1", created.request_id)
+    assert row["version"] == 2 and row["result"] == {"seed": seed} and row["completed_at"] is not None
+
+
+async def test_unknown_job_is_reported_not_created(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as connection:
+        outcome = await apply_change(connection, "no-such-job", JobChange(status="completed"))
+    assert outcome.job is None and not outcome.accepted
+    assert await pool.fetchval("SELECT count(*) FROM fal_job_events WHERE request_id = 'no-such-job'") == 0
+
+
+# A job's true history, as fal would report it: queue positions counting down, growing logs, one end.
+history_strategy = st.builds(
+    lambda positions, n_logs, end: (
+        [JobChange(status="pending", queue_position=p) for p in sorted(set(positions), reverse=True)]
+        + [JobChange(status="in_progress", logs=logs(i)) for i in range(1, n_logs + 1)]
+        + [end]
+    ),
+    st.lists(st.integers(min_value=0, max_value=9), max_size=4),
+    st.integers(min_value=0, max_value=3),
+    st.sampled_from([
+        JobChange(status="completed", result={"seed": 196619188014358660, "images": []}),
+        JobChange(status="failed", error="Invalid status code: 422", error_type="validation"),
+        JobChange(status="cancelled"),
+    ]),
+)
+
+
+async def check_invariants(pool: asyncpg.Pool, request_id: str, history: list[JobChange], accepted: int) -> None:
+    final = await pool.fetchrow("SELECT status, version, result, error FROM fal_jobs WHERE request_id = $1", request_id)
+    end = history[-1]
+    assert final["status"] == end.status
+    assert final["result"] == end.result and final["error"] == end.error
+    events = await events_of(pool, request_id)
+    versions = [e["version"] for e in events]
+    assert versions == list(range(1, len(events) + 1)), "versions contiguous, in commit order"
+    assert len(events) == accepted + 1 == final["version"], "exactly one event per accepted change"
+    assert events[-1]["status"] == end.status
+    assert sum(1 for e in events if e["status"] in ("completed", "failed", "cancelled")) == 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=history_strategy, data=st.data())
+async def test_shuffled_duplicated_deliveries_in_one_connection(pool: asyncpg.Pool, history: list[JobChange], data: st.DataObject) -> None:
+    created = await new_job(pool)
+    deliveries = [change for change in history for _ in range(data.draw(st.integers(1, 3)))]
+    deliveries = data.draw(st.permutations(deliveries))
+    # The terminal change must arrive at least once after shuffling; it always does, it is in the list.
+    accepted = 0
+    async with pool.acquire() as connection:
+        for change in deliveries:
+            accepted += (await apply_change(connection, created.request_id, change)).accepted
+    await check_invariants(pool, created.request_id, history, accepted)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=history_strategy, seed=st.integers(0, 2**32))
+async def test_eight_concurrent_appliers_on_separate_connections(
+    pool: asyncpg.Pool, database_url: str, history: list[JobChange], seed: int
+) -> None:
+    created = await new_job(pool)
+    rng = random.Random(seed)
+    deliveries = [change for change in history for _ in range(rng.randint(1, 4))]
+    rng.shuffle(deliveries)
+    appliers = 8
+    connections = [await asyncpg.connect(database_url) for _ in range(appliers)]
+    try:
+        for connection in connections:
+            await init_connection(connection)
+        start = asyncio.Event()
+
+        async def applier(index: int) -> int:
+            await start.wait()
+            count = 0
+            for change in deliveries[index::appliers]:
+                count += (await apply_change(connections[index], created.request_id, change)).accepted
+            return count
+
+        tasks = [asyncio.create_task(applier(i)) for i in range(appliers)]
+        start.set()
+        accepted = sum(await asyncio.gather(*tasks))
+    finally:
+        for connection in connections:
+            await connection.close()
+    await check_invariants(pool, created.request_id, history, accepted)
