@@ -1,0 +1,152 @@
+"""HTTP face of the emulator: fal's queue API, the JWKS, and the media it generates.
+
+Queue routes are one catch-all per method, parsed by hand: model ids have any number of path
+segments (fal-ai/flux/dev, workflows/owner/app/...), which a route template cannot express.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post, put
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from .engine import AppRef, FalEmulator, QueueError, split_model_path
+from .faults import FaultOptionsError
+from .media import MAX_SIDE, png_bytes, sample_mp4
+
+_TRUE = {"1", "true", "yes", "on"}
+_IMAGE_NAME = re.compile(r"^(\d{1,30})\.png$")
+_IMAGE_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+def _json(status_code: int, body: Any) -> Response[bytes]:
+    # msgspec keeps integers exact (seeds above 2**53) and omits UNSET members.
+    return Response(content=msgspec.json.encode(body), status_code=status_code, media_type="application/json")
+
+
+def _queue_target(path: str) -> tuple[AppRef, str, list[str]] | None:
+    """'[ns/]owner/app/requests/{id}[/rest...]' -> (app, request id, rest)."""
+    split = split_model_path(path)
+    if split is None:
+        return None
+    app_ref, model_id = split
+    parts = model_id.split("/")
+    offset = 3 if app_ref.namespace else 2
+    if len(parts) < offset + 2 or parts[offset] != "requests":
+        return None
+    return app_ref, parts[offset + 1], parts[offset + 2 :]
+
+
+def create_emulator_app(emulator: FalEmulator) -> Litestar:
+    def unauthorized() -> Response[bytes]:
+        return _json(401, {"detail": "Unauthorized: send 'Authorization: Key <FAL_KEY>' with a valid key"})
+
+    @get("/.well-known/jwks.json", sync_to_thread=False)
+    def jwks() -> Response[bytes]:
+        if not emulator.jwks_available:
+            return _json(503, {"detail": "JWKS temporarily unavailable (emulated)"})
+        return _json(200, emulator.jwks())
+
+    @get("/media/image/{size:str}/{name:str}", sync_to_thread=False)
+    def image(size: FromPath[str], name: FromPath[str]) -> Response[bytes]:
+        size_match, name_match = _IMAGE_SIZE.match(size), _IMAGE_NAME.match(name)
+        if not size_match or not name_match:
+            return _json(404, {"detail": "Not Found"})
+        width, height = int(size_match[1]), int(size_match[2])
+        if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+            return _json(404, {"detail": "Not Found"})
+        data = png_bytes(width, height, int(name_match[1]))
+        return Response(content=data, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+
+    @get("/media/video/{name:str}", sync_to_thread=False)
+    def video(name: FromPath[str]) -> Response[bytes]:
+        if not name.endswith(".mp4"):
+            return _json(404, {"detail": "Not Found"})
+        return Response(content=sample_mp4(), media_type="video/mp4", headers={"Cache-Control": "public, max-age=86400"})
+
+    @post("/{path:path}")
+    async def submit(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[bytes]:
+        if not emulator.is_authorized(request.headers.get("authorization")):
+            return unauthorized()
+        raw = await request.body()
+        try:
+            model_input = msgspec.json.decode(raw) if raw.strip() else {}
+        except msgspec.DecodeError as exc:
+            return _json(422, {"detail": f"Request body is not valid JSON: {exc}"})
+        if not isinstance(model_input, dict):
+            return _json(422, {"detail": "Request body must be a JSON object"})
+        try:
+            answer = await emulator.submit(path, model_input, request.query_params.get("fal_webhook"))
+        except FaultOptionsError as exc:
+            return _json(422, {"detail": exc.detail()})
+        except QueueError as exc:
+            return _json(exc.status_code, exc.body)
+        return _json(200, answer)
+
+    @get("/{path:path}")
+    async def queue_get(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[bytes] | Stream:
+        if not emulator.is_authorized(request.headers.get("authorization")):
+            return unauthorized()
+        target = _queue_target(path)
+        if target is None:
+            return _json(404, {"detail": "Not Found"})
+        app_ref, request_id, rest = target
+        with_logs = (request.query_params.get("logs") or "").lower() in _TRUE
+        try:
+            if rest == [] or rest == ["response"]:
+                return _json(*emulator.result(app_ref, request_id))
+            if rest == ["status"]:
+                return _json(*emulator.status(app_ref, request_id, with_logs=with_logs))
+            if rest == ["status", "stream"]:
+                emulator.status(app_ref, request_id, with_logs=with_logs)  # 404 before the stream opens
+                return Stream(
+                    _status_events(emulator, app_ref, request_id, with_logs),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+        except QueueError as exc:
+            return _json(exc.status_code, exc.body)
+        return _json(404, {"detail": "Not Found"})
+
+    @put("/{path:path}")
+    async def cancel(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[bytes]:
+        if not emulator.is_authorized(request.headers.get("authorization")):
+            return unauthorized()
+        target = _queue_target(path)
+        if target is None or target[2] != ["cancel"]:
+            return _json(404, {"detail": "Not Found"})
+        return _json(*emulator.cancel(target[0], target[1]))
+
+    return Litestar(
+        route_handlers=[jwks, image, video, submit, queue_get, cancel],
+        # Mounted inside another app, the outer app owns the emulator and closes it; aclose is idempotent.
+        on_shutdown=[emulator.aclose],
+        openapi_config=None,
+    )
+
+
+async def _status_events(emulator: FalEmulator, app_ref: AppRef, request_id: str, with_logs: bool) -> AsyncIterator[bytes]:
+    """SSE: one `data:` event per visible change, a `:` heartbeat when quiet, closed after COMPLETED."""
+    last: bytes | None = None
+    while not emulator.closed:
+        changed = emulator.changed()  # taken before reading state so no change slips between
+        try:
+            code, view = emulator.status(app_ref, request_id, with_logs=with_logs)
+        except QueueError:
+            return
+        encoded = msgspec.json.encode(view)
+        if encoded != last:
+            yield b"data: " + encoded + b"\n\n"
+            last = encoded
+        if view.status == "COMPLETED":
+            return
+        try:
+            await asyncio.wait_for(changed.wait(), emulator.heartbeat_s)
+        except asyncio.TimeoutError:
+            yield b": heartbeat\n\n"

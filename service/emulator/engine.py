@@ -1,0 +1,395 @@
+"""The emulator's state machine: requests move IN_QUEUE -> IN_PROGRESS -> COMPLETED in asyncio tasks,
+and finished requests that carry a `fal_webhook` are delivered, signed, with retries.
+
+Everything lives in memory: the emulator stands in for fal in tests and local runs, not in production.
+
+Decisions where fal's behaviour is not documented (see the report and module docs):
+- queue_position = requests for the same owner/app submitted earlier and still queued, plus the
+  per-request `fal_emulator.queue_position` countdown (which ticks down to 0 over queue_ms).
+- cancel: a queued or running request stops at once and becomes COMPLETED with
+  error "Request was cancelled"; its result answers 400 with that detail; NO webhook is sent
+  (fal's docs: a queued request "is removed and never processed").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from .faults import FAULTS_KEY, FaultOptions, parse_fault_options
+from .outputs import build_output, forced_error_detail, validation_errors
+from .signing import KeySet
+from .webhooks import FAL_RETRY_SCHEDULE_S, WebhookSender
+from .wire import DeliveryAttempt, LogEntry, QueueState, StatusResponse, SubmitResponse, WebhookBody
+
+# fal-client's AppId understands these leading namespaces (workflows/owner/app/...).
+APP_NAMESPACES = ("workflows", "comfy")
+CANCELLED_ERROR = "Request was cancelled"
+APP_ERROR = "Invalid status code: 422"
+PAYLOAD_ERROR = "Failed to serialize the payload (emulated: fal_emulator.outcome = payload_error)"
+
+
+class QueueError(Exception):
+    """An answer other than 2xx from a queue call, with fal's status code and JSON body."""
+
+    def __init__(self, status_code: int, body: dict[str, Any]) -> None:
+        super().__init__(f"{status_code}: {body}")
+        self.status_code = status_code
+        self.body = body
+
+
+class SubmitRecord(msgspec.Struct, frozen=True):
+    model_id: str
+    status_code: int
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class AppRef:
+    """owner/app (with an optional namespace): what status, result and cancel URLs are keyed by."""
+
+    owner: str
+    app: str
+    namespace: str | None = None
+
+    @property
+    def path(self) -> str:
+        prefix = f"{self.namespace}/" if self.namespace else ""
+        return f"{prefix}{self.owner}/{self.app}"
+
+
+def split_model_path(path: str) -> tuple[AppRef, str] | None:
+    """'[ns/]owner/app[/sub...]' -> (AppRef, full model id); None when too short."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    namespace = parts.pop(0) if parts and parts[0] in APP_NAMESPACES else None
+    if len(parts) < 2:
+        return None
+    return AppRef(parts[0], parts[1], namespace), "/".join(([namespace] if namespace else []) + parts)
+
+
+@dataclass(eq=False)
+class EmulatedRequest:
+    seq: int
+    request_id: str
+    gateway_request_id: str
+    app_ref: AppRef
+    model_id: str
+    input: dict[str, Any]
+    faults: FaultOptions
+    webhook_url: str | None
+    queue_ms: int
+    run_ms: int
+    state: QueueState = "IN_QUEUE"
+    countdown: int = 0
+    logs: list[LogEntry] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    output: dict[str, Any] | None = None
+    result_status: int = 200
+    result_body: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    cancelled: bool = False
+    # Set once the first webhook attempt is over, or when no webhook will be sent.
+    webhook_settled: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class FalEmulator:
+    def __init__(
+        self,
+        base_url: str,
+        keys: str | Sequence[str],
+        *,
+        retry_schedule_s: Sequence[float] = FAL_RETRY_SCHEDULE_S,
+        webhook_timeout_s: float = 15.0,
+        heartbeat_s: float = 15.0,
+        default_queue_ms: int = 50,
+        default_run_ms: int = 100,
+        user_id: str = "fal-emulator-user",
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.accepted_keys = frozenset([keys] if isinstance(keys, str) else keys)
+        self.heartbeat_s = heartbeat_s
+        self.default_queue_ms = default_queue_ms
+        self.default_run_ms = default_run_ms
+        self.user_id = user_id
+        self.keyset = KeySet()
+        self.requests: dict[str, EmulatedRequest] = {}
+        self.deliveries: list[DeliveryAttempt] = []
+        self.submissions: list[SubmitRecord] = []
+        self.jwks_fetches = 0
+        # Flip to False to make the JWKS URL answer 503 (a receiver's "fal's keys are unreachable" path).
+        self.jwks_available = True
+        self._seq = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()
+        self._closed = False
+        self._sender = WebhookSender(
+            self.keyset,
+            user_id=user_id,
+            retry_schedule_s=retry_schedule_s,
+            timeout_s=webhook_timeout_s,
+            on_attempt=self._record_attempt,
+        )
+
+    # ---- keys -------------------------------------------------------------------------------
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.base_url}/.well-known/jwks.json"
+
+    @property
+    def media_base(self) -> str:
+        return f"{self.base_url}/media"
+
+    def rotate_key(self, keep_old: bool = True) -> str:
+        """New current signing key; returns its kid. keep_old=False drops the old key from the JWKS."""
+        return self.keyset.rotate(keep_old=keep_old).kid
+
+    def jwks(self) -> dict[str, Any]:
+        self.jwks_fetches += 1
+        return self.keyset.jwks_dict()
+
+    def is_authorized(self, authorization: str | None) -> bool:
+        if not authorization:
+            return False
+        scheme, _, token = authorization.partition(" ")
+        return scheme.lower() == "key" and token.strip() in self.accepted_keys
+
+    # ---- change notification ------------------------------------------------------------------
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next state change (take it BEFORE reading state to not miss one)."""
+        return self._changed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait for a condition on emulator state (e.g. a number of deliveries); TimeoutError otherwise."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = self._changed
+                if predicate():
+                    return
+                await event.wait()
+
+    # ---- queue calls ---------------------------------------------------------------------------
+
+    async def submit(self, model_path: str, model_input: dict[str, Any], webhook_url: str | None) -> SubmitResponse:
+        split = split_model_path(model_path)
+        if split is None:
+            raise QueueError(404, {"detail": f"Application not found: {model_path!r}"})
+        app_ref, model_id = split
+        model_input = dict(model_input)
+        faults = parse_fault_options(model_input.pop(FAULTS_KEY, None))  # FaultOptionsError -> 422 in app
+        if faults.submit_status is not None:
+            self.submissions.append(SubmitRecord(model_id, faults.submit_status, None))
+            raise QueueError(
+                faults.submit_status,
+                {"detail": f"Emulated queue failure (fal_emulator.submit_status = {faults.submit_status})"},
+            )
+        request_id = str(uuid.uuid4())
+        req = EmulatedRequest(
+            seq=next(self._seq),
+            request_id=request_id,
+            gateway_request_id=str(uuid.uuid4()),
+            app_ref=app_ref,
+            model_id=model_id,
+            input=model_input,
+            faults=faults,
+            webhook_url=webhook_url or None,
+            queue_ms=self.default_queue_ms if faults.queue_ms is None else faults.queue_ms,
+            run_ms=self.default_run_ms if faults.run_ms is None else faults.run_ms,
+            countdown=faults.queue_position,
+        )
+        self.requests[request_id] = req
+        self.submissions.append(SubmitRecord(model_id, 200, request_id))
+        answer = SubmitResponse(
+            request_id=request_id,
+            response_url=self._request_url(req),
+            status_url=self._request_url(req) + "/status",
+            cancel_url=self._request_url(req) + "/cancel",
+            queue_position=self._queue_position(req),
+            gateway_request_id=req.gateway_request_id,
+        )
+        req.task = self._spawn(self._lifecycle(req))
+        self._notify()
+        if faults.webhook_before_submit_response:
+            # The race fal can produce: the webhook lands before the submitter has the request id.
+            budget = (req.queue_ms + req.run_ms + faults.webhook_delay_ms) / 1000 + self._sender.timeout_s + 10
+            await asyncio.wait_for(req.webhook_settled.wait(), budget)
+        return answer
+
+    def status(self, app_ref: AppRef, request_id: str, *, with_logs: bool) -> tuple[int, StatusResponse]:
+        req = self._find(app_ref, request_id)
+        return (200 if req.state == "COMPLETED" else 202), self.status_view(req, with_logs=with_logs)
+
+    def result(self, app_ref: AppRef, request_id: str) -> tuple[int, dict[str, Any]]:
+        req = self._find(app_ref, request_id)
+        if req.state != "COMPLETED" or req.result_body is None:
+            raise QueueError(400, {"detail": "Request is still in progress"})
+        return req.result_status, req.result_body
+
+    def cancel(self, app_ref: AppRef, request_id: str) -> tuple[int, dict[str, Any]]:
+        req = self.requests.get(request_id)
+        if req is None or req.app_ref != app_ref:
+            return 404, {"status": "NOT_FOUND"}
+        if req.state == "COMPLETED":
+            return 400, {"status": "ALREADY_COMPLETED"}
+        req.cancelled = True
+        if req.task is not None:
+            req.task.cancel()
+        self._complete(req, status=400, body={"detail": CANCELLED_ERROR}, error=CANCELLED_ERROR)
+        req.webhook_settled.set()
+        return 202, {"status": "CANCELLATION_REQUESTED"}
+
+    # ---- views --------------------------------------------------------------------------------
+
+    def status_view(self, req: EmulatedRequest, *, with_logs: bool) -> StatusResponse:
+        url = self._request_url(req)
+        view = StatusResponse(
+            status=req.state, request_id=req.request_id, response_url=url, status_url=url + "/status", cancel_url=url + "/cancel"
+        )
+        if req.state == "IN_QUEUE":
+            view.queue_position = self._queue_position(req)
+            return view
+        view.logs = list(req.logs) if with_logs else None
+        if req.state == "COMPLETED":
+            view.metrics = dict(req.metrics)
+            if req.error is not None:
+                view.error = req.error
+                view.error_type = req.error_type
+        return view
+
+    def _request_url(self, req: EmulatedRequest) -> str:
+        return f"{self.base_url}/{req.app_ref.path}/requests/{req.request_id}"
+
+    def _queue_position(self, req: EmulatedRequest) -> int:
+        ahead = sum(
+            1
+            for other in self.requests.values()
+            if other.state == "IN_QUEUE" and other.app_ref == req.app_ref and other.seq < req.seq
+        )
+        return ahead + req.countdown
+
+    def _find(self, app_ref: AppRef, request_id: str) -> EmulatedRequest:
+        req = self.requests.get(request_id)
+        if req is None or req.app_ref != app_ref:
+            raise QueueError(404, {"detail": f"Request {request_id} not found"})
+        return req
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _lifecycle(self, req: EmulatedRequest) -> None:
+        try:
+            await self._queue_and_run(req)
+            self._finish(req)
+            if req.webhook_url is not None:
+                await self._deliver(req)
+        finally:
+            # Whatever happened (done, cancelled, emulator closing), a submit waiting on this must go on.
+            req.webhook_settled.set()
+
+    async def _queue_and_run(self, req: EmulatedRequest) -> None:
+        steps = req.faults.queue_position
+        tick = req.queue_ms / 1000 / (steps + 1)
+        for remaining in range(steps, -1, -1):
+            req.countdown = remaining
+            self._notify()
+            await asyncio.sleep(tick)
+        req.state = "IN_PROGRESS"
+        self._notify()
+        lines = req.faults.logs
+        interval = req.run_ms / 1000 / (lines + 1)
+        for index in range(lines):
+            await asyncio.sleep(interval)
+            req.logs.append(
+                LogEntry(message=f"Step {index + 1}/{lines}", level="INFO", source="USER", timestamp=_now_iso())
+            )
+            self._notify()
+        await asyncio.sleep(interval)
+
+    def _finish(self, req: EmulatedRequest) -> None:
+        inference_s = req.run_ms / 1000
+        req.metrics = {"inference_time": inference_s}
+        errors = forced_error_detail() if req.faults.outcome == "error" else validation_errors(req.model_id, req.input)
+        if errors:
+            self._complete(req, status=422, body={"detail": errors}, error=APP_ERROR)
+            return
+        req.output = build_output(
+            req.model_id, req.input, request_id=req.request_id, media_base=self.media_base, inference_s=inference_s
+        )
+        self._complete(req, status=200, body=req.output, error=None)
+
+    def _complete(self, req: EmulatedRequest, *, status: int, body: dict[str, Any], error: str | None) -> None:
+        req.result_status, req.result_body, req.error = status, body, error
+        req.state = "COMPLETED"
+        self._notify()
+
+    # ---- webhooks -----------------------------------------------------------------------------
+
+    def webhook_body(self, req: EmulatedRequest) -> WebhookBody:
+        base = {"request_id": req.request_id, "gateway_request_id": req.gateway_request_id}
+        if req.result_status != 200:
+            return WebhookBody(**base, status="ERROR", error=req.error, payload=req.result_body)
+        if req.faults.outcome == "payload_error":
+            return WebhookBody(**base, status="OK", payload=None, payload_error=PAYLOAD_ERROR)
+        return WebhookBody(**base, status="OK", payload=req.output)
+
+    async def _deliver(self, req: EmulatedRequest) -> None:
+        assert req.webhook_url is not None
+        if req.faults.webhook_delay_ms:
+            await asyncio.sleep(req.faults.webhook_delay_ms / 1000)
+        body = msgspec.json.encode(self.webhook_body(req))
+        for delivery in range(1, req.faults.duplicates + 1):
+            await self._sender.deliver(
+                req.webhook_url,
+                body,
+                request_id=req.request_id,
+                delivery=delivery,
+                bad_signature=req.faults.bad_signature,
+                after_first_attempt=req.webhook_settled.set,
+            )
+
+    def _record_attempt(self, attempt: DeliveryAttempt) -> None:
+        self.deliveries.append(attempt)
+        self._notify()
+
+    def deliveries_for(self, request_id: str) -> list[DeliveryAttempt]:
+        return [d for d in self.deliveries if d.request_id == request_id]
+
+    # ---- shutdown -----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Cancel request and delivery tasks and close the webhook client; safe to call twice."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._sender.aclose()
+        self._notify()  # wake status streams so they can end

@@ -1,0 +1,63 @@
+"""Per-request fault injection: the reserved `fal_emulator` input key.
+
+fal-client passes the input dict through untouched, so a test can steer one request's fate
+without any side channel. The key is stripped before the input reaches the fake model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+FAULTS_KEY = "fal_emulator"
+
+Outcome = Literal["ok", "error", "payload_error"]
+_Millis = Annotated[int, Meta(ge=0, le=3_600_000)]
+
+
+class FaultOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    # None: the engine's default timing applies.
+    queue_ms: _Millis | None = None
+    run_ms: _Millis | None = None
+    outcome: Outcome = "ok"
+    # Total number of webhook deliveries (each with its own retries): fal may deliver more than once.
+    duplicates: Annotated[int, Meta(ge=1, le=50)] = 1
+    webhook_delay_ms: _Millis = 0
+    webhook_before_submit_response: bool = False
+    bad_signature: bool = False
+    # fal answering the submit call itself with an error; no request is created.
+    submit_status: Annotated[int, Meta(ge=400, le=599)] | None = None
+    logs: Annotated[int, Meta(ge=0, le=1000)] = 0
+    # Starting queue position, counted down to 0 over queue_ms (on top of the requests ahead).
+    queue_position: Annotated[int, Meta(ge=0, le=10_000)] = 0
+
+
+class FaultOptionsError(ValueError):
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+    def detail(self) -> list[dict[str, Any]]:
+        loc: list[str] = ["body", FAULTS_KEY] + ([self.field] if self.field else [])
+        return [{"loc": loc, "msg": self.message, "type": "value_error"}]
+
+
+_FIELD_AT = re.compile(r"at `\$\.(\w+)")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+
+
+def parse_fault_options(raw: object) -> FaultOptions:
+    if raw is None:
+        return FaultOptions()
+    if not isinstance(raw, dict):
+        raise FaultOptionsError(None, f"`{FAULTS_KEY}` must be an object")
+    try:
+        return msgspec.convert(raw, FaultOptions)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _UNKNOWN.search(message) or _FIELD_AT.search(message)
+        raise FaultOptionsError(match.group(1) if match else None, message) from None

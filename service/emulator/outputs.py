@@ -1,0 +1,81 @@
+"""Fake model outputs shaped like fal's: fal-ai/flux/dev for images, Kling/MiniMax-style for video."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from .media import MAX_IMAGES, is_video_model, resolve_image_size, sample_mp4
+
+# fal's documented example seed; every emulated seed sits above 2**53 so receivers that parse JSON
+# numbers as doubles get caught.
+SEED_BASE = 196_619_188_014_358_660
+
+
+def output_seed(model_input: dict[str, Any]) -> int:
+    requested = model_input.get("seed")
+    if isinstance(requested, int) and not isinstance(requested, bool):
+        return SEED_BASE + requested % 2**32
+    return SEED_BASE + random.getrandbits(32)
+
+
+def validation_errors(model_id: str, model_input: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the fake app rejects, as FastAPI-style `detail` entries (fal apps answer 422 with these)."""
+    if is_video_model(model_id):
+        return []
+    errors: list[dict[str, Any]] = []
+    try:
+        resolve_image_size(model_input.get("image_size"))
+    except ValueError as exc:
+        errors.append({"loc": ["body", "image_size"], "msg": str(exc), "type": "value_error"})
+    num = model_input.get("num_images", 1)
+    if not isinstance(num, int) or isinstance(num, bool) or not 1 <= num <= MAX_IMAGES:
+        errors.append(
+            {"loc": ["body", "num_images"], "msg": f"num_images must be between 1 and {MAX_IMAGES}", "type": "value_error"}
+        )
+    return errors
+
+
+def forced_error_detail() -> list[dict[str, Any]]:
+    return [
+        {
+            "loc": ["body", "prompt"],
+            "msg": "Emulated model failure (fal_emulator.outcome = error)",
+            "type": "value_error",
+        }
+    ]
+
+
+def build_output(
+    model_id: str, model_input: dict[str, Any], *, request_id: str, media_base: str, inference_s: float
+) -> dict[str, Any]:
+    seed = output_seed(model_input)
+    if is_video_model(model_id):
+        return {
+            "video": {
+                "url": f"{media_base}/video/{request_id}.mp4",
+                "content_type": "video/mp4",
+                "file_name": "output.mp4",
+                "file_size": len(sample_mp4()),
+            },
+            "seed": seed,
+        }
+    width, height = resolve_image_size(model_input.get("image_size"))
+    count = model_input.get("num_images", 1)
+    images = [
+        {
+            # Size and per-image seed live in the URL: the media route redraws the PNG from it.
+            "url": f"{media_base}/image/{width}x{height}/{seed + index}.png",
+            "width": width,
+            "height": height,
+            "content_type": "image/png",
+        }
+        for index in range(count)
+    ]
+    return {
+        "images": images,
+        "timings": {"inference": round(inference_s, 3)},
+        "seed": seed,
+        "has_nsfw_concepts": [False] * count,
+        "prompt": model_input.get("prompt", ""),
+    }
