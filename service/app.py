@@ -3,37 +3,106 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+import httpx
+from litestar import Litestar, asgi
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.types import Receive, Scope, Send
 
 from service.db.embedded import start_embedded_postgres
 from service.db.pool import create_pool
+from service.emulator import FalEmulator, create_emulator_app
+from service.fal.follower import JobFollower
+from service.fal.gateway import FalGateway
+from service.fal.reconcile import Reconciler
+from service.fal.signatures import JwksKeyring, WebhookVerifier
+from service.fal.webhooks import WebhookIntake
 from service.http.dependencies import provide_pool, provide_settings, provide_user_id
 from service.http.errors import EXCEPTION_HANDLERS
 from service.http.health import healthz, readyz
 from service.http.jobs import JobsController
 from service.http.request_log import request_log_middleware
+from service.http.webhooks import fal_webhook
+from service.jobs.commands import JobCommands
 from service.logging import configure_logging
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
+EMULATOR_PATH = "/fal-emulator"
+WEBHOOK_PATH = "/api/webhooks/fal"
+
+
+def _from_state(name: str) -> Provide:
+    def provide(state: State) -> object:
+        return state[name]
+
+    return Provide(provide, sync_to_thread=False)
+
 
 def create_app(settings: Settings) -> Litestar:
+    route_handlers: list[object] = [healthz, readyz, JobsController, fal_webhook]
+
+    emulator: FalEmulator | None = None
+    if settings.uses_emulator:
+        # The local fal: it answers on our own port, and a fresh key per process stands in for FAL_KEY.
+        emulator = FalEmulator(f"{settings.local_url}{EMULATOR_PATH}", secrets.token_urlsafe(24))
+        emulator_app = create_emulator_app(emulator)
+
+        @asgi(EMULATOR_PATH, is_mount=True, copy_scope=True, include_in_schema=False)
+        async def fal_emulator(scope: Scope, receive: Receive, send: Send) -> None:
+            await emulator_app(scope, receive, send)
+
+        route_handlers.append(fal_emulator)
+
+    fal_key = settings.fal_key or next(iter(emulator.accepted_keys))  # type: ignore[union-attr]
+    queue_url = emulator.base_url if emulator else settings.fal_queue_url
+    jwks_url = emulator.jwks_url if emulator else settings.fal_jwks_url
+    public_url = settings.app_url or (settings.local_url if emulator else None)
+    webhook_url = f"{public_url}{WEBHOOK_PATH}" if public_url else None
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         dsn = settings.database_url or start_embedded_postgres(settings.embedded_pgdata)
         pool = await create_pool(dsn)
-        app.state.pool = pool
+        http = httpx.AsyncClient(timeout=10)
+        gateway = FalGateway(key=fal_key, queue_url=queue_url)
+        intake = WebhookIntake(pool, gateway)
+        follower = JobFollower(pool, gateway, max_followers=settings.max_followers)
+        reconciler = Reconciler(
+            pool, gateway, follower, intake,
+            overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
+        )
+        app.state.update(
+            pool=pool,
+            intake=intake,
+            verifier=WebhookVerifier(JwksKeyring(jwks_url, http)),
+            commands=JobCommands(pool, gateway, intake, follower,
+                                 allowed_models=settings.allowed_models, webhook_url=webhook_url),
+            reconciler=reconciler,
+            follower=follower,
+            emulator=emulator,
+        )
+        sweeping = asyncio.create_task(reconciler.run_forever(), name="reconcile")
+        log.info("fal-jobs started", extra={"fal": "emulator" if emulator else "fal.ai", "webhooks": bool(webhook_url)})
         try:
             yield
         finally:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
+            await follower.aclose()
+            if emulator is not None:
+                await emulator.aclose()
+            await gateway.aclose()
+            await http.aclose()
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
             except (TimeoutError, asyncio.CancelledError):
@@ -41,13 +110,16 @@ def create_app(settings: Settings) -> Litestar:
                 raise
 
     return Litestar(
-        route_handlers=[healthz, readyz, JobsController],
+        route_handlers=route_handlers,
         lifespan=[lifespan],
         state=State({"settings": settings}),
         dependencies={
             "pool": Provide(provide_pool, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),
             "user_id": Provide(provide_user_id),
+            "commands": _from_state("commands"),
+            "intake": _from_state("intake"),
+            "verifier": _from_state("verifier"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[request_log_middleware],

@@ -48,10 +48,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     allowed_models: tuple[str, ...] = DEFAULT_ALLOWED_MODELS
     stream_token_secret: str = ""
     embedded_pgdata: str = str(PROJECT_ROOT / ".pgdata")
+    reconcile_interval_s: float = 60.0
+    reconcile_after_s: float = 300.0
+    """A job open this long without news is asked about at fal by the sweep."""
+    max_followers: int = 200
+    """Status streams to fal held open at once by one process; more jobs wait their turn."""
 
     @property
     def uses_emulator(self) -> bool:
         return self.fal_key is None
+
+    @property
+    def local_url(self) -> str:
+        """How this process reaches itself (the in-process emulator sends webhooks here)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
 
 def _url(name: str, value: str) -> str:
@@ -76,6 +87,16 @@ def _port(name: str, value: str) -> int:
     if not 1 <= port <= 65535:
         raise SettingsError(f"{name}: must be an integer between 1 and 65535, got {value!r}")
     return port
+
+
+def _positive(name: str, value: str, kind: type[float] | type[int]) -> float | int:
+    try:
+        number = kind(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise SettingsError(f"{name}: must be a positive {kind.__name__}, got {value!r}")
+    return number
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -143,6 +164,13 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         # A per-process secret: tokens then do not survive a restart or cross processes,
         # which is why a deployment with several processes must set it.
         kwargs["stream_token_secret"] = secrets.token_urlsafe(32)
+    for name, field, kind in (
+        ("RECONCILE_INTERVAL_S", "reconcile_interval_s", float),
+        ("RECONCILE_AFTER_S", "reconcile_after_s", float),
+        ("MAX_FOLLOWERS", "max_followers", int),
+    ):
+        if (value := get(name)) is not None:
+            kwargs[field] = _positive(name, value, kind)
     if (value := get("EMBEDDED_PGDATA")) is not None:
         kwargs["embedded_pgdata"] = value
     return Settings(**kwargs)  # type: ignore[arg-type]

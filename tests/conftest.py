@@ -12,7 +12,8 @@ import os
 import socket
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,7 @@ import uvicorn
 from service.auth.api_keys import NewUser, create_user
 from service.db.migrations import apply_migrations
 from service.db.pool import create_pool
+from service.emulator import FalEmulator, create_emulator_app
 from service.settings import Settings, load_settings
 
 NO_DOTENV = Path("/nonexistent/.env")
@@ -85,6 +87,9 @@ def service_settings(database_url: str, **overrides: str) -> Settings:
 def free_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # uvicorn sets TCP_NODELAY only on sockets it binds itself; without it keep-alive requests
+    # stall ~40 ms on Nagle's algorithm.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
 
@@ -93,33 +98,79 @@ class RunningServer(msgspec.Struct):
     url: str
     server: uvicorn.Server
     task: asyncio.Task[None]
+    app: Any
 
     async def stop(self) -> None:
         self.server.should_exit = True
         await asyncio.wait_for(self.task, timeout=15)
 
 
-async def serve(app: object) -> RunningServer:
-    """Run an ASGI app under uvicorn on a free loopback port, in this event loop."""
+async def serve(build: Callable[[str], object]) -> RunningServer:
+    """Run the ASGI app `build(url)` under uvicorn on a free loopback port, in this event loop.
+
+    The socket is bound first, so that the app knows its own URL (a webhook URL, say)."""
     sock = free_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))  # type: ignore[arg-type]
+    host, port = sock.getsockname()
+    url = f"http://{host}:{port}"
+    server = uvicorn.Server(uvicorn.Config(build(url), log_config=None, access_log=False, lifespan="on"))  # type: ignore[arg-type]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()
             raise RuntimeError("uvicorn exited before it started")
         await asyncio.sleep(0.01)
-    host, port = sock.getsockname()
-    return RunningServer(url=f"http://{host}:{port}", server=server, task=task)
+    return RunningServer(url=url, server=server, task=task, app=server.config.app)
+
+
+FAL_KEY = "test-fal-key:secret"
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def service_url(database_url: str) -> AsyncIterator[str]:
+async def fal() -> AsyncIterator[FalEmulator]:
+    """The local fal, standalone on its own port, with fal's retry schedule compressed."""
+    holder: dict[str, FalEmulator] = {}
+
+    def build(url: str) -> object:
+        holder["emulator"] = FalEmulator(url, FAL_KEY, retry_schedule_s=(0.05, 0.1, 0.2, 0.4), webhook_timeout_s=5)
+        return create_emulator_app(holder["emulator"])
+
+    running = await serve(build)
+    yield holder["emulator"]
+    await running.stop()
+
+
+def fal_settings(database_url: str, fal: FalEmulator, url: str | None, **overrides: str) -> Settings:
+    """The service pointed at the emulator; `url` is its APP_URL (None: no webhooks, it follows jobs)."""
+    extra = {"APP_URL": url} if url else {}
+    return service_settings(
+        database_url, FAL_KEY=FAL_KEY, FAL_QUEUE_URL=fal.base_url, FAL_JWKS_URL=fal.jwks_url,
+        RECONCILE_INTERVAL_S="3600", **extra, **overrides,
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def service(database_url: str, fal: FalEmulator) -> AsyncIterator[RunningServer]:
+    """The service with webhooks (APP_URL is its own URL), talking to the emulator."""
     from service.app import create_app
 
-    running = await serve(create_app(service_settings(database_url)))
-    yield running.url
+    running = await serve(lambda url: create_app(fal_settings(database_url, fal, url)))
+    yield running
     await running.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def polling_service(database_url: str, fal: FalEmulator) -> AsyncIterator[RunningServer]:
+    """The service without APP_URL: it submits without a webhook and follows jobs itself."""
+    from service.app import create_app
+
+    running = await serve(lambda url: create_app(fal_settings(database_url, fal, None)))
+    yield running
+    await running.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def service_url(service: RunningServer) -> str:
+    return service.url
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -130,7 +130,7 @@ async def test_readyz_is_503_when_migrations_are_missing(server_dsn: str, http: 
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        running = await serve(create_app(service_settings(_with_database(server_dsn, name))))
+        running = await serve(lambda url: create_app(service_settings(_with_database(server_dsn, name))))
         try:
             response = await http.get(f"{running.url}/readyz")
             assert response.status_code == 503

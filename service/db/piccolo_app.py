@@ -2,13 +2,13 @@
 
 from piccolo.conf.apps import AppConfig
 
-from service.db.tables import FalApiKey, FalJob, FalJobEvent, FalUser
+from service.db.tables import FalApiKey, FalEarlyWebhook, FalJob, FalJobEvent, FalUser
 from service.settings import PROJECT_ROOT
 
 APP_CONFIG = AppConfig(
     app_name="fal_jobs",
     migrations_folder_path=str(PROJECT_ROOT / "piccolo_migrations"),
-    table_classes=[FalUser, FalApiKey, FalJob, FalJobEvent],
+    table_classes=[FalUser, FalApiKey, FalJob, FalJobEvent, FalEarlyWebhook],
     migration_dependencies=[],
     commands=[],
 )

@@ -51,3 +51,12 @@ class FalJobEvent(Table, tablename="fal_job_events"):
     status = Varchar(length=16)
     data = JSONB()
     created_at = Timestamptz(default=TimestamptzNow())
+
+
+class FalEarlyWebhook(Table, tablename="fal_early_webhooks"):
+    # A verified webhook whose job row was not there yet: a fast model can beat the INSERT of the
+    # request that submitted it. Kept until the job row appears and it has been applied.
+    id = BigSerial(primary_key=True)
+    request_id = Text(index=True)
+    body = JSONB()
+    received_at = Timestamptz(default=TimestamptzNow())

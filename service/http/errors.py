@@ -99,6 +99,18 @@ def handle_database_unavailable(request: Request, exc: Exception) -> Response[Er
     return error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "1"})
 
 
+# SQLSTATE classes that mean "the database cannot serve us right now", not "this query is wrong":
+# connection exceptions, insufficient resources, operator intervention (shutdown, restart), and a
+# database that is gone.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "3D000")
+
+
+def handle_postgres_error(request: Request, exc: asyncpg.PostgresError) -> Response[ErrorBody]:
+    if (exc.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATES):
+        return handle_database_unavailable(request, exc)
+    return handle_unexpected(request, exc)
+
+
 def handle_unexpected(request: Request, exc: Exception) -> Response[ErrorBody]:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "internal error; the request id in X-Request-Id finds the log line")
@@ -108,8 +120,7 @@ EXCEPTION_HANDLERS = {
     DomainError: handle_domain_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_exception,
-    asyncpg.PostgresConnectionError: handle_database_unavailable,
-    asyncpg.CannotConnectNowError: handle_database_unavailable,
+    asyncpg.PostgresError: handle_postgres_error,
     asyncpg.InterfaceError: handle_database_unavailable,
     ConnectionError: handle_database_unavailable,
     OSError: handle_database_unavailable,

@@ -1,19 +1,52 @@
-"""Reading jobs over HTTP."""
+"""Jobs over HTTP: create, read, list, cancel, result."""
 
 from __future__ import annotations
 
-from litestar import Controller, get
-from litestar.params import FromPath, Parameter
+from typing import Any
 
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, Parameter
+
+from service.errors import Conflict
 from service.http.dependencies import PoolDependency, UserIdDependency
 from service.jobs import queries
+from service.jobs.commands import CreateJobRequest, JobCommands
 from service.jobs.models import Job
-from service.jobs.queries import JobPage
+
+
+class JobLinks(msgspec.Struct):
+    self: str
+    events: str
+    result: str
+    cancel: str
+
+
+class JobView(Job, kw_only=True):
+    links: JobLinks
+
+
+class JobViewPage(msgspec.Struct, kw_only=True):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+def job_view(job: Job) -> JobView:
+    base = f"/api/jobs/{job.request_id}"
+    links = JobLinks(self=base, events=f"{base}/events", result=f"{base}/result", cancel=f"{base}/cancel")
+    return JobView(**msgspec.structs.asdict(job), links=links)
 
 
 class JobsController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
+
+    @post("/", status_code=202, summary="Submit an image or video job to fal; answers at once")
+    async def create_job(
+        self, data: JSONBody[CreateJobRequest], user_id: UserIdDependency, commands: NamedDependency[JobCommands]
+    ) -> JobView:
+        return job_view(await commands.create(user_id, data))
 
     @get("/", summary="The caller's jobs, newest first")
     async def list_jobs(
@@ -24,9 +57,25 @@ class JobsController(Controller):
         type: str | None = Parameter(default=None, description="image or video"),
         limit: int = Parameter(default=queries.DEFAULT_PAGE_SIZE, description=f"1 to {queries.MAX_PAGE_SIZE}"),
         cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),
-    ) -> JobPage:
-        return await queries.list_jobs(pool, user_id, status=status, type=type, limit=limit, cursor=cursor)
+    ) -> JobViewPage:
+        page = await queries.list_jobs(pool, user_id, status=status, type=type, limit=limit, cursor=cursor)
+        return JobViewPage(jobs=[job_view(job) for job in page.jobs], next_cursor=page.next_cursor)
 
     @get("/{request_id:str}", summary="One job")
-    async def get_job(self, pool: PoolDependency, user_id: UserIdDependency, request_id: FromPath[str]) -> Job:
-        return await queries.get_job(pool, user_id, request_id)
+    async def get_job(self, pool: PoolDependency, user_id: UserIdDependency, request_id: FromPath[str]) -> JobView:
+        return job_view(await queries.get_job(pool, user_id, request_id))
+
+    @get("/{request_id:str}/result", summary="The output of a completed job")
+    async def get_result(self, pool: PoolDependency, user_id: UserIdDependency, request_id: FromPath[str]) -> Any:
+        job = await queries.get_job(pool, user_id, request_id)
+        if job.status != "completed":
+            detail = f": {job.error}" if job.error else ""
+            raise Conflict(f"job {request_id!r} is {job.status}, not completed{detail}")
+        return job.result
+
+    @post("/{request_id:str}/cancel", status_code=200, summary="Cancel a job that has not finished")
+    async def cancel_job(
+        self, user_id: UserIdDependency, request_id: FromPath[str], commands: NamedDependency[JobCommands]
+    ) -> JobView:
+        queries.check_request_id(request_id)
+        return job_view(await commands.cancel(user_id, request_id))

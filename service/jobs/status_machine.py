@@ -83,6 +83,12 @@ _INSERT_EVENT = (
 )
 
 
+async def lock_request(connection: asyncpg.Connection, request_id: str) -> None:
+    """Serialize, until the transaction ends, everyone who may create or look up this request's
+    row: a webhook that finds no row parks itself, and the job's creation must then see it."""
+    await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", request_id)
+
+
 async def create_job(connection: asyncpg.Connection, new: NewJob) -> Job:
     """Insert a `pending` job (version 1) and its first event."""
     now = datetime.now(UTC)
@@ -105,6 +111,7 @@ async def create_job(connection: asyncpg.Connection, new: NewJob) -> Job:
         completed_at=None,
     )
     async with connection.transaction():
+        await lock_request(connection, job.request_id)
         await connection.execute(
             "INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, status, mode, version, "
             "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, 1, $7, $7)",

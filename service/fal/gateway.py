@@ -1,0 +1,181 @@
+"""The one place that talks to fal, through fal-client.
+
+fal-client builds queue URLs from `fal_client.client.QUEUE_URL_FORMAT` at each call, so pointing it
+at another queue (the local emulator) is one assignment, made here from the settings. fal-client's
+`iter_events` polls; for fal's status *stream* we use the authenticated httpx client that
+fal-client itself holds, so credentials stay in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import fal_client
+import fal_client.client
+import httpx
+import msgspec
+from httpx_sse import aconnect_sse
+
+from service.errors import UpstreamError
+from service.jobs.models import JobChange, LogLine
+
+log = logging.getLogger(__name__)
+
+CancelOutcome = Literal["requested", "already_completed", "not_found"]
+
+
+class FalRequestFailed(Exception):
+    """fal answered a call about one request with an error status (e.g. the result of a failed run)."""
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        super().__init__(f"fal answered {status_code}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+class FalStatus(msgspec.Struct, kw_only=True):
+    status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    request_id: str | None = None
+    queue_position: int | None = None
+    logs: list[LogLine] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+def _app_path(model_id: str) -> tuple[str, str]:
+    """`owner/app/sub/path` -> (`owner/app`, `sub/path`): status, result and cancel use owner/app only."""
+    parts = model_id.split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def _detail(error: fal_client.client.FalClientHTTPError) -> Any:
+    try:
+        body = error.response.json()
+    except ValueError:
+        return error.response.text[:500]
+    return body.get("detail", body) if isinstance(body, dict) else body
+
+
+class FalGateway:
+    def __init__(self, *, key: str, queue_url: str, timeout_s: float = 30.0) -> None:
+        self._queue_url = queue_url.rstrip("/")
+        self._client = fal_client.AsyncClient(key=key, default_timeout=timeout_s)
+
+    def _aim(self) -> fal_client.AsyncClient:
+        # fal-client reads this module global when it builds a URL, right after the call starts and
+        # before its first suspension; setting it per call lets several gateways share a process.
+        fal_client.client.QUEUE_URL_FORMAT = self._queue_url + "/"
+        return self._client
+
+    async def aclose(self) -> None:
+        http = await self._http()
+        await http.aclose()
+
+    async def _http(self) -> httpx.AsyncClient:
+        return await self._client._client  # fal-client's own client, with our credentials
+
+    async def submit(self, model_id: str, arguments: dict[str, Any], webhook_url: str | None) -> str:
+        """Queue a request and return fal's request id; UpstreamError names fal's refusal."""
+        app, path = _app_path(model_id)
+        try:
+            handle = await self._aim().submit(app, arguments, path=path, webhook_url=webhook_url)
+        except fal_client.client.FalClientHTTPError as error:
+            raise UpstreamError(f"fal refused the submit: {error.status_code} {_detail(error)}") from None
+        except httpx.HTTPError as error:
+            raise UpstreamError(f"fal could not be reached: {type(error).__name__}") from None
+        return handle.request_id
+
+    async def status(self, model_id: str, request_id: str) -> FalStatus:
+        app, _ = _app_path(model_id)
+        try:
+            status = await self._aim().status(app, request_id, with_logs=True)
+        except fal_client.client.FalClientHTTPError as error:
+            raise FalRequestFailed(error.status_code, _detail(error)) from None
+        if isinstance(status, fal_client.Queued):
+            return FalStatus(status="IN_QUEUE", request_id=request_id, queue_position=status.position)
+        logs = msgspec.convert(status.logs, list[LogLine] | None)
+        if isinstance(status, fal_client.InProgress):
+            return FalStatus(status="IN_PROGRESS", request_id=request_id, logs=logs)
+        assert isinstance(status, fal_client.Completed)
+        return FalStatus(status="COMPLETED", request_id=request_id, logs=logs, error=status.error, error_type=status.error_type)
+
+    async def stream_status(self, model_id: str, request_id: str) -> AsyncIterator[FalStatus]:
+        """fal's status stream: one status per change, ending after COMPLETED."""
+        http = await self._http()
+        url = f"{self._request_url(model_id, request_id)}/status/stream"
+        timeout = httpx.Timeout(30.0, read=60.0)  # fal sends a comment every 15 s
+        async with aconnect_sse(http, "GET", url, params={"logs": "1"}, timeout=timeout) as source:
+            if source.response.status_code >= 400:
+                await source.response.aread()
+                raise FalRequestFailed(source.response.status_code, _body(source.response))
+            async for event in source.aiter_sse():
+                if event.data:
+                    yield msgspec.convert(msgspec.json.decode(event.data), FalStatus)
+
+    async def result(self, model_id: str, request_id: str) -> Any:
+        """The output of a completed request; FalRequestFailed carries a failed one's error body."""
+        app, _ = _app_path(model_id)
+        try:
+            return await self._aim().result(app, request_id)
+        except fal_client.client.FalClientHTTPError as error:
+            raise FalRequestFailed(error.status_code, _detail(error)) from None
+
+    async def cancel(self, model_id: str, request_id: str) -> CancelOutcome:
+        app, _ = _app_path(model_id)
+        try:
+            await self._aim().cancel(app, request_id)
+        except fal_client.client.FalClientHTTPError as error:
+            if error.status_code == 400:
+                return "already_completed"
+            if error.status_code == 404:
+                return "not_found"
+            raise UpstreamError(f"fal refused the cancel: {error.status_code} {_detail(error)}") from None
+        except httpx.HTTPError as error:
+            raise UpstreamError(f"fal could not be reached: {type(error).__name__}") from None
+        return "requested"
+
+    async def completion_change(self, model_id: str, request_id: str, status: FalStatus) -> JobChange:
+        """The terminal change for a COMPLETED status: fetch its result, or record its error."""
+        try:
+            output = await self.result(model_id, request_id)
+        except FalRequestFailed as failure:
+            if failure.status_code >= 500 and status.error is None:
+                raise
+            return JobChange(
+                status="failed",
+                error=status.error or f"fal answered {failure.status_code}",
+                error_type=status.error_type,
+                result=failure.detail,
+                logs=status.logs,
+            )
+        if status.error:
+            return JobChange(status="failed", error=status.error, error_type=status.error_type, result=output, logs=status.logs)
+        return JobChange(status="completed", result=output, logs=status.logs)
+
+    def _request_url(self, model_id: str, request_id: str) -> str:
+        app, _ = _app_path(model_id)
+        return f"{self._queue_url}/{app}/requests/{request_id}"
+
+
+def change_from_status(status: FalStatus) -> JobChange | None:
+    """Queue position and progress as job changes; COMPLETED needs a result fetch (see above)."""
+    if status.status == "IN_QUEUE":
+        return JobChange(status="pending", queue_position=status.queue_position)
+    if status.status == "IN_PROGRESS":
+        return JobChange(status="in_progress", logs=status.logs)
+    return None
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        body = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        return response.text[:500]
+    return body.get("detail", body) if isinstance(body, dict) else body
+
+
+async def sleep_backoff(attempt: int, *, base_s: float = 0.5, cap_s: float = 10.0) -> None:
+    await asyncio.sleep(min(cap_s, base_s * 2 ** min(attempt, 10)))

@@ -1,0 +1,93 @@
+"""Taking fal's webhooks: a verified body becomes a job change, applied through the status machine.
+
+A webhook can beat the INSERT of the job it is about (a fast model answers before our submit call
+returns). Such a webhook is parked in `fal_early_webhooks` and applied when the job row appears;
+an advisory lock on the request id makes "no row yet, park it" and "row created, adopt what is
+parked" mutually exclusive, so nothing slips between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+
+from service.errors import InvalidRequest, Unavailable
+from service.fal.gateway import FalGateway, FalRequestFailed
+from service.jobs.models import JobChange
+from service.jobs.status_machine import Applied, apply_change, lock_request
+
+log = logging.getLogger(__name__)
+
+
+class FalWebhook(msgspec.Struct, kw_only=True):
+    request_id: str
+    status: Literal["OK", "ERROR"]
+    gateway_request_id: str | None = None
+    payload: Any = None
+    payload_error: str | None = None
+    error: str | None = None
+
+
+def parse_webhook(body: bytes, signed_request_id: str) -> FalWebhook:
+    try:
+        webhook = msgspec.json.decode(body, type=FalWebhook)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise InvalidRequest(f"body: not a fal webhook ({error})") from None
+    if webhook.request_id != signed_request_id and webhook.gateway_request_id != signed_request_id:
+        raise InvalidRequest("request_id: the body's request id differs from the signed X-Fal-Webhook-Request-Id")
+    return webhook
+
+
+class WebhookIntake:
+    def __init__(self, pool: asyncpg.Pool, gateway: FalGateway) -> None:
+        self._pool = pool
+        self._gateway = gateway
+
+    async def receive(self, webhook: FalWebhook) -> Applied | None:
+        """Apply the webhook, or park it when its job is not there yet (None)."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            await lock_request(connection, webhook.request_id)
+            model_id = await connection.fetchval("SELECT model_id FROM fal_jobs WHERE request_id = $1", webhook.request_id)
+            if model_id is None:
+                await connection.execute(
+                    "INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2)",
+                    webhook.request_id, webhook,
+                )
+                log.info("webhook parked until its job appears", extra={"request_id": webhook.request_id})
+                return None
+        change = await self._change_for(webhook, model_id)
+        async with self._pool.acquire() as connection:
+            return await apply_change(connection, webhook.request_id, change)
+
+    async def adopt_early(self, request_id: str, model_id: str) -> int:
+        """Apply the webhooks parked for a job whose row now exists; returns how many."""
+        rows = await self._pool.fetch(
+            "SELECT id, body FROM fal_early_webhooks WHERE request_id = $1 ORDER BY id", request_id
+        )
+        for row in rows:
+            webhook = msgspec.convert(row["body"], FalWebhook)
+            change = await self._change_for(webhook, model_id)
+            async with self._pool.acquire() as connection, connection.transaction():
+                await apply_change(connection, request_id, change)
+                # Deleted only once applied: a crash in between re-applies, and duplicates are no-ops.
+                await connection.execute("DELETE FROM fal_early_webhooks WHERE id = $1", row["id"])
+        return len(rows)
+
+    async def _change_for(self, webhook: FalWebhook, model_id: str) -> JobChange:
+        if webhook.status == "ERROR":
+            return JobChange(status="failed", error=webhook.error or "fal reported an error", result=webhook.payload)
+        if webhook.payload is None and webhook.payload_error is not None:
+            # fal could not serialize the output into the webhook: fetch it from the queue.
+            try:
+                output = await self._gateway.result(model_id, webhook.request_id)
+            except FalRequestFailed as failure:
+                if failure.status_code >= 500:
+                    raise Unavailable(f"fal answered {failure.status_code} for the result; retry") from None
+                return JobChange(status="failed", error=f"fal answered {failure.status_code} for the result", result=failure.detail)
+            except Exception as error:  # transport errors: fal retries the webhook we refuse
+                raise Unavailable(f"could not fetch the result from fal ({type(error).__name__}); retry") from None
+            return JobChange(status="completed", result=output)
+        return JobChange(status="completed", result=webhook.payload)

@@ -1,0 +1,80 @@
+"""The reconciliation sweep against the emulator and the real Postgres."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import msgspec
+
+from service.emulator import FalEmulator
+from service.fal.gateway import FalGateway
+from service.fal.reconcile import SWEEP_LOCK_KEY, Reconciler
+from service.jobs.models import NewJob
+from service.jobs.status_machine import create_job
+from tests.conftest import FAL_KEY, RunningServer
+
+
+def reconciler_of(service: RunningServer) -> Reconciler:
+    return service.app.state.reconciler
+
+
+async def job_row(pool: asyncpg.Pool, request_id: str, *, mode: str = "webhook", overdue: bool = True) -> None:
+    async with pool.acquire() as connection:
+        await create_job(connection, NewJob(request_id=request_id, user_id="sweep-tests", model_id="fal-ai/flux/dev",
+                                            type="image", input={}, mode=mode))  # type: ignore[arg-type]
+    if overdue:
+        await pool.execute("UPDATE fal_jobs SET updated_at = now() - interval '1 hour' WHERE request_id = $1", request_id)
+
+
+async def test_a_job_fal_does_not_know_becomes_failed(service: RunningServer, pool: asyncpg.Pool) -> None:
+    request_id = str(uuid.uuid4())
+    await job_row(pool, request_id)
+    report = await reconciler_of(service).sweep_once()
+    assert report.ran and report.unknown_to_fal >= 1
+    row = await pool.fetchrow("SELECT status, error, error_type FROM fal_jobs WHERE request_id = $1", request_id)
+    assert row["status"] == "failed" and "fal does not know this request" in row["error"]
+
+
+async def test_a_completed_job_whose_webhook_never_came_is_completed_by_the_sweep(service: RunningServer, fal: FalEmulator, pool: asyncpg.Pool) -> None:
+    gateway = FalGateway(key=FAL_KEY, queue_url=fal.base_url)
+    try:
+        request_id = await gateway.submit("fal-ai/flux/dev", {"prompt": "lost webhook"}, webhook_url=None)
+        await fal.wait_until(lambda: fal.requests[request_id].state == "COMPLETED")
+    finally:
+        await gateway.aclose()
+    await job_row(pool, request_id)
+    not_yet = await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id)
+    await reconciler_of(service).sweep_once()
+    row = await pool.fetchrow("SELECT status, result FROM fal_jobs WHERE request_id = $1", request_id)
+    assert (not_yet, row["status"]) == ("pending", "completed")
+    assert row["result"]["images"]
+
+
+async def test_a_job_not_yet_overdue_is_left_alone(service: RunningServer, pool: asyncpg.Pool) -> None:
+    request_id = str(uuid.uuid4())
+    await job_row(pool, request_id, overdue=False)
+    await reconciler_of(service).sweep_once()
+    assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id) == "pending"
+
+
+async def test_a_parked_webhook_is_adopted_by_the_sweep(service: RunningServer, pool: asyncpg.Pool) -> None:
+    request_id = str(uuid.uuid4())
+    parked = {"request_id": request_id, "status": "OK", "payload": {"images": [], "seed": 7}}
+    await pool.execute("INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2)", request_id, parked)
+    await job_row(pool, request_id, overdue=False)
+    report = await reconciler_of(service).sweep_once()
+    assert report.adopted_webhooks >= 1
+    assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id) == "completed"
+    assert await pool.fetchval("SELECT count(*) FROM fal_early_webhooks WHERE request_id = $1", request_id) == 0
+
+
+async def test_only_one_process_sweeps_at_a_time(service: RunningServer, database_url: str) -> None:
+    other_process = await asyncpg.connect(database_url)
+    try:
+        assert await other_process.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK_KEY)
+        report = await reconciler_of(service).sweep_once()
+        assert msgspec.structs.asdict(report)["ran"] is False
+    finally:
+        await other_process.close()
+    assert (await reconciler_of(service).sweep_once()).ran

@@ -1,0 +1,158 @@
+"""POST /api/webhooks/fal over real HTTP: signatures (Ed25519 against the emulator's JWKS), what is
+applied, what is refused, and that a refusal is something fal retries."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+
+from service.emulator import FalEmulator
+from service.emulator.signing import SigningKey, signed_headers
+from service.jobs.models import NewJob
+from service.jobs.status_machine import create_job
+from tests.conftest import RunningServer, fal_settings, serve
+
+HEADERS = ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp", "x-fal-webhook-signature")
+
+
+async def open_job(pool: asyncpg.Pool) -> str:
+    request_id = str(uuid.uuid4())
+    async with pool.acquire() as connection:
+        await create_job(connection, NewJob(request_id=request_id, user_id="webhook-tests", model_id="fal-ai/flux/dev",
+                                            type="image", input={}, mode="webhook"))
+    return request_id
+
+
+def webhook(request_id: str, **fields: Any) -> bytes:
+    body = {"request_id": request_id, "gateway_request_id": request_id, "status": "OK",
+            "payload": {"images": [], "seed": 196619188014358660}, **fields}
+    return msgspec.json.encode(body)
+
+
+def signed(key: SigningKey, request_id: str, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
+    return signed_headers(key, request_id=request_id, user_id="fal-user", timestamp=timestamp or int(time.time()), body=body)
+
+
+async def post(http: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return await http.post(f"{url}/api/webhooks/fal", content=body, headers={**headers, "content-type": "application/json"})
+
+
+async def test_valid_signature_applies_and_a_duplicate_is_acked(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    request_id = await open_job(pool)
+    body = webhook(request_id)
+    first = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
+    assert first.status_code == 200 and first.json() == {"request_id": request_id, "outcome": "applied"}
+    again = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
+    assert again.status_code == 200 and again.json()["outcome"] == "duplicate"
+    row = await pool.fetchrow("SELECT status, result FROM fal_jobs WHERE request_id = $1", request_id)
+    assert row["status"] == "completed" and row["result"]["seed"] == 196619188014358660
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("forged", "signature"),
+        ("tampered", "signature"),
+        ("stale", "stale"),
+        ("future", "future"),
+        ("bad_hex", "hex"),
+    ],
+)
+async def test_bad_signatures_are_401_with_a_reason_and_change_nothing(
+    service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool, case: str, reason: str
+) -> None:
+    request_id = await open_job(pool)
+    body = webhook(request_id)
+    key = SigningKey.generate() if case == "forged" else fal.keyset.current
+    timestamp = {"stale": int(time.time()) - 301, "future": int(time.time()) + 301}.get(case)
+    headers = signed(key, request_id, body, timestamp=timestamp)
+    if case == "tampered":
+        body = webhook(request_id, payload={"images": [], "seed": 1})
+    if case == "bad_hex":
+        headers["X-Fal-Webhook-Signature"] = "zz" * 64
+    response = await post(http, service.url, body, headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "not_authenticated" and reason in response.json()["message"]
+    assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id) == "pending"
+
+
+@pytest.mark.parametrize("missing", HEADERS)
+async def test_each_missing_header_is_named(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool, missing: str) -> None:
+    request_id = await open_job(pool)
+    body = webhook(request_id)
+    headers = {name: value for name, value in signed(fal.keyset.current, request_id, body).items() if name.lower() != missing}
+    response = await post(http, service.url, body, headers)
+    assert response.status_code == 401 and missing in response.json()["message"]
+
+
+async def test_a_body_for_another_request_than_the_signed_one_is_400(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    request_id = await open_job(pool)
+    body = webhook(str(uuid.uuid4()))
+    response = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
+    assert response.status_code == 400 and "request_id" in response.json()["message"]
+
+
+async def test_signed_garbage_is_400_not_500(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient) -> None:
+    body = b'{"request_id": 5'
+    response = await post(http, service.url, body, signed(fal.keyset.current, "r", body))
+    assert response.status_code == 400 and response.json()["message"].startswith("body: not a fal webhook")
+
+
+async def test_key_rotation_is_picked_up_from_the_jwks(database_url: str, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    """A fresh emulator and service: fal rolls its key, the service refetches the JWKS once."""
+    from service.app import create_app
+    from tests.conftest import FAL_KEY
+
+    holder: dict[str, FalEmulator] = {}
+
+    def build_fal(url: str) -> object:
+        from service.emulator import create_emulator_app
+
+        holder["fal"] = FalEmulator(url, FAL_KEY)
+        return create_emulator_app(holder["fal"])
+
+    fal_server = await serve(build_fal)
+    emulator = holder["fal"]
+    service = await serve(lambda url: create_app(fal_settings(database_url, emulator, url)))
+    try:
+        old_key = emulator.keyset.current
+        emulator.rotate_key(keep_old=False)
+        request_id = await open_job(pool)
+        body = webhook(request_id)
+        response = await post(http, service.url, body, signed(emulator.keyset.current, request_id, body))
+        assert response.status_code == 200, response.text
+        stale_key = await post(http, service.url, body, signed(old_key, request_id, body))
+        assert stale_key.status_code == 401, "a key dropped from the JWKS no longer verifies"
+    finally:
+        await service.stop()
+        await fal_server.stop()
+
+
+async def test_a_database_outage_answers_503_so_fal_retries(fal: FalEmulator, http: httpx.AsyncClient) -> None:
+    """A Postgres of its own, stopped under the running service: the webhook is refused with 503."""
+    import tempfile
+
+    import pgserver
+
+    from service.app import create_app
+    from service.db.migrations import apply_migrations
+
+    server = pgserver.get_server(tempfile.mkdtemp(prefix="fal-jobs-outage-"), cleanup_mode="delete")
+    dsn = server.get_uri()
+    apply_migrations(dsn)
+    service = await serve(lambda url: create_app(fal_settings(dsn, fal, url)))
+    try:
+        server.cleanup()  # Postgres goes away
+        request_id = str(uuid.uuid4())
+        body = webhook(request_id)
+        response = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "unavailable" and response.headers["retry-after"]
+    finally:
+        await service.stop()
