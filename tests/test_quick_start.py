@@ -71,7 +71,18 @@ def test_run_command_uses_embedded_postgres_and_keeps_data_across_restarts(embed
         assert created.returncode == 0, created.stderr
         api_key = created.stdout.strip()
         assert api_key.startswith("fj_") and api_key not in created.stderr
-        assert httpx.get(f"{url}/api/jobs", headers={"Authorization": f"Bearer {api_key}"}).status_code == 200
+        auth = {"Authorization": f"Bearer {api_key}"}
+        # Nothing configured: the local fal emulator answers inside the service, webhooks included.
+        created = httpx.post(f"{url}/api/jobs", headers=auth, timeout=30,
+                             json={"type": "image", "model_id": "fal-ai/flux/schnell", "input": {"prompt": "a kite"}})
+        assert created.status_code == 202, created.text
+        job = created.json()
+        deadline = time.monotonic() + 30
+        while job["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            job = httpx.get(f"{url}/api/jobs/{job['request_id']}", headers=auth).json()
+        assert job["status"] == "completed" and job["mode"] == "webhook"
+        assert httpx.get(job["result"]["images"][0]["url"]).headers["content-type"] == "image/png"
     finally:
         code = stop(service)
     assert code == 0, log.read_text()
