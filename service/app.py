@@ -25,13 +25,18 @@ from service.fal.reconcile import Reconciler
 from service.fal.signatures import JwksKeyring, WebhookVerifier
 from service.fal.webhooks import WebhookIntake
 from service.http.dependencies import provide_pool, provide_settings, provide_user_id
+from service.auth.stream_tokens import StreamTokens
 from service.http.errors import EXCEPTION_HANDLERS
+from service.http.events import EventsController
 from service.http.health import healthz, readyz
 from service.http.jobs import JobsController
 from service.http.request_log import request_log_middleware
 from service.http.webhooks import fal_webhook
 from service.jobs.commands import JobCommands
 from service.logging import configure_logging
+from service.realtime.hub import Hub
+from service.realtime.listener import EventListener
+from service.realtime.shutdown import close_streams_on_exit_signal
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ def _from_state(name: str) -> Provide:
 
 
 def create_app(settings: Settings) -> Litestar:
-    route_handlers: list[object] = [healthz, readyz, JobsController, fal_webhook]
+    route_handlers: list[object] = [healthz, readyz, JobsController, EventsController, fal_webhook]
 
     emulator: FalEmulator | None = None
     if settings.uses_emulator:
@@ -72,6 +77,10 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         dsn = settings.database_url or start_embedded_postgres(settings.embedded_pgdata)
         pool = await create_pool(dsn)
+        hub = Hub()
+        listener = EventListener(settings.listen_database_url or dsn, hub)
+        await listener.start()
+        restore_signals = close_streams_on_exit_signal(hub)
         http = httpx.AsyncClient(timeout=10)
         gateway = FalGateway(key=fal_key, queue_url=queue_url)
         intake = WebhookIntake(pool, gateway)
@@ -89,12 +98,17 @@ def create_app(settings: Settings) -> Litestar:
             reconciler=reconciler,
             follower=follower,
             emulator=emulator,
+            hub=hub,
+            listener=listener,
+            tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
         )
         sweeping = asyncio.create_task(reconciler.run_forever(), name="reconcile")
         log.info("fal-jobs started", extra={"fal": "emulator" if emulator else "fal.ai", "webhooks": bool(webhook_url)})
         try:
             yield
         finally:
+            restore_signals()
+            hub.close_all()
             sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeping
@@ -103,6 +117,7 @@ def create_app(settings: Settings) -> Litestar:
                 await emulator.aclose()
             await gateway.aclose()
             await http.aclose()
+            await listener.aclose()
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
             except (TimeoutError, asyncio.CancelledError):
@@ -120,6 +135,9 @@ def create_app(settings: Settings) -> Litestar:
             "commands": _from_state("commands"),
             "intake": _from_state("intake"),
             "verifier": _from_state("verifier"),
+            "hub": _from_state("hub"),
+            "tokens": _from_state("tokens"),
+            "listener": _from_state("listener"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[request_log_middleware],

@@ -51,6 +51,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reconcile_interval_s: float = 60.0
     reconcile_after_s: float = 300.0
     """A job open this long without news is asked about at fal by the sweep."""
+    sse_heartbeat_s: float = 15.0
+    stream_token_ttl_s: int = 900
     max_followers: int = 200
     """Status streams to fal held open at once by one process; more jobs wait their turn."""
 
@@ -168,6 +170,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         ("RECONCILE_INTERVAL_S", "reconcile_interval_s", float),
         ("RECONCILE_AFTER_S", "reconcile_after_s", float),
         ("MAX_FOLLOWERS", "max_followers", int),
+        ("SSE_HEARTBEAT_S", "sse_heartbeat_s", float),
+        ("STREAM_TOKEN_TTL_S", "stream_token_ttl_s", int),
     ):
         if (value := get(name)) is not None:
             kwargs[field] = _positive(name, value, kind)

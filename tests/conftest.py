@@ -144,7 +144,7 @@ def fal_settings(database_url: str, fal: FalEmulator, url: str | None, **overrid
     extra = {"APP_URL": url} if url else {}
     return service_settings(
         database_url, FAL_KEY=FAL_KEY, FAL_QUEUE_URL=fal.base_url, FAL_JWKS_URL=fal.jwks_url,
-        RECONCILE_INTERVAL_S="3600", **extra, **overrides,
+        RECONCILE_INTERVAL_S="3600", SSE_HEARTBEAT_S="0.5", **{**extra, **overrides},
     )
 
 

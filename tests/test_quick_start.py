@@ -64,7 +64,7 @@ def test_run_command_uses_embedded_postgres_and_keeps_data_across_restarts(embed
     service = start(embedded_env, log)
     try:
         ready = wait_ready(url, service)
-        assert ready.json()["checks"] == {"database": "ok", "migrations": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "listener": "ok"}
         # The CLI attaches to the same embedded server while the service runs.
         created = subprocess.run([sys.executable, "-m", "service", "users", "create", "alice"], cwd=ROOT,
                                  env=embedded_env, capture_output=True, text=True, timeout=60)

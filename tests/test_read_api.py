@@ -117,7 +117,7 @@ async def test_unknown_route_and_method_use_the_error_shape(service_url: str, ht
 async def test_health_readiness_and_openapi(service_url: str, http: httpx.AsyncClient) -> None:
     assert (await http.get(f"{service_url}/healthz")).json()["status"] == "ok"
     ready = await http.get(f"{service_url}/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "migrations": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "migrations": "ok", "listener": "ok"}
     schema = (await http.get(f"{service_url}/schema/openapi.json")).json()
     assert "/api/jobs/{request_id}" in schema["paths"]
 

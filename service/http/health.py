@@ -8,8 +8,11 @@ import asyncpg
 import msgspec
 from litestar import Response, get
 
+from litestar.di import NamedDependency
+
 from service.db.migrations import missing_migrations
 from service.http.dependencies import PoolDependency
+from service.realtime.listener import EventListener
 
 
 class Health(msgspec.Struct):
@@ -22,9 +25,9 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"], summary="The database is reachable and its migrations are current")
-async def readyz(pool: PoolDependency) -> Response[Health]:
-    checks: dict[str, str] = {}
+@get("/readyz", tags=["health"], summary="The database is reachable, its migrations are current, the listener is connected")
+async def readyz(pool: PoolDependency, listener: NamedDependency[EventListener]) -> Response[Health]:
+    checks: dict[str, str] = {"listener": "ok" if listener.connected else "disconnected; reconnecting"}
     try:
         async with asyncio.timeout(2):
             async with pool.acquire() as connection:

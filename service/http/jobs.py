@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
+from service.auth.stream_tokens import StreamTokens, job_scope
 from service.errors import Conflict
 from service.http.dependencies import PoolDependency, UserIdDependency
 from service.jobs import queries
 from service.jobs.commands import CreateJobRequest, JobCommands
 from service.jobs.models import Job
+from service.realtime.hub import Hub
+from service.realtime.waiting import wait_for_job
+
+MAX_WAIT_S = 300
 
 
 class JobLinks(msgspec.Struct):
@@ -25,6 +30,12 @@ class JobLinks(msgspec.Struct):
 
 class JobView(Job, kw_only=True):
     links: JobLinks
+
+
+class CreatedJob(JobView, kw_only=True):
+    stream_token: str
+    """For `GET links.events?token=...` from a browser's EventSource; short-lived."""
+    stream_token_expires_at: int
 
 
 class JobViewPage(msgspec.Struct, kw_only=True):
@@ -44,25 +55,34 @@ class JobsController(Controller):
 
     @post("/", status_code=202, summary="Submit an image or video job to fal; answers at once")
     async def create_job(
-        self, data: JSONBody[CreateJobRequest], user_id: UserIdDependency, commands: NamedDependency[JobCommands]
-    ) -> JobView:
-        return job_view(await commands.create(user_id, data))
+        self, data: JSONBody[CreateJobRequest], user_id: UserIdDependency, commands: NamedDependency[JobCommands],
+        tokens: NamedDependency[StreamTokens],
+    ) -> CreatedJob:
+        job = job_view(await commands.create(user_id, data))
+        token, expires_at = tokens.issue(user_id, job_scope(job.request_id))
+        return CreatedJob(**msgspec.structs.asdict(job), stream_token=token, stream_token_expires_at=expires_at)
 
     @get("/", summary="The caller's jobs, newest first")
     async def list_jobs(
         self,
         pool: PoolDependency,
         user_id: UserIdDependency,
-        status: str | None = Parameter(default=None, description="pending, in_progress, completed, failed or cancelled"),
-        type: str | None = Parameter(default=None, description="image or video"),
-        limit: int = Parameter(default=queries.DEFAULT_PAGE_SIZE, description=f"1 to {queries.MAX_PAGE_SIZE}"),
-        cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),
+        status: Annotated[str | None, QueryParameter(description="pending, in_progress, completed, failed or cancelled")] = None,
+        type: Annotated[str | None, QueryParameter(description="image or video")] = None,
+        limit: Annotated[int, QueryParameter(description=f"1 to {queries.MAX_PAGE_SIZE}")] = queries.DEFAULT_PAGE_SIZE,
+        cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
     ) -> JobViewPage:
         page = await queries.list_jobs(pool, user_id, status=status, type=type, limit=limit, cursor=cursor)
         return JobViewPage(jobs=[job_view(job) for job in page.jobs], next_cursor=page.next_cursor)
 
-    @get("/{request_id:str}", summary="One job")
-    async def get_job(self, pool: PoolDependency, user_id: UserIdDependency, request_id: FromPath[str]) -> JobView:
+    @get("/{request_id:str}", summary="One job; with ?wait=SECONDS, answers once it is terminal or at the deadline")
+    async def get_job(
+        self, pool: PoolDependency, user_id: UserIdDependency, hub: NamedDependency[Hub], request_id: FromPath[str],
+        wait: Annotated[float, QueryParameter(ge=0, le=MAX_WAIT_S, description=f"seconds to wait for a terminal state, at most {MAX_WAIT_S}")] = 0,
+    ) -> JobView:
+        if wait > 0:
+            queries.check_request_id(request_id)
+            return job_view(await wait_for_job(hub, pool, user_id=user_id, request_id=request_id, timeout_s=wait))
         return job_view(await queries.get_job(pool, user_id, request_id))
 
     @get("/{request_id:str}/result", summary="The output of a completed job")

@@ -1,0 +1,68 @@
+"""Short-lived signed stream tokens: a browser cannot put an API key in an EventSource, so the
+API hands out an HMAC-signed token scoped to one job or to the user's stream, with an expiry.
+
+Format: base64url(JSON claims) "." base64url(HMAC-SHA256(secret, claims)). Verified in constant
+time; any failure reads the same to the caller as a wrong key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+
+import msgspec
+
+from service.errors import NotAuthenticated
+
+USER_SCOPE = "user"
+
+
+def job_scope(request_id: str) -> str:
+    return f"job:{request_id}"
+
+
+class StreamClaims(msgspec.Struct, frozen=True):
+    user_id: str = msgspec.field(name="u")
+    scope: str = msgspec.field(name="s")
+    expires_at: int = msgspec.field(name="e")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class StreamTokens:
+    def __init__(self, secret: str, *, ttl_s: int) -> None:
+        self._key = hashlib.sha256(b"fal-jobs stream token\0" + secret.encode()).digest()
+        self.ttl_s = ttl_s
+
+    def issue(self, user_id: str, scope: str, *, now: float | None = None) -> tuple[str, int]:
+        expires_at = int(now if now is not None else time.time()) + self.ttl_s
+        claims = msgspec.json.encode(StreamClaims(user_id=user_id, scope=scope, expires_at=expires_at))
+        return f"{_b64(claims)}.{_b64(self._sign(claims))}", expires_at
+
+    def verify(self, token: str, scope: str, *, now: float | None = None) -> str:
+        """The token's user id, when it is genuine, unexpired and for `scope`."""
+        try:
+            claims_part, signature_part = token.split(".", 1)
+            claims_raw, signature = _unb64(claims_part), _unb64(signature_part)
+        except (ValueError, binascii.Error):
+            raise NotAuthenticated("token: malformed stream token") from None
+        if not hmac.compare_digest(signature, self._sign(claims_raw)):
+            raise NotAuthenticated("token: invalid stream token")
+        claims = msgspec.json.decode(claims_raw, type=StreamClaims)
+        if claims.expires_at < (now if now is not None else time.time()):
+            raise NotAuthenticated("token: stream token expired; ask POST /api/stream-tokens for a new one")
+        if claims.scope != scope:
+            raise NotAuthenticated("token: this stream token is for another stream")
+        return claims.user_id
+
+    def _sign(self, claims: bytes) -> bytes:
+        return hmac.new(self._key, claims, hashlib.sha256).digest()

@@ -1,0 +1,116 @@
+"""FalJobsClient: a small typed Python client for API consumers.
+
+The seed's `createFalJob` / `waitForFalJob` in Python, with push instead of polling: waiting reads
+the job's Server-Sent Event stream and, if the connection drops, resumes with Last-Event-ID, so no
+change is lost and none is seen twice.
+
+    async with FalJobsClient("http://127.0.0.1:8000", api_key) as client:
+        job = await client.create_job("image", "fal-ai/flux/dev", {"prompt": "a fox"})
+        done = await client.wait_for_job(job.request_id, timeout=300)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+import msgspec
+from httpx_sse import aconnect_sse
+
+from service.jobs.models import Job
+
+
+class FalJobsError(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(f"{status} {error}: {message}")
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+class JobWaitTimeout(TimeoutError):
+    def __init__(self, job: Job | None) -> None:
+        super().__init__("the job did not finish in time")
+        self.job = job
+        """The last state seen before the deadline."""
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+        raise FalJobsError(response.status_code, body.get("error", "error"), body.get("message", response.text))
+    except ValueError:
+        raise FalJobsError(response.status_code, "error", response.text[:200]) from None
+
+
+class FalJobsClient:
+    def __init__(self, base_url: str, api_key: str, *, http: httpx.AsyncClient | None = None,
+                 reconnect_delay_s: float = 0.5) -> None:
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+        self._owns_http = http is None
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._reconnect_delay_s = reconnect_delay_s
+
+    async def __aenter__(self) -> FalJobsClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def create_job(self, type: Literal["image", "video"], model_id: str, input: dict[str, Any]) -> Job:
+        response = await self._http.post(f"{self._base}/api/jobs", headers=self._headers,
+                                         json={"type": type, "model_id": model_id, "input": input})
+        _raise_for_error(response)
+        return msgspec.json.decode(response.content, type=Job)
+
+    async def get_job(self, request_id: str) -> Job:
+        response = await self._http.get(f"{self._base}/api/jobs/{request_id}", headers=self._headers)
+        _raise_for_error(response)
+        return msgspec.json.decode(response.content, type=Job)
+
+    async def iter_events(self, request_id: str, *, last_event_id: int | None = None) -> AsyncIterator[Job]:
+        """The job's snapshot, then each change, until it is terminal; reconnects and resumes."""
+        while True:
+            headers = dict(self._headers)
+            if last_event_id is not None:
+                headers["Last-Event-ID"] = str(last_event_id)
+            try:
+                async with aconnect_sse(self._http, "GET", f"{self._base}/api/jobs/{request_id}/events", headers=headers) as source:
+                    if source.response.status_code == 204:
+                        return  # finished before we (re)connected: nothing more will come
+                    if not source.response.is_success:
+                        await source.response.aread()
+                        _raise_for_error(source.response)
+                    async for message in source.aiter_sse():
+                        if message.event != "job":
+                            continue
+                        last_event_id = int(message.id)
+                        job = msgspec.json.decode(message.data, type=Job)
+                        yield job
+                        if job.is_terminal:
+                            return
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                pass
+            await asyncio.sleep(self._reconnect_delay_s)
+
+    async def wait_for_job(self, request_id: str, timeout: float = 300) -> Job:
+        """The job once it is completed, failed or cancelled; JobWaitTimeout past `timeout`."""
+        last: Job | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                async for job in self.iter_events(request_id):
+                    last = job
+                    if job.is_terminal:
+                        return job
+        except TimeoutError:
+            raise JobWaitTimeout(last) from None
+        return last if last is not None else await self.get_job(request_id)

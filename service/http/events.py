@@ -1,0 +1,117 @@
+"""Live streams over HTTP (Server-Sent Events) and the stream tokens browsers use to open them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from service.auth.api_keys import user_for_key
+from service.auth.stream_tokens import USER_SCOPE, StreamTokens, job_scope
+from service.errors import InvalidRequest, NotAuthenticated
+from service.http.dependencies import PoolDependency, UserIdDependency
+from service.http.sse import EventStreamResponse
+from service.jobs import queries
+from service.jobs.models import JOB_STATUSES, JOB_TYPES
+from service.realtime.hub import Hub
+from service.realtime.streams import JobAlreadyFinished, open_job_stream, open_user_stream
+from service.settings import Settings
+
+
+async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTokens, scope: str, token: str | None) -> str:
+    """The user behind a stream request: a `?token=` stream token for `scope`, or a Bearer key."""
+    if token:
+        return tokens.verify(token, scope)
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() == "bearer" and key.strip():
+        user_id = await user_for_key(pool, key.strip())
+        if user_id is not None:
+            return user_id
+        raise NotAuthenticated("authorization: unknown API key")
+    raise NotAuthenticated("token: missing; pass ?token=<stream token> or 'Authorization: Bearer <API key>'")
+
+
+def last_event_id(request: Request, query_value: str | None) -> int | None:
+    raw = request.headers.get("last-event-id") or query_value
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise InvalidRequest("last_event_id: must be the integer id of an event this API sent")
+    return int(raw)
+
+
+def _split(values: str | None, allowed: tuple[str, ...], name: str) -> list[str] | None:
+    if not values:
+        return None
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    for item in items:
+        if item not in allowed:
+            raise InvalidRequest(f"{name}: unknown {name} {item!r}; expected one of {', '.join(allowed)}")
+    return items
+
+
+class StreamTokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    scope: Literal["user", "job"] = "user"
+    request_id: str | None = None
+
+
+class StreamToken(msgspec.Struct):
+    token: str
+    expires_at: int
+    url: str
+
+
+class EventsController(Controller):
+    tags = ["live"]
+
+    @get("/api/jobs/{request_id:str}/events", summary="One job's live status (SSE): snapshot, changes, end")
+    async def job_events(
+        self, request: Request, pool: PoolDependency, hub: NamedDependency[Hub], tokens: NamedDependency[StreamTokens],
+        settings: NamedDependency[Settings], request_id: FromPath[str],
+        token: Annotated[str | None, QueryParameter(description="stream token")] = None,
+        last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id", description="resume after this event id")] = None,
+    ) -> Response:
+        queries.check_request_id(request_id)
+        user_id = await stream_caller(request, pool, tokens, job_scope(request_id), token)
+        try:
+            stream = await open_job_stream(hub, pool, user_id=user_id, request_id=request_id,
+                                           last_event_id=last_event_id(request, last_event_id_query),
+                                           heartbeat_s=settings.sse_heartbeat_s)
+        except JobAlreadyFinished:
+            return Response(content=b"", status_code=204)  # tells EventSource to stop reconnecting
+        return EventStreamResponse(stream)
+
+    @get("/api/events", summary="All of the caller's jobs, live (SSE); stays open")
+    async def user_events(
+        self, request: Request, pool: PoolDependency, hub: NamedDependency[Hub], tokens: NamedDependency[StreamTokens],
+        settings: NamedDependency[Settings],
+        token: Annotated[str | None, QueryParameter(description="stream token")] = None,
+        status: Annotated[str | None, QueryParameter(description="comma-separated statuses")] = None,
+        type: Annotated[str | None, QueryParameter(description="image or video")] = None,
+        last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id", description="resume after this event id")] = None,
+    ) -> EventStreamResponse:
+        statuses = _split(status, JOB_STATUSES, "status")
+        types = _split(type, JOB_TYPES, "type")
+        user_id = await stream_caller(request, pool, tokens, USER_SCOPE, token)
+        stream = await open_user_stream(hub, pool, user_id=user_id, statuses=statuses, types=types,
+                                        last_event_id=last_event_id(request, last_event_id_query),
+                                        heartbeat_s=settings.sse_heartbeat_s)
+        return EventStreamResponse(stream)
+
+    @post("/api/stream-tokens", status_code=201, summary="A short-lived token for EventSource (?token=)")
+    async def create_stream_token(
+        self, data: JSONBody[StreamTokenRequest], user_id: UserIdDependency, pool: PoolDependency,
+        tokens: NamedDependency[StreamTokens],
+    ) -> StreamToken:
+        if data.scope == "job":
+            if data.request_id is None:
+                raise InvalidRequest("request_id: required for a job-scoped token")
+            await queries.get_job(pool, user_id, data.request_id)  # 404 for another user's job
+            token, expires_at = tokens.issue(user_id, job_scope(data.request_id))
+            return StreamToken(token=token, expires_at=expires_at, url=f"/api/jobs/{data.request_id}/events?token={token}")
+        token, expires_at = tokens.issue(user_id, USER_SCOPE)
+        return StreamToken(token=token, expires_at=expires_at, url=f"/api/events?token={token}")

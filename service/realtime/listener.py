@@ -1,0 +1,152 @@
+"""The one LISTEN connection of a process, kept apart from the business code.
+
+A dedicated asyncpg connection (not from the pool, so it can go past a transaction-mode pooler
+via LISTEN_DATABASE_URL) LISTENs on `fal_job_events`. A notification only wakes the loop: each
+wake-up reads every new event row in one query, runs it through the `EventCursor` (which keeps ids
+in order across out-of-order commits), and publishes what it releases to the hub. Notifications
+carry ids only, so nothing is ever known only from a notification.
+
+When the connection drops (pg_terminate_backend, a Postgres restart), the loop reconnects with
+capped backoff and reads from where the cursor stands: open streams stay open meanwhile and miss
+nothing. While the cursor waits on a gap (a transaction that took an id but has not committed) the
+loop re-reads on a short timer, because a rollback sends no notification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+
+from service.realtime.cursor import EventCursor
+from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
+from service.realtime.hub import Hub
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "fal_job_events"
+APPLICATION_NAME = "fal-jobs-listener"
+BATCH = 1000
+STARTUP_LOOKBACK = 1000
+"""At start the cursor sits this many ids below the newest event, so that transactions still in
+flight at start-up (holding lower ids) are not skipped."""
+
+_READ = f"""
+SELECT s.xmin, s.xmax, e.*
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+             pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) s
+LEFT JOIN LATERAL (
+    SELECT {EVENT_COLUMNS} FROM fal_job_events
+    WHERE id > $1 AND NOT (id = ANY($2::bigint[]))
+    ORDER BY id LIMIT $3
+) e ON true
+"""
+
+
+class EventListener:
+    def __init__(self, dsn: str, hub: Hub, *, idle_check_s: float = 30.0, max_backoff_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._hub = hub
+        self._idle_check_s = idle_check_s
+        self._max_backoff_s = max_backoff_s
+        self._wake = asyncio.Event()
+        self._cursor: EventCursor | None = None
+        self._connection: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.reconnects = 0
+        self.reads = 0
+
+    @property
+    def position(self) -> int:
+        return self._cursor.floor if self._cursor else 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-listener")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._disconnect()
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the listener did not connect")
+            await asyncio.sleep(0.01)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._connect()
+                attempt = 0
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+                if self.connected:
+                    log.warning("listener connection lost; reconnecting", extra={"error": type(error).__name__})
+            except Exception:
+                log.exception("listener failed; reconnecting")
+            self.connected = False
+            await self._disconnect()
+            await asyncio.sleep(min(self._max_backoff_s, 0.05 * 2**attempt))
+            attempt += 1
+
+    async def _connect(self) -> None:
+        connection = await asyncpg.connect(self._dsn, server_settings={"application_name": APPLICATION_NAME}, timeout=10)
+        self._connection = connection
+        connection.add_termination_listener(lambda _: self._wake.set())
+        await connection.add_listener(CHANNEL, self._on_notify)
+        if self._cursor is None:
+            newest = await connection.fetchval("SELECT coalesce(max(id), 0) FROM fal_job_events")
+            self._cursor = EventCursor(floor=max(0, newest - STARTUP_LOOKBACK))
+        else:
+            self.reconnects += 1
+        self.connected = True
+        self._wake.set()  # catch up on whatever was committed while we were away
+
+    async def _disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=2)
+            if not connection.is_closed():
+                connection.terminate()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        assert self._connection is not None and self._cursor is not None
+        gap_wait = 0.005
+        while True:
+            timeout = gap_wait if self._cursor.waiting_on_gap else self._idle_check_s
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._connection.is_closed():
+                raise ConnectionError("listener connection closed")
+            full = await self._read_once()
+            if full:
+                self._wake.set()
+            gap_wait = min(0.2, gap_wait * 2) if self._cursor.waiting_on_gap else 0.005
+
+    async def _read_once(self) -> bool:
+        """One query: new rows above the cursor. True when the batch was full (read again)."""
+        assert self._connection is not None and self._cursor is not None
+        rows = await self._connection.fetch(_READ, self._cursor.floor, self._cursor.held_ids, BATCH)
+        self.reads += 1
+        xmin, xmax = rows[0]["xmin"], rows[0]["xmax"]
+        events: list[JobEvent] = [event_from_row(row) for row in rows if row["id"] is not None]
+        released = self._cursor.advance(events, xmin, xmax)
+        self._hub.publish(released, self._cursor.floor)
+        return len(events) >= BATCH

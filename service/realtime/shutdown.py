@@ -1,0 +1,40 @@
+"""Ending live streams when the process is asked to stop.
+
+uvicorn waits for open responses before it runs the lifespan shutdown, and an SSE stream never
+ends by itself; so on SIGINT/SIGTERM we close every stream first (browsers then reconnect to
+another process with their Last-Event-ID) and pass the signal on to uvicorn's own handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from service.realtime.hub import Hub
+
+
+def close_streams_on_exit_signal(hub: Hub) -> Callable[[], None]:
+    """Chain a handler in front of the current SIGINT/SIGTERM handlers; returns an undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(hub.close_all)
+        chained = previous.get(sig)
+        if callable(chained):
+            chained(sig, frame)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            if signal.getsignal(sig) is handler and old is not None:
+                signal.signal(sig, old)
+
+    return restore

@@ -1,0 +1,165 @@
+"""What a live stream sends, independent of how it is framed on the wire (see `service.http.sse`).
+
+A job stream: the job's current snapshot first, then one message per change, ending after the
+terminal state. A user stream: a `ready` message carrying the current position, then every change
+of the user's jobs (optionally filtered). Both resume exactly after a given event id, with no loss
+and no duplicate: the subscription is attached to the hub *before* the database is read up to the
+hub's position, and everything above that position reaches the subscription.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+
+import asyncpg
+import msgspec
+
+from service.errors import NotFound
+from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
+from service.realtime.hub import Hub, Signal, Subscription
+
+REPLAY_LIMIT = 1000
+"""A resume that would replay more events than this sends each job's latest state instead."""
+
+
+class Outgoing(msgspec.Struct, frozen=True):
+    event: str | None = None
+    id: int | None = None
+    data: str | None = None
+    comment: str | None = None
+
+
+HEARTBEAT = Outgoing(comment="heartbeat")
+
+
+def job_message(event: JobEvent) -> Outgoing:
+    return Outgoing(event="job", id=event.id, data=event.data)
+
+
+class LiveStream:
+    """An async iterator of `Outgoing` messages; `close()` ends it from outside (a disconnect)."""
+
+    def __init__(self, hub: Hub, pool: asyncpg.Pool, subscription: Subscription, *, preamble: list[Outgoing],
+                 initial: list[JobEvent], heartbeat_s: float, ends_on_terminal: bool) -> None:
+        self._hub = hub
+        self._pool = pool
+        self._subscription = subscription
+        self._preamble = preamble
+        self._initial = initial
+        self._heartbeat_s = heartbeat_s
+        self._ends_on_terminal = ends_on_terminal
+
+    def close(self) -> None:
+        self._subscription.close()
+
+    async def __aiter__(self) -> AsyncIterator[Outgoing]:
+        subscription = self._subscription
+        try:
+            for message in self._preamble:
+                yield message
+            for event in self._initial:
+                yield job_message(event)
+                if self._ends_on_terminal and event.is_terminal:
+                    return
+            while True:
+                item = await subscription.next(self._heartbeat_s)
+                if item is Signal.TIMEOUT:
+                    yield HEARTBEAT
+                elif item is Signal.CLOSED:
+                    return
+                elif item is Signal.RESYNC:
+                    # Re-arm first (no await in between), so that every event above `position`
+                    # is queued again while the snapshot up to `position` is read.
+                    after, position = subscription.last_id, self._hub.position
+                    subscription.resynced(position)
+                    events = await _latest_per_job(self._pool, subscription, after, position)
+                    for event in events:
+                        yield job_message(event)
+                    if self._ends_on_terminal and events and events[-1].is_terminal:
+                        return
+                else:
+                    assert isinstance(item, JobEvent)
+                    yield job_message(item)
+                    if self._ends_on_terminal and item.is_terminal:
+                        return
+        finally:
+            self._hub.unsubscribe(subscription)
+
+
+class JobAlreadyFinished(Exception):
+    """A resume after a job's terminal event: there is nothing more to send, ever."""
+
+
+async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str,
+                          last_event_id: int | None, heartbeat_s: float) -> LiveStream:
+    owner = await pool.fetchval("SELECT user_id FROM fal_jobs WHERE request_id = $1", request_id)
+    if owner != user_id:
+        raise NotFound(f"job {request_id!r} not found")
+    subscription = hub.subscribe(user_id=user_id, request_id=request_id, after=last_event_id or 0)
+    position = hub.position
+    try:
+        latest_row = await pool.fetchrow(
+            f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE request_id = $1 AND id <= $2 ORDER BY id DESC LIMIT 1",
+            request_id, position,
+        )
+        latest = event_from_row(latest_row) if latest_row is not None else None
+        if last_event_id is None:
+            events = [latest] if latest is not None else []
+        elif latest is not None and latest.id <= last_event_id:
+            if latest.is_terminal:
+                raise JobAlreadyFinished(request_id)
+            events = []
+        else:
+            rows = await pool.fetch(
+                f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE request_id = $1 AND id > $2 AND id <= $3 ORDER BY id",
+                request_id, last_event_id, position,
+            )
+            events = [event_from_row(row) for row in rows]
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+    subscription.last_id = max(subscription.last_id, position)
+    return LiveStream(hub, pool, subscription, preamble=[], initial=events, heartbeat_s=heartbeat_s, ends_on_terminal=True)
+
+
+async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, statuses: Collection[str] | None,
+                           types: Collection[str] | None, last_event_id: int | None, heartbeat_s: float) -> LiveStream:
+    subscription = hub.subscribe(user_id=user_id, statuses=statuses, types=types, after=last_event_id or 0)
+    position = hub.position
+    try:
+        preamble: list[Outgoing] = []
+        events: list[JobEvent] = []
+        if last_event_id is None:
+            preamble = [Outgoing(event="ready", id=position, data=msgspec.json.encode({"position": position}).decode())]
+        else:
+            rows = await pool.fetch(
+                f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE user_id = $1 AND id > $2 AND id <= $3 "
+                "ORDER BY id LIMIT $4",
+                user_id, last_event_id, position, REPLAY_LIMIT + 1,
+            )
+            events = [e for e in map(event_from_row, rows) if subscription.wants(e)]
+            if len(rows) > REPLAY_LIMIT:
+                events = await _latest_per_job(pool, subscription, last_event_id, position)
+    except BaseException:
+        hub.unsubscribe(subscription)
+        raise
+    subscription.last_id = max(subscription.last_id, position)
+    return LiveStream(hub, pool, subscription, preamble=preamble, initial=events, heartbeat_s=heartbeat_s,
+                      ends_on_terminal=False)
+
+
+async def _latest_per_job(pool: asyncpg.Pool, subscription: Subscription, after: int, position: int) -> list[JobEvent]:
+    """A fresh snapshot: the latest state of every job that changed after what the subscriber has."""
+    if subscription.request_id is not None:
+        rows = await pool.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE request_id = $1 AND id > $2 AND id <= $3 "
+            "ORDER BY id DESC LIMIT 1",
+            subscription.request_id, after, position,
+        )
+    else:
+        rows = await pool.fetch(
+            f"SELECT * FROM (SELECT DISTINCT ON (request_id) {EVENT_COLUMNS} FROM fal_job_events "
+            "WHERE user_id = $1 AND id > $2 AND id <= $3 ORDER BY request_id, id DESC) latest ORDER BY id",
+            subscription.user_id, after, position,
+        )
+    return [e for e in map(event_from_row, rows) if subscription.wants(e)]

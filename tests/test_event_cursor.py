@@ -1,0 +1,46 @@
+"""The ordering rule of the event cursor, on hand-made reads (the listener tests cover real commits)."""
+
+from service.realtime.cursor import EventCursor
+from service.realtime.events import JobEvent
+
+
+def ev(event_id: int) -> JobEvent:
+    return JobEvent(id=event_id, request_id="r", user_id="u", version=1, status="pending", type="image", data="{}")
+
+
+def ids(events: list[JobEvent]) -> list[int]:
+    return [e.id for e in events]
+
+
+def test_contiguous_ids_are_released_at_once() -> None:
+    cursor = EventCursor(floor=100)
+    assert ids(cursor.advance([ev(101), ev(102)], xmin=50, xmax=60)) == [101, 102]
+    assert cursor.floor == 102
+
+
+def test_an_id_above_a_gap_is_held_until_the_gap_commits() -> None:
+    cursor = EventCursor(floor=103)
+    assert cursor.advance([ev(105)], xmin=50, xmax=60) == []  # 104 is still running
+    assert cursor.held_ids == [105] and cursor.waiting_on_gap
+    assert ids(cursor.advance([ev(104)], xmin=55, xmax=61)) == [104, 105]
+    assert not cursor.waiting_on_gap and cursor.floor == 105
+
+
+def test_a_gap_is_skipped_once_every_transaction_running_at_detection_has_ended() -> None:
+    cursor = EventCursor(floor=103)
+    assert cursor.advance([ev(105)], xmin=50, xmax=60) == []
+    assert cursor.advance([], xmin=59, xmax=62) == []  # xid 59 (maybe 104's) still running
+    assert ids(cursor.advance([], xmin=60, xmax=62)) == [105]  # all of them ended: 104 rolled back
+    assert cursor.floor == 105
+
+
+def test_a_gap_seen_with_nothing_running_is_skipped_at_once() -> None:
+    cursor = EventCursor(floor=10)
+    assert ids(cursor.advance([ev(12), ev(13)], xmin=70, xmax=70)) == [12, 13]
+
+
+def test_a_gap_keeps_its_first_horizon() -> None:
+    cursor = EventCursor(floor=0)
+    cursor.advance([ev(2)], xmin=5, xmax=10)
+    cursor.advance([ev(3)], xmin=8, xmax=20)  # 1 still missing: its horizon stays 10
+    assert ids(cursor.advance([], xmin=10, xmax=21)) == [2, 3]
