@@ -7,6 +7,7 @@ skips the install unless pyproject.toml changed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -30,16 +31,21 @@ def _wanted_stamp() -> str:
 
 
 def _ensure_venv() -> None:
-    if not _venv_python().exists():
-        print("fal-jobs: creating .venv (first run only)", file=sys.stderr, flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
     wanted = _wanted_stamp()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
-    print("fal-jobs: installing dependencies into .venv", file=sys.stderr, flush=True)
-    pip = [str(_venv_python()), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[dev]"], check=True, cwd=ROOT)
-    STAMP.write_text(wanted)
+    # Two commands started at once (the service and the CLI, two test runs) install only once.
+    with open(ROOT / ".venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _venv_python().exists():
+            print("fal-jobs: creating .venv (first run only)", file=sys.stderr, flush=True)
+            venv.EnvBuilder(with_pip=True).create(VENV)
+        if STAMP.exists() and STAMP.read_text() == wanted:
+            return
+        print("fal-jobs: installing dependencies into .venv", file=sys.stderr, flush=True)
+        pip = [str(_venv_python()), "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "install", "-e", f"{ROOT}[dev]"], check=True, cwd=ROOT)
+        STAMP.write_text(wanted)
 
 
 def _in_project_venv() -> bool:
