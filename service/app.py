@@ -30,6 +30,7 @@ from service.http.errors import EXCEPTION_HANDLERS
 from service.http.events import EventsController
 from service.http.health import healthz, readyz
 from service.http.jobs import JobsController
+from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
 from service.http.webhooks import fal_webhook
 from service.jobs.commands import JobCommands
@@ -49,11 +50,15 @@ def _from_state(name: str) -> Provide:
     def provide(state: State) -> object:
         return state[name]
 
-    return Provide(provide, sync_to_thread=False)
+    # Lifetime singletons: resolved once, not on every request.
+    return Provide(provide, sync_to_thread=False, use_cache=True)
 
 
 def create_app(settings: Settings) -> Litestar:
-    route_handlers: list[object] = [healthz, readyz, JobsController, EventsController, fal_webhook]
+    route_handlers: list[object] = [
+        healthz, readyz, JobsController, EventsController, fal_webhook,
+        page, current_session, sign_out, models, static_files,
+    ]
 
     emulator: FalEmulator | None = None
     if settings.uses_emulator:
@@ -129,8 +134,8 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         state=State({"settings": settings}),
         dependencies={
-            "pool": Provide(provide_pool, sync_to_thread=False),
-            "settings": Provide(provide_settings, sync_to_thread=False),
+            "pool": Provide(provide_pool, sync_to_thread=False, use_cache=True),
+            "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
             "user_id": Provide(provide_user_id),
             "commands": _from_state("commands"),
             "intake": _from_state("intake"),

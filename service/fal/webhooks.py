@@ -47,8 +47,17 @@ class WebhookIntake:
         self._gateway = gateway
 
     async def receive(self, webhook: FalWebhook) -> Applied | None:
-        """Apply the webhook, or park it when its job is not there yet (None)."""
+        """Apply the webhook, or park it when its job is not there yet (None).
+
+        The common case is one transaction of four round trips: BEGIN, the status machine's
+        SELECT ... FOR UPDATE and its UPDATE + INSERT, COMMIT."""
+        change = _change_from_payload(webhook)
         async with self._pool.acquire() as connection, connection.transaction():
+            if change is not None:
+                applied = await apply_change(connection, webhook.request_id, change)
+                if applied.job is not None:
+                    return applied
+            # No row yet (or the output must be fetched first): serialize with the job's creation.
             await lock_request(connection, webhook.request_id)
             model_id = await connection.fetchval("SELECT model_id FROM fal_jobs WHERE request_id = $1", webhook.request_id)
             if model_id is None:
@@ -58,6 +67,8 @@ class WebhookIntake:
                 )
                 log.info("webhook parked until its job appears", extra={"request_id": webhook.request_id})
                 return None
+            if change is not None:  # the row was created while we looked
+                return await apply_change(connection, webhook.request_id, change)
         change = await self._change_for(webhook, model_id)
         async with self._pool.acquire() as connection:
             return await apply_change(connection, webhook.request_id, change)
@@ -77,17 +88,25 @@ class WebhookIntake:
         return len(rows)
 
     async def _change_for(self, webhook: FalWebhook, model_id: str) -> JobChange:
-        if webhook.status == "ERROR":
-            return JobChange(status="failed", error=webhook.error or "fal reported an error", result=webhook.payload)
-        if webhook.payload is None and webhook.payload_error is not None:
-            # fal could not serialize the output into the webhook: fetch it from the queue.
-            try:
-                output = await self._gateway.result(model_id, webhook.request_id)
-            except FalRequestFailed as failure:
-                if failure.status_code >= 500:
-                    raise Unavailable(f"fal answered {failure.status_code} for the result; retry") from None
-                return JobChange(status="failed", error=f"fal answered {failure.status_code} for the result", result=failure.detail)
-            except Exception as error:  # transport errors: fal retries the webhook we refuse
-                raise Unavailable(f"could not fetch the result from fal ({type(error).__name__}); retry") from None
-            return JobChange(status="completed", result=output)
-        return JobChange(status="completed", result=webhook.payload)
+        change = _change_from_payload(webhook)
+        if change is not None:
+            return change
+        # fal could not serialize the output into the webhook: fetch it from the queue.
+        try:
+            output = await self._gateway.result(model_id, webhook.request_id)
+        except FalRequestFailed as failure:
+            if failure.status_code >= 500:
+                raise Unavailable(f"fal answered {failure.status_code} for the result; retry") from None
+            return JobChange(status="failed", error=f"fal answered {failure.status_code} for the result", result=failure.detail)
+        except Exception as error:  # transport errors: fal retries the webhook we refuse
+            raise Unavailable(f"could not fetch the result from fal ({type(error).__name__}); retry") from None
+        return JobChange(status="completed", result=output)
+
+
+def _change_from_payload(webhook: FalWebhook) -> JobChange | None:
+    """The change a webhook carries, or None when fal left the output out (`payload_error`)."""
+    if webhook.status == "ERROR":
+        return JobChange(status="failed", error=webhook.error or "fal reported an error", result=webhook.payload)
+    if webhook.payload is None and webhook.payload_error is not None:
+        return None
+    return JobChange(status="completed", result=webhook.payload)
