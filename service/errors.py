@@ -38,3 +38,9 @@ class Unavailable(DomainError):
     """A dependency of ours (the database) is down; the caller should retry."""
 
     code = "unavailable"
+
+
+class Forbidden(DomainError):
+    """Authenticated, but this request may not do this (e.g. a state change without its CSRF token)."""
+
+    code = "forbidden"

@@ -60,3 +60,20 @@ class FalEarlyWebhook(Table, tablename="fal_early_webhooks"):
     request_id = Text(index=True)
     body = JSONB()
     received_at = Timestamptz(default=TimestamptzNow())
+
+
+class FalSignInToken(Table, tablename="fal_sign_in_tokens"):
+    # A one-time link that turns into a browser session; only its hash is kept.
+    token_hash = Varchar(length=64, primary_key=True)
+    user_id = Varchar(length=36)
+    expires_at = Timestamptz()
+    used_at = Timestamptz(null=True, default=None)
+
+
+class FalBrowserSession(Table, tablename="fal_browser_sessions"):
+    # The cookie holds the session id; only its hash is kept. csrf_token guards state changes.
+    id_hash = Varchar(length=64, primary_key=True)
+    user_id = Varchar(length=36, index=True)
+    csrf_token = Varchar(length=64)
+    created_at = Timestamptz(default=TimestamptzNow())
+    expires_at = Timestamptz()

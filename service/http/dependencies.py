@@ -8,7 +8,8 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from service.auth.api_keys import user_for_key
-from service.errors import NotAuthenticated
+from service.auth.browser_sessions import CSRF_HEADER, SESSION_COOKIE, csrf_matches, session_for
+from service.errors import Forbidden, NotAuthenticated
 from service.settings import Settings
 
 # Handler parameters filled by the app's dependencies of the same name.
@@ -25,9 +26,22 @@ def provide_settings(state: State) -> Settings:
     return state.settings
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def provide_user_id(request: Request, pool: PoolDependency) -> str:
+    """The caller: an API key (`Authorization: Bearer`), or a browser session cookie, whose
+    state-changing requests must carry the session's CSRF token."""
     header = request.headers.get("authorization")
     if not header:
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if session_id:
+            session = await session_for(pool, session_id)
+            if session is None:
+                raise NotAuthenticated("session: expired or signed out; open a new sign-in link")
+            if request.method not in SAFE_METHODS and not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+                raise Forbidden("x-csrf-token: missing or wrong; the page sends the token GET /api/session gives")
+            return session.user_id
         raise NotAuthenticated("authorization: missing; send 'Authorization: Bearer <API key>'")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():

@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from service.errors import (
     Conflict,
     DomainError,
+    Forbidden,
     InvalidRequest,
     NotAuthenticated,
     NotFound,
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     InvalidRequest: 400,
     NotAuthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     UpstreamError: 502,

@@ -19,6 +19,7 @@ from service.fal.follower import FollowTarget, JobFollower
 from service.fal.gateway import FalGateway
 from service.fal.webhooks import WebhookIntake
 from service.jobs import queries
+from service.jobs.catalog import model_type
 from service.jobs.models import Job, JobChange, JobType, NewJob
 from service.jobs.status_machine import apply_change, create_job
 
@@ -51,6 +52,8 @@ class JobCommands:
             raise InvalidRequest(f"model_id: {request.model_id!r} is not of the form owner/app[/path]")
         if request.model_id not in self._allowed_models:
             raise InvalidRequest(f"model_id: {request.model_id!r} is not allowed here; allowed: {', '.join(self._allowed_models)}")
+        if model_type(request.model_id) != request.type:
+            raise InvalidRequest(f"type: {request.model_id!r} makes {model_type(request.model_id)}s, not {request.type}s")
         size = len(msgspec.json.encode(request.input))
         if size > MAX_INPUT_BYTES:
             raise InvalidRequest(f"input: {size} bytes of JSON; at most {MAX_INPUT_BYTES} are accepted")

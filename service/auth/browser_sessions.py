@@ -1,0 +1,74 @@
+"""Browser sign-in without an API key in the browser.
+
+A one-time sign-in link (as Jupyter prints `...?token=...`) becomes a cookie session: the cookie
+carries a random session id (HttpOnly, SameSite=Strict), the database keeps only its hash and a
+CSRF token that every state-changing call from the page must echo in `X-CSRF-Token`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import msgspec
+
+SESSION_COOKIE = "fal_jobs_session"
+CSRF_HEADER = "x-csrf-token"
+SIGN_IN_TTL = timedelta(minutes=30)
+SESSION_TTL = timedelta(days=7)
+
+
+class BrowserSession(msgspec.Struct, frozen=True):
+    user_id: str
+    name: str
+    csrf_token: str
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def issue_sign_in_token(pool: asyncpg.Pool, user_id: str) -> str:
+    token = secrets.token_urlsafe(32)
+    await pool.execute(
+        "INSERT INTO fal_sign_in_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+        _hash(token), user_id, datetime.now(UTC) + SIGN_IN_TTL,
+    )
+    return token
+
+
+async def redeem_sign_in_token(pool: asyncpg.Pool, token: str) -> str | None:
+    """A new session id for a valid, unused, unexpired token (which is then spent); else None."""
+    async with pool.acquire() as connection, connection.transaction():
+        user_id = await connection.fetchval(
+            "UPDATE fal_sign_in_tokens SET used_at = now() "
+            "WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING user_id",
+            _hash(token),
+        )
+        if user_id is None:
+            return None
+        session_id = secrets.token_urlsafe(32)
+        await connection.execute(
+            "INSERT INTO fal_browser_sessions (id_hash, user_id, csrf_token, expires_at) VALUES ($1, $2, $3, $4)",
+            _hash(session_id), user_id, secrets.token_urlsafe(24), datetime.now(UTC) + SESSION_TTL,
+        )
+    return session_id
+
+
+async def session_for(pool: asyncpg.Pool, session_id: str) -> BrowserSession | None:
+    row = await pool.fetchrow(
+        "SELECT s.user_id, u.name, s.csrf_token FROM fal_browser_sessions s JOIN fal_users u ON u.id = s.user_id "
+        "WHERE s.id_hash = $1 AND s.expires_at > now()",
+        _hash(session_id),
+    )
+    return BrowserSession(user_id=row["user_id"], name=row["name"], csrf_token=row["csrf_token"]) if row else None
+
+
+async def end_session(pool: asyncpg.Pool, session_id: str) -> None:
+    await pool.execute("DELETE FROM fal_browser_sessions WHERE id_hash = $1", _hash(session_id))
+
+
+def csrf_matches(session: BrowserSession, offered: str | None) -> bool:
+    return offered is not None and secrets.compare_digest(session.csrf_token, offered)

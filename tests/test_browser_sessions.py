@@ -1,0 +1,72 @@
+"""Browser sign-in and sessions over real HTTP: one-time links, cookie flags, CSRF, sign-out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+
+from service.auth.api_keys import NewUser
+from service.auth.browser_sessions import issue_sign_in_token
+from tests.conftest import RunningServer
+
+
+@contextlib.asynccontextmanager
+async def signed_in(service: RunningServer, pool: asyncpg.Pool, user: NewUser) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    token = await issue_sign_in_token(pool, user.user_id)
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as browser:
+        yield await _land(browser, token), token
+
+
+async def _land(browser: httpx.AsyncClient, token: str) -> httpx.AsyncClient:
+    landing = await browser.get(f"/?token={token}")
+    assert landing.status_code == 303 and landing.headers["location"] == "/"
+    cookie = landing.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert token not in landing.headers["set-cookie"], "the cookie is a session id, not the link's token"
+    return browser
+
+
+async def test_a_sign_in_link_works_once_and_sets_a_session(service: RunningServer, pool: asyncpg.Pool, user: NewUser) -> None:
+    async with signed_in(service, pool, user) as (browser, token):
+        session = (await browser.get("/api/session")).json()
+        assert session["user_id"] == user.user_id and session["name"] == user.name and session["csrf_token"]
+        assert (await browser.get("/api/jobs")).status_code == 200
+        page = await browser.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        async with httpx.AsyncClient(base_url=service.url) as stranger:
+            again = await stranger.get(f"/?token={token}")
+            assert again.status_code == 303 and again.headers["location"] == "/#sign-in-link-invalid"
+            assert (await stranger.get("/api/session")).status_code == 401
+
+
+async def test_state_changes_from_a_session_need_the_csrf_token(service: RunningServer, pool: asyncpg.Pool, user: NewUser) -> None:
+    async with signed_in(service, pool, user) as (browser, _):
+        csrf = (await browser.get("/api/session")).json()["csrf_token"]
+        job = {"type": "image", "model_id": "fal-ai/flux/dev", "input": {"prompt": "x"}}
+        forged = await browser.post("/api/jobs", json=job)
+        assert forged.status_code == 403 and forged.json()["error"] == "forbidden"
+        wrong = await browser.post("/api/jobs", json=job, headers={"X-CSRF-Token": "nope"})
+        assert wrong.status_code == 403
+        created = await browser.post("/api/jobs", json=job, headers={"X-CSRF-Token": csrf})
+        assert created.status_code == 202, created.text
+        token = await browser.post("/api/stream-tokens", json={"scope": "user"}, headers={"X-CSRF-Token": csrf})
+        assert token.status_code == 201
+        out = await browser.post("/api/session/sign-out", headers={"X-CSRF-Token": csrf})
+        assert out.status_code == 200
+        browser.cookies.clear()
+        assert (await browser.get("/api/jobs")).status_code == 401
+
+
+async def test_models_list_names_each_kind(service: RunningServer, http: httpx.AsyncClient) -> None:
+    models = (await http.get(f"{service.url}/api/models")).json()
+    kinds = {m["model_id"]: m["type"] for m in models}
+    assert kinds["fal-ai/flux/dev"] == "image" and kinds["fal-ai/minimax/video-01"] == "video"
+
+
+async def test_a_job_type_must_match_its_model(service: RunningServer, http: httpx.AsyncClient, user: NewUser) -> None:
+    response = await http.post(f"{service.url}/api/jobs", headers={"Authorization": f"Bearer {user.api_key}"},
+                               json={"type": "image", "model_id": "fal-ai/minimax/video-01", "input": {}})
+    assert response.status_code == 400 and response.json()["message"].startswith("type:")
