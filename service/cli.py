@@ -68,7 +68,8 @@ async def _welcome(settings: Settings, dsn: str) -> None:
                 return
             demo = await create_user(pool, DEMO_USER)
             demo_id = demo.user_id
-            print(f"fal-jobs: created the local user '{DEMO_USER}'; its API key (shown once): {demo.api_key}", file=sys.stderr)
+            # Its API key is not printed: the browser never needs one ('users create' makes keys).
+            print(f"fal-jobs: created the local user '{DEMO_USER}'", file=sys.stderr)
         token = await issue_sign_in_token(pool, demo_id)
     finally:
         await pool.close()

@@ -4,6 +4,7 @@ service, Ctrl-C, and a restart that finds the data still there."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -64,6 +65,12 @@ def test_run_command_uses_embedded_postgres_and_keeps_data_across_restarts(embed
     service = start(embedded_env, log)
     try:
         ready = wait_ready(url, service)
+        # With no user yet, it made a local demo user and printed a one-time sign-in link.
+        links = re.findall(r"open this one-time link to sign in: (\S+)", log.read_text())
+        assert len(links) == 1 and links[0].startswith(f"{url}/?token=")
+        signed_in = httpx.get(links[0])
+        assert signed_in.status_code == 303 and "fal_jobs_session=" in signed_in.headers["set-cookie"]
+        assert httpx.get(f"{url}/api/session", cookies=signed_in.cookies).json()["name"] == "demo"
         assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "listener": "ok"}
         # The CLI attaches to the same embedded server while the service runs.
         created = subprocess.run([sys.executable, "-m", "service", "users", "create", "alice"], cwd=ROOT,
