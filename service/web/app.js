@@ -1,0 +1,550 @@
+// fal-jobs in the browser: a form that submits jobs and a list kept live by ONE EventSource.
+//
+// Order of work at start: session → stream (wait for its `ready`) → list. Jobs from the list and
+// the stream are merged by request_id, keeping the highest `version`, so overlap is harmless.
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const STATUS_LABEL = {
+  pending: "Queued",
+  in_progress: "Running",
+  completed: "Completed",
+  failed: "Failed",
+  cancelled: "Cancelled",
+};
+const STATUS_MARK = { pending: "◷", in_progress: "▶", completed: "✓", failed: "✕", cancelled: "⊘" };
+const PAGE_SIZE = 50;
+const READY_WAIT_MS = 5000;
+
+const state = {
+  session: null, // {user_id, name, csrf_token}
+  models: [],
+  jobs: new Map(), // request_id -> job
+  cards: new Map(), // request_id -> card element
+  nextCursor: null,
+  source: null, // the one EventSource
+  lastEventId: null,
+  retryMs: 1000,
+  retryTimer: null,
+  stopped: false,
+};
+
+// ---------------------------------------------------------------- HTTP
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && state.session) headers["X-CSRF-Token"] = state.session.csrf_token;
+  const response = await fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = { message: text };
+  }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+// ---------------------------------------------------------------- start
+
+async function start() {
+  wireStatic();
+  showInvalidLinkNotice(location.hash === "#sign-in-link-invalid");
+  let session;
+  try {
+    session = await api("GET", "/api/session");
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return showSignedOut();
+    return showFatal(`Could not reach the service: ${error.message}`);
+  }
+  state.session = session;
+  showSignedIn();
+  await loadModels();
+  const ready = openStream();
+  await Promise.race([ready, delay(READY_WAIT_MS)]);
+  await loadJobs();
+  setInterval(tickElapsed, 1000);
+}
+
+function wireStatic() {
+  $('[data-testid="dismiss-notice"]').addEventListener("click", () => {
+    showInvalidLinkNotice(false);
+    history.replaceState(null, "", location.pathname + location.search);
+  });
+  window.addEventListener("hashchange", () => showInvalidLinkNotice(location.hash === "#sign-in-link-invalid"));
+  $('[data-testid="sign-out"]').addEventListener("click", signOut);
+  $('[data-testid="load-more"]').addEventListener("click", () => loadJobs(state.nextCursor));
+  const form = $('[data-testid="job-form"]');
+  form.addEventListener("submit", submitJob);
+  for (const radio of form.elements.type) radio.addEventListener("change", syncKind);
+}
+
+function showInvalidLinkNotice(show) {
+  $('[data-testid="sign-in-invalid"]').hidden = !show;
+}
+
+function showSignedOut() {
+  $('[data-testid="loading"]').hidden = true;
+  $('[data-testid="workspace"]').hidden = true;
+  $('[data-testid="signed-out"]').hidden = false;
+  $('[data-testid="user-name"]').hidden = true;
+  $('[data-testid="sign-out"]').hidden = true;
+  $('[data-testid="connection"]').hidden = true;
+}
+
+function showSignedIn() {
+  $('[data-testid="loading"]').hidden = true;
+  $('[data-testid="signed-out"]').hidden = true;
+  $('[data-testid="workspace"]').hidden = false;
+  const who = $('[data-testid="user-name"]');
+  who.textContent = state.session.name;
+  who.hidden = false;
+  $('[data-testid="sign-out"]').hidden = false;
+  $('[data-testid="connection"]').hidden = false;
+}
+
+function showFatal(message) {
+  const loading = $('[data-testid="loading"]');
+  loading.hidden = false;
+  loading.textContent = message;
+}
+
+function sessionLost() {
+  stopStream();
+  state.session = null;
+  showSignedOut();
+}
+
+async function signOut() {
+  try {
+    await api("POST", "/api/session/sign-out");
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) return;
+  }
+  sessionLost();
+}
+
+// ---------------------------------------------------------------- the form
+
+async function loadModels() {
+  try {
+    state.models = await api("GET", "/api/models");
+  } catch (error) {
+    if (error.status === 401) return sessionLost();
+    showFormError(`Could not load the models: ${error.message}`);
+  }
+  const form = $('[data-testid="job-form"]');
+  for (const radio of form.elements.type) {
+    radio.disabled = !state.models.some((m) => m.type === radio.value);
+  }
+  const checked = [...form.elements.type].find((r) => r.checked);
+  if (checked.disabled) {
+    const usable = [...form.elements.type].find((r) => !r.disabled);
+    if (usable) usable.checked = true;
+  }
+  syncKind();
+}
+
+function currentKind() {
+  return $('[data-testid="job-form"]').elements.type.value || "image";
+}
+
+function syncKind() {
+  const kind = currentKind();
+  for (const block of document.querySelectorAll(".options[data-kind]")) block.hidden = block.dataset.kind !== kind;
+  const select = $('[data-testid="model"]');
+  const previous = select.value;
+  select.replaceChildren(
+    ...state.models.filter((m) => m.type === kind).map((m) => new Option(m.model_id, m.model_id)),
+  );
+  if ([...select.options].some((o) => o.value === previous)) select.value = previous;
+}
+
+function showFormError(message) {
+  const box = $('[data-testid="form-error"]');
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function readInput(form) {
+  const kind = currentKind();
+  const prompt = form.elements.prompt.value.trim();
+  if (!prompt) throw new Error("Write a prompt first.");
+  const input = { prompt };
+  if (kind === "image") {
+    input.image_size = form.elements.image_size.value;
+    const count = Number(form.elements.num_images.value || 1);
+    if (!Number.isInteger(count) || count < 1 || count > 4) throw new Error("Images: a whole number from 1 to 4.");
+    input.num_images = count;
+    const seed = form.elements.seed.value.trim();
+    if (seed !== "") {
+      const n = Number(seed);
+      if (!Number.isSafeInteger(n) || n < 0) throw new Error("Seed: a whole number from 0 to 2^53.");
+      input.seed = n;
+    }
+  } else {
+    input.duration = form.elements.duration.value;
+    input.aspect_ratio = form.elements.aspect_ratio.value;
+  }
+  const extraText = form.elements.extra.value.trim();
+  if (extraText) {
+    let extra;
+    try {
+      extra = JSON.parse(extraText);
+    } catch (error) {
+      throw new Error(`Advanced input is not valid JSON: ${error.message}`);
+    }
+    if (extra === null || typeof extra !== "object" || Array.isArray(extra)) {
+      throw new Error("Advanced input must be a JSON object, like {\"key\": \"value\"}.");
+    }
+    Object.assign(input, extra);
+  }
+  return { type: kind, model_id: form.elements.model_id.value, input };
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  showFormError("");
+  let request;
+  try {
+    request = readInput(form);
+  } catch (error) {
+    return showFormError(error.message);
+  }
+  if (!request.model_id) return showFormError("No model is available for this kind of job.");
+  const button = $('[data-testid="submit"]');
+  button.disabled = true;
+  button.textContent = "Submitting…";
+  try {
+    const job = await api("POST", "/api/jobs", request);
+    upsert(job);
+  } catch (error) {
+    if (error.status === 401) return sessionLost();
+    showFormError(error.message);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Generate";
+  }
+}
+
+// ---------------------------------------------------------------- the stream
+
+function setConnection(kind, text) {
+  const box = $('[data-testid="connection"]');
+  box.dataset.state = kind;
+  $(".connection-text", box).textContent = text;
+}
+
+/** Opens the user's stream; resolves once it is subscribed (its `ready` or first `open`). */
+function openStream() {
+  return new Promise((resolve) => {
+    connect(resolve);
+  });
+}
+
+async function connect(onReady = () => {}) {
+  if (state.stopped || !state.session) return onReady();
+  setConnection(state.lastEventId === null ? "connecting" : "reconnecting",
+    state.lastEventId === null ? "Connecting…" : "Reconnecting…");
+  let token;
+  try {
+    token = await api("POST", "/api/stream-tokens", { scope: "user" });
+  } catch (error) {
+    if (error.status === 401) {
+      onReady();
+      return sessionLost();
+    }
+    scheduleReconnect();
+    return onReady();
+  }
+  let url = token.url;
+  if (state.lastEventId !== null) url += `&last_event_id=${encodeURIComponent(state.lastEventId)}`;
+  const source = new EventSource(url);
+  state.source = source;
+
+  const remember = (event) => {
+    if (event.lastEventId) state.lastEventId = event.lastEventId;
+  };
+  source.addEventListener("open", () => {
+    state.retryMs = 1000;
+    setConnection("live", "Live");
+    // A resume (last_event_id) gets no `ready`: being open is enough.
+    if (state.lastEventId !== null) onReady();
+  });
+  source.addEventListener("ready", (event) => {
+    remember(event);
+    setConnection("live", "Live");
+    onReady();
+  });
+  source.addEventListener("job", (event) => {
+    remember(event);
+    upsert(JSON.parse(event.data));
+  });
+  source.addEventListener("error", () => {
+    if (source !== state.source) return;
+    if (source.readyState === EventSource.CLOSED) {
+      // EventSource gave up (e.g. its token expired and the reconnect got 401): new token, resume.
+      state.source = null;
+      scheduleReconnect();
+    } else {
+      // EventSource reconnects by itself, sending Last-Event-ID.
+      setConnection("reconnecting", "Reconnecting…");
+    }
+  });
+}
+
+function scheduleReconnect() {
+  if (state.stopped) return;
+  setConnection("reconnecting", "Reconnecting…");
+  clearTimeout(state.retryTimer);
+  const wait = state.retryMs;
+  state.retryMs = Math.min(state.retryMs * 2, 30000);
+  state.retryTimer = setTimeout(() => connect(), wait);
+}
+
+function stopStream() {
+  state.stopped = true;
+  clearTimeout(state.retryTimer);
+  if (state.source) state.source.close();
+  state.source = null;
+  setConnection("idle", "Not connected");
+}
+
+// ---------------------------------------------------------------- the list
+
+async function loadJobs(cursor = null) {
+  const more = $('[data-testid="load-more"]');
+  let page;
+  try {
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (cursor) query.set("cursor", cursor);
+    page = await api("GET", `/api/jobs?${query}`);
+  } catch (error) {
+    if (error.status === 401) return sessionLost();
+    showFormError(`Could not load your jobs: ${error.message}`);
+    return;
+  }
+  for (const job of page.jobs) upsert(job);
+  state.nextCursor = page.next_cursor;
+  more.hidden = !page.next_cursor;
+  refreshEmpty();
+}
+
+function upsert(job) {
+  if (!job || !job.request_id) return;
+  if (state.session && job.user_id && job.user_id !== state.session.user_id) return;
+  const known = state.jobs.get(job.request_id);
+  if (known && known.version >= job.version) return;
+  state.jobs.set(job.request_id, job);
+  let card = state.cards.get(job.request_id);
+  if (!card) {
+    card = createCard(job);
+    state.cards.set(job.request_id, card);
+    placeCard(card, job);
+  }
+  updateCard(card, job);
+  refreshEmpty();
+}
+
+function sortKey(job) {
+  return `${job.created_at}\u0000${job.request_id}`;
+}
+
+/** Newest first: insert before the first card that is older. */
+function placeCard(card, job) {
+  const list = $('[data-testid="jobs"]');
+  const key = sortKey(job);
+  for (const other of list.children) {
+    const otherJob = state.jobs.get(other.dataset.requestId);
+    if (otherJob && sortKey(otherJob) < key) {
+      list.insertBefore(card, other);
+      return;
+    }
+  }
+  list.appendChild(card);
+}
+
+function refreshEmpty() {
+  $('[data-testid="jobs-empty"]').hidden = state.jobs.size > 0;
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key in node && typeof value !== "string") node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+function createCard(job) {
+  const cancel = el("button", { type: "button", class: "secondary cancel", "data-testid": "cancel" }, "Cancel");
+  cancel.addEventListener("click", () => cancelJob(job.request_id, cancel));
+  return el(
+    "li",
+    { class: "job card", dataset: { requestId: job.request_id, type: job.type } },
+    el(
+      "div",
+      { class: "job-head" },
+      el("span", { class: "badge", "data-testid": "job-status" }),
+      el("span", { class: "kind-label" }, job.type === "video" ? "Video" : "Image"),
+      el("span", { class: "elapsed", "data-testid": "job-elapsed", title: "Elapsed time" }),
+    ),
+    el("p", { class: "prompt", "data-testid": "job-prompt" }, String(job.input?.prompt ?? "")),
+    el("p", { class: "model muted" }, job.model_id),
+    el("p", { class: "detail", "data-testid": "job-detail", hidden: true }),
+    el("div", { class: "media", "data-testid": "job-media", hidden: true }),
+    el("div", { class: "actions" }, cancel, el("span", { class: "action-error", role: "alert" })),
+  );
+}
+
+function badgeText(job) {
+  const label = STATUS_LABEL[job.status] ?? job.status;
+  if (job.status === "pending" && Number.isInteger(job.queue_position)) {
+    return job.queue_position === 0 ? `${label} · next` : `${label} · position ${job.queue_position}`;
+  }
+  return label;
+}
+
+function updateCard(card, job) {
+  card.dataset.status = job.status;
+  card.dataset.version = String(job.version);
+  const badge = $(".badge", card);
+  badge.dataset.status = job.status;
+  badge.textContent = "";
+  badge.append(el("span", { "aria-hidden": "true", class: "mark" }, STATUS_MARK[job.status] ?? "•"), ` ${badgeText(job)}`);
+
+  const detail = $(".detail", card);
+  let detailText = "";
+  detail.className = "detail";
+  detail.dataset.testid = "job-detail";
+  if (job.status === "failed") {
+    detailText = job.error || "The job failed.";
+    detail.classList.add("error");
+    detail.dataset.testid = "job-error";
+  } else if (job.status === "cancelled") {
+    detailText = job.error || "Cancelled.";
+  } else if (job.status === "in_progress" || job.status === "pending") {
+    const logs = job.logs || [];
+    detailText = logs.length ? logs[logs.length - 1].message : job.status === "pending" ? "Waiting in fal's queue…" : "Starting…";
+    detail.classList.add("log");
+    detail.dataset.testid = "job-log";
+  }
+  detail.textContent = detailText;
+  detail.hidden = !detailText;
+
+  const terminal = TERMINAL.has(job.status);
+  $(".actions", card).hidden = terminal;
+  renderMedia(card, job);
+  renderElapsed(card, job);
+}
+
+function safeUrl(raw) {
+  try {
+    const url = new URL(raw, location.href);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function renderMedia(card, job) {
+  const box = $('[data-testid="job-media"]', card);
+  if (job.status !== "completed" || !job.result || box.dataset.rendered === "yes") return;
+  box.dataset.rendered = "yes";
+  const result = job.result;
+  const prompt = String(job.input?.prompt ?? "");
+  if (Array.isArray(result.images)) {
+    box.classList.add("images");
+    result.images.forEach((image, index) => {
+      const url = safeUrl(image.url);
+      if (!url) return;
+      const size = image.width && image.height ? ` (${image.width}×${image.height})` : "";
+      const img = el("img", {
+        src: url,
+        alt: `${prompt || "Generated image"} — image ${index + 1}${size}`,
+        loading: "lazy",
+        decoding: "async",
+        "data-testid": "job-image",
+      });
+      if (image.width && image.height) {
+        img.setAttribute("width", String(image.width));
+        img.setAttribute("height", String(image.height));
+      }
+      box.append(el("a", { href: url, target: "_blank", rel: "noopener noreferrer", title: "Open full size" }, img));
+    });
+  }
+  const video = result.video;
+  if (video && safeUrl(video.url)) {
+    const url = safeUrl(video.url);
+    const player = el("video", { controls: true, playsInline: true, preload: "metadata", "data-testid": "job-video" });
+    player.append(el("source", { src: url, type: video.content_type || "video/mp4" }));
+    player.append(el("a", { href: url }, "Download the video"));
+    box.append(player);
+  }
+  box.hidden = box.childElementCount === 0;
+}
+
+function formatElapsed(ms) {
+  const seconds = Math.max(0, ms) / 1000;
+  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 1 : 0)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${String(Math.floor(seconds % 60)).padStart(2, "0")} s`;
+  return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
+}
+
+function renderElapsed(card, job) {
+  const started = Date.parse(job.created_at);
+  if (Number.isNaN(started)) return;
+  let end = Date.now();
+  if (TERMINAL.has(job.status)) end = Date.parse(job.completed_at || job.updated_at);
+  const text = formatElapsed(end - started);
+  const node = $('[data-testid="job-elapsed"]', card);
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function tickElapsed() {
+  for (const [id, job] of state.jobs) {
+    if (!TERMINAL.has(job.status)) renderElapsed(state.cards.get(id), job);
+  }
+}
+
+async function cancelJob(requestId, button) {
+  const card = state.cards.get(requestId);
+  const problem = $(".action-error", card);
+  problem.textContent = "";
+  button.disabled = true;
+  try {
+    upsert(await api("POST", `/api/jobs/${encodeURIComponent(requestId)}/cancel`));
+  } catch (error) {
+    if (error.status === 401) return sessionLost();
+    problem.textContent = error.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function delay(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+start();
