@@ -15,6 +15,7 @@ from service.auth.api_keys import NewUser
 from service.db.pool import init_connection
 from service.jobs.models import JobChange, LogLine, NewJob
 from service.jobs.status_machine import apply_change, create_job
+from service.emulator import FalEmulator
 from service.realtime.hub import Hub
 from tests.conftest import RunningServer, bearer
 from tests.sse import SseReader
@@ -194,32 +195,53 @@ async def test_listener_killed_mid_stream_loses_no_event(service: RunningServer,
     assert ready["checks"]["listener"] == "ok"
 
 
-async def test_wait_answers_on_completion_and_at_the_deadline(service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, database_url: str, user: NewUser) -> None:
-    request_id = await new_job(pool, user)
-    url = f"{service.url}/api/jobs/{request_id}"
+async def test_wait_answers_on_completion_and_at_the_deadline(server_dsn: str, fal: FalEmulator, http: httpx.AsyncClient) -> None:
+    """On a database of its own, so that the transaction counter sees this service alone."""
+    from service.app import create_app
+    from service.auth.api_keys import create_user
+    from service.db.migrations import apply_migrations
+    from service.db.pool import create_pool
+    from tests.conftest import _with_database, fal_settings, serve
 
-    async def commits() -> int:
-        return await pool.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+    name = f"fal_jobs_wait_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = _with_database(server_dsn, name)
+    apply_migrations(dsn)
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    service = await serve(lambda url: create_app(fal_settings(dsn, fal, url, SSE_HEARTBEAT_S="60")))
+    try:
+        user = await create_user(pool, "waiter")
+        request_id = await new_job(pool, user)
+        url = f"{service.url}/api/jobs/{request_id}"
 
-    waiting = asyncio.create_task(http.get(f"{url}?wait=30", headers=bearer(user)))
-    await asyncio.sleep(0.3)
-    before = await commits()
-    await asyncio.sleep(1.0)
-    during = await commits() - before - 1  # minus our own counting query
-    assert not waiting.done()
-    started = time.monotonic()
-    await change(pool, request_id, "completed", result={"ok": True})
-    response = await waiting
-    assert response.status_code == 200 and response.json()["status"] == "completed"
-    assert time.monotonic() - started < 5
-    assert during <= 1, f"{during} transactions ran while one client waited"
+        async def commits() -> int:
+            return await admin.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name)
 
-    pending = await new_job(pool, user)
-    started = time.monotonic()
-    response = await http.get(f"{service.url}/api/jobs/{pending}?wait=0.5", headers=bearer(user))
-    assert response.json()["status"] == "pending" and time.monotonic() - started >= 0.45
-    too_long = await http.get(f"{service.url}/api/jobs/{pending}?wait=301", headers=bearer(user))
-    assert too_long.status_code == 400 and "wait" in too_long.json()["message"]
+        waiting = asyncio.create_task(http.get(f"{url}?wait=30", headers=bearer(user)))
+        await asyncio.sleep(0.3)
+        before = await commits()
+        await asyncio.sleep(1.0)
+        during = await commits() - before
+        assert not waiting.done()
+        assert during == 0, f"{during} transactions ran in this database while one client waited"
+        started = time.monotonic()
+        await change(pool, request_id, "completed", result={"ok": True})
+        response = await waiting
+        assert response.status_code == 200 and response.json()["status"] == "completed"
+        assert time.monotonic() - started < 5
+
+        pending = await new_job(pool, user)
+        started = time.monotonic()
+        response = await http.get(f"{service.url}/api/jobs/{pending}?wait=0.5", headers=bearer(user))
+        assert response.json()["status"] == "pending" and time.monotonic() - started >= 0.45
+        too_long = await http.get(f"{service.url}/api/jobs/{pending}?wait=301", headers=bearer(user))
+        assert too_long.status_code == 400 and "wait" in too_long.json()["message"]
+    finally:
+        await service.stop()
+        await pool.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 async def test_a_slow_subscriber_is_resynced_with_a_snapshot_not_buffered_forever(pool: asyncpg.Pool, user: NewUser) -> None:

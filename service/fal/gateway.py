@@ -146,18 +146,31 @@ class FalGateway:
                 raise
             return JobChange(
                 status="failed",
-                error=status.error or f"fal answered {failure.status_code}",
+                error=describe_error(status.error or f"fal answered {failure.status_code}", failure.detail),
                 error_type=status.error_type,
                 result=failure.detail,
                 logs=status.logs,
             )
         if status.error:
-            return JobChange(status="failed", error=status.error, error_type=status.error_type, result=output, logs=status.logs)
+            return JobChange(status="failed", error=describe_error(status.error, output), error_type=status.error_type,
+                             result=output, logs=status.logs)
         return JobChange(status="completed", result=output, logs=status.logs)
 
     def _request_url(self, model_id: str, request_id: str) -> str:
         app, _ = _app_path(model_id)
         return f"{self._queue_url}/{app}/requests/{request_id}"
+
+
+def describe_error(error: str | None, detail: Any) -> str:
+    """fal's error line, with the first validation message of its detail when there is one:
+    "Invalid status code: 422: prompt is required" says more than the status code alone."""
+    text = error or "fal reported an error"
+    items = detail.get("detail") if isinstance(detail, dict) else detail
+    if isinstance(items, list) and items and isinstance(items[0], dict) and items[0].get("msg"):
+        return f"{text}: {items[0]['msg']}"
+    if isinstance(items, str) and items:
+        return f"{text}: {items}"
+    return text
 
 
 def change_from_status(status: FalStatus) -> JobChange | None:

@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 
 from service.errors import InvalidRequest, Unavailable
-from service.fal.gateway import FalGateway, FalRequestFailed
+from service.fal.gateway import FalGateway, FalRequestFailed, describe_error
 from service.jobs.models import JobChange
 from service.jobs.status_machine import Applied, apply_change, lock_request
 
@@ -106,7 +106,7 @@ class WebhookIntake:
 def _change_from_payload(webhook: FalWebhook) -> JobChange | None:
     """The change a webhook carries, or None when fal left the output out (`payload_error`)."""
     if webhook.status == "ERROR":
-        return JobChange(status="failed", error=webhook.error or "fal reported an error", result=webhook.payload)
+        return JobChange(status="failed", error=describe_error(webhook.error, webhook.payload), result=webhook.payload)
     if webhook.payload is None and webhook.payload_error is not None:
         return None
     return JobChange(status="completed", result=webhook.payload)

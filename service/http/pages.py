@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import QueryParameter
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
@@ -30,7 +32,10 @@ def _session_cookie(request: Request, value: str, max_age: int) -> Cookie:
 
 
 @get("/", include_in_schema=False)
-async def page(request: Request, pool: PoolDependency, token: str | None = None) -> Response:
+async def page(
+    request: Request, pool: PoolDependency,
+    token: Annotated[str | None, QueryParameter(description="a one-time sign-in token")] = None,
+) -> Response:
     if token is not None:
         # A sign-in link: spend it, set the session cookie, and drop the token from the address bar.
         session_id = await redeem_sign_in_token(pool, token)
