@@ -85,6 +85,8 @@ def create_app(settings: Settings) -> Litestar:
         hub = Hub()
         listener = EventListener(settings.listen_database_url or dsn, hub)
         await listener.start()
+        with contextlib.suppress(TimeoutError):
+            await listener.wait_connected(timeout=10)  # else /readyz says so, and it keeps trying
         restore_signals = close_streams_on_exit_signal(hub)
         http = httpx.AsyncClient(timeout=10)
         gateway = FalGateway(key=fal_key, queue_url=queue_url)

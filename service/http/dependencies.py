@@ -43,6 +43,11 @@ async def provide_user_id(request: Request, pool: PoolDependency) -> str:
                 raise Forbidden("x-csrf-token: missing or wrong; the page sends the token GET /api/session gives")
             return session.user_id
         raise NotAuthenticated("authorization: missing; send 'Authorization: Bearer <API key>'")
+    return await bearer_user(header, pool)
+
+
+async def bearer_user(header: str, pool: asyncpg.Pool) -> str:
+    """The owner of the API key in an `Authorization: Bearer <key>` header."""
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise NotAuthenticated("authorization: expected 'Bearer <API key>'")

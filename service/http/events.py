@@ -9,10 +9,9 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from service.auth.api_keys import user_for_key
 from service.auth.stream_tokens import USER_SCOPE, StreamTokens, job_scope
 from service.errors import InvalidRequest, NotAuthenticated
-from service.http.dependencies import PoolDependency, UserIdDependency
+from service.http.dependencies import PoolDependency, UserIdDependency, bearer_user
 from service.http.sse import EventStreamResponse
 from service.jobs import queries
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
@@ -25,13 +24,9 @@ async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTo
     """The user behind a stream request: a `?token=` stream token for `scope`, or a Bearer key."""
     if token:
         return tokens.verify(token, scope)
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() == "bearer" and key.strip():
-        user_id = await user_for_key(pool, key.strip())
-        if user_id is not None:
-            return user_id
-        raise NotAuthenticated("authorization: unknown API key")
+    header = request.headers.get("authorization")
+    if header:
+        return await bearer_user(header, pool)
     raise NotAuthenticated("token: missing; pass ?token=<stream token> or 'Authorization: Bearer <API key>'")
 
 

@@ -108,6 +108,9 @@ class EventListener:
         if self._cursor is None:
             newest = await connection.fetchval("SELECT coalesce(max(id), 0) FROM fal_job_events")
             self._cursor = EventCursor(floor=max(0, newest - STARTUP_LOOKBACK))
+            # Streams opened from now on read their snapshot up to here; the catch-up read that
+            # follows publishes everything above it, so nothing falls in between.
+            self._hub.publish((), self._cursor.floor)
         else:
             self.reconnects += 1
         self.connected = True
