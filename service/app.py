@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> Litestar:
         dsn = settings.database_url or start_embedded_postgres(settings.embedded_pgdata)
         pool = await create_pool(dsn)
         hub = Hub()
+        hub.start_heartbeats(settings.sse_heartbeat_s)
         listener = EventListener(settings.listen_database_url or dsn, hub)
         await listener.start()
         with contextlib.suppress(TimeoutError):

@@ -17,7 +17,6 @@ from service.jobs import queries
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
 from service.realtime.hub import Hub
 from service.realtime.streams import JobAlreadyFinished, open_job_stream, open_user_stream
-from service.settings import Settings
 
 
 async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTokens, scope: str, token: str | None) -> str:
@@ -66,7 +65,7 @@ class EventsController(Controller):
     @get("/api/jobs/{request_id:str}/events", summary="One job's live status (SSE): snapshot, changes, end")
     async def job_events(
         self, request: Request, pool: PoolDependency, hub: NamedDependency[Hub], tokens: NamedDependency[StreamTokens],
-        settings: NamedDependency[Settings], request_id: FromPath[str],
+        request_id: FromPath[str],
         token: Annotated[str | None, QueryParameter(description="stream token")] = None,
         last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id", description="resume after this event id")] = None,
     ) -> Response:
@@ -74,8 +73,7 @@ class EventsController(Controller):
         user_id = await stream_caller(request, pool, tokens, job_scope(request_id), token)
         try:
             stream = await open_job_stream(hub, pool, user_id=user_id, request_id=request_id,
-                                           last_event_id=last_event_id(request, last_event_id_query),
-                                           heartbeat_s=settings.sse_heartbeat_s)
+                                           last_event_id=last_event_id(request, last_event_id_query))
         except JobAlreadyFinished:
             return Response(content=b"", status_code=204)  # tells EventSource to stop reconnecting
         return EventStreamResponse(stream)
@@ -83,7 +81,6 @@ class EventsController(Controller):
     @get("/api/events", summary="All of the caller's jobs, live (SSE); stays open")
     async def user_events(
         self, request: Request, pool: PoolDependency, hub: NamedDependency[Hub], tokens: NamedDependency[StreamTokens],
-        settings: NamedDependency[Settings],
         token: Annotated[str | None, QueryParameter(description="stream token")] = None,
         status: Annotated[str | None, QueryParameter(description="comma-separated statuses")] = None,
         type: Annotated[str | None, QueryParameter(description="image or video")] = None,
@@ -93,8 +90,7 @@ class EventsController(Controller):
         types = _split(type, JOB_TYPES, "type")
         user_id = await stream_caller(request, pool, tokens, USER_SCOPE, token)
         stream = await open_user_stream(hub, pool, user_id=user_id, statuses=statuses, types=types,
-                                        last_event_id=last_event_id(request, last_event_id_query),
-                                        heartbeat_s=settings.sse_heartbeat_s)
+                                        last_event_id=last_event_id(request, last_event_id_query))
         return EventStreamResponse(stream)
 
     @post("/api/stream-tokens", status_code=201, summary="A short-lived token for EventSource (?token=)")

@@ -24,7 +24,8 @@ class Signal(enum.Enum):
 
 
 class Subscription:
-    __slots__ = ("user_id", "request_id", "statuses", "types", "last_id", "_queue", "_capacity", "_wakeup", "_overflowed", "_closed")
+    __slots__ = ("user_id", "request_id", "statuses", "types", "last_id", "_queue", "_capacity", "_wakeup", "_overflowed",
+                 "_closed", "_heartbeat_due")
 
     def __init__(self, *, user_id: str, request_id: str | None, statuses: Collection[str] | None,
                  types: Collection[str] | None, after: int, capacity: int) -> None:
@@ -39,6 +40,7 @@ class Subscription:
         self._wakeup = asyncio.Event()
         self._overflowed = False
         self._closed = False
+        self._heartbeat_due = False
 
     def wants(self, event: JobEvent) -> bool:
         if event.user_id != self.user_id:
@@ -61,6 +63,10 @@ class Subscription:
         self._closed = True
         self._wakeup.set()
 
+    def heartbeat(self) -> None:
+        self._heartbeat_due = True
+        self._wakeup.set()
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -74,7 +80,9 @@ class Subscription:
         self._overflowed = False
         self.last_id = max(self.last_id, position)
 
-    async def next(self, timeout: float) -> JobEvent | Signal:
+    async def next(self, timeout: float | None = None) -> JobEvent | Signal:
+        """The next event, or a signal. Without `timeout` it waits for an event or the hub's shared
+        heartbeat tick (no timer per subscriber: 10,000 idle streams cost no timer re-arms)."""
         while True:
             if self._closed:
                 return Signal.CLOSED
@@ -85,9 +93,15 @@ class Subscription:
                 if event.id > self.last_id:  # a snapshot or a resumed replay may already cover it
                     self.last_id = event.id
                     return event
+            if self._heartbeat_due:
+                self._heartbeat_due = False
+                return Signal.TIMEOUT
             self._wakeup.clear()
+            if timeout is None:
+                await self._wakeup.wait()
+                continue
             try:
-                async with asyncio.timeout(timeout):  # no extra task per wait, unlike wait_for
+                async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
             except TimeoutError:
                 return Signal.TIMEOUT
@@ -96,6 +110,7 @@ class Subscription:
 class Hub:
     def __init__(self, *, capacity: int = 256) -> None:
         self._capacity = capacity
+        self._ticker: asyncio.Task[None] | None = None
         self._by_request: dict[str, set[Subscription]] = {}
         self._by_user: dict[str, set[Subscription]] = {}
         self.position = 0
@@ -136,7 +151,22 @@ class Hub:
             self.published += 1
         self.position = max(self.position, position)
 
+    def start_heartbeats(self, interval_s: float) -> None:
+        """One timer for the whole process: every `interval_s`, each stream sends a comment."""
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                for index in (self._by_request, self._by_user):
+                    for subs in list(index.values()):
+                        for subscription in list(subs):
+                            subscription.heartbeat()
+
+        self._ticker = asyncio.create_task(tick(), name="sse-heartbeats")
+
     def close_all(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         for index in (self._by_request, self._by_user):
             for subs in index.values():
                 for subscription in subs:

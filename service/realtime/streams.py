@@ -40,13 +40,12 @@ class LiveStream:
     """An async iterator of `Outgoing` messages; `close()` ends it from outside (a disconnect)."""
 
     def __init__(self, hub: Hub, pool: asyncpg.Pool, subscription: Subscription, *, preamble: list[Outgoing],
-                 initial: list[JobEvent], heartbeat_s: float, ends_on_terminal: bool) -> None:
+                 initial: list[JobEvent], ends_on_terminal: bool) -> None:
         self._hub = hub
         self._pool = pool
         self._subscription = subscription
         self._preamble = preamble
         self._initial = initial
-        self._heartbeat_s = heartbeat_s
         self._ends_on_terminal = ends_on_terminal
 
     def close(self) -> None:
@@ -62,7 +61,7 @@ class LiveStream:
                 if self._ends_on_terminal and event.is_terminal:
                     return
             while True:
-                item = await subscription.next(self._heartbeat_s)
+                item = await subscription.next()
                 if item is Signal.TIMEOUT:
                     yield HEARTBEAT
                 elif item is Signal.CLOSED:
@@ -91,7 +90,7 @@ class JobAlreadyFinished(Exception):
 
 
 async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str,
-                          last_event_id: int | None, heartbeat_s: float) -> LiveStream:
+                          last_event_id: int | None) -> LiveStream:
     owner = await pool.fetchval("SELECT user_id FROM fal_jobs WHERE request_id = $1", request_id)
     if owner != user_id:
         raise NotFound(f"job {request_id!r} not found")
@@ -119,11 +118,11 @@ async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request
         hub.unsubscribe(subscription)
         raise
     subscription.last_id = max(subscription.last_id, position)
-    return LiveStream(hub, pool, subscription, preamble=[], initial=events, heartbeat_s=heartbeat_s, ends_on_terminal=True)
+    return LiveStream(hub, pool, subscription, preamble=[], initial=events, ends_on_terminal=True)
 
 
 async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, statuses: Collection[str] | None,
-                           types: Collection[str] | None, last_event_id: int | None, heartbeat_s: float) -> LiveStream:
+                           types: Collection[str] | None, last_event_id: int | None) -> LiveStream:
     subscription = hub.subscribe(user_id=user_id, statuses=statuses, types=types, after=last_event_id or 0)
     position = hub.position
     try:
@@ -144,8 +143,7 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, status
         hub.unsubscribe(subscription)
         raise
     subscription.last_id = max(subscription.last_id, position)
-    return LiveStream(hub, pool, subscription, preamble=preamble, initial=events, heartbeat_s=heartbeat_s,
-                      ends_on_terminal=False)
+    return LiveStream(hub, pool, subscription, preamble=preamble, initial=events, ends_on_terminal=False)
 
 
 async def _latest_per_job(pool: asyncpg.Pool, subscription: Subscription, after: int, position: int) -> list[JobEvent]:
