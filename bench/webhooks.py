@@ -808,7 +808,7 @@ async def bench(args: argparse.Namespace, database: Database, log_dir: Path) -> 
     print(f"ratio service/floor (trigger off): {results['service_off'].rate / best_off.rate:.2f};  "
           f"NOTIFY cost: service {results['service_off'].rate / results['service_on'].rate:.2f}x, "
           f"raw floor {best_off.rate / best_on.rate:.2f}x faster without the trigger")
-    print(f"raw floor trigger off, each C: " + ", ".join(
+    print("raw floor trigger off, each C: " + ", ".join(
         f"C={c} {results[f'raw_off_{c}'].rate:.0f}/s (p50 {results[f'raw_off_{c}'].p50_ms:.2f}, "
         f"p99 {results[f'raw_off_{c}'].p99_ms:.2f} ms)" for c in RAW_CONCURRENCIES))
     on = results["service_on"].cpu
