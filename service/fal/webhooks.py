@@ -49,26 +49,29 @@ class WebhookIntake:
     async def receive(self, webhook: FalWebhook) -> Applied | None:
         """Apply the webhook, or park it when its job is not there yet (None).
 
-        The common case is one transaction of four round trips: BEGIN, the status machine's
-        SELECT ... FOR UPDATE and its UPDATE + INSERT, COMMIT."""
+        The common case is two round trips: the status machine's read and its one committing
+        statement. Only a webhook without its row takes the advisory lock, in a transaction."""
         change = _change_from_payload(webhook)
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with self._pool.acquire() as connection:
             if change is not None:
                 applied = await apply_change(connection, webhook.request_id, change)
                 if applied.job is not None:
                     return applied
-            # No row yet (or the output must be fetched first): serialize with the job's creation.
-            await lock_request(connection, webhook.request_id)
-            model_id = await connection.fetchval("SELECT model_id FROM fal_jobs WHERE request_id = $1", webhook.request_id)
-            if model_id is None:
-                await connection.execute(
-                    "INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2)",
-                    webhook.request_id, webhook,
+            async with connection.transaction():
+                # No row yet (or the output must be fetched first): serialize with the job's creation.
+                await lock_request(connection, webhook.request_id)
+                model_id = await connection.fetchval(
+                    "SELECT model_id FROM fal_jobs WHERE request_id = $1", webhook.request_id
                 )
-                log.info("webhook parked until its job appears", extra={"request_id": webhook.request_id})
-                return None
-            if change is not None:  # the row was created while we looked
-                return await apply_change(connection, webhook.request_id, change)
+                if model_id is None:
+                    await connection.execute(
+                        "INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2)",
+                        webhook.request_id, webhook,
+                    )
+                    log.info("webhook parked until its job appears", extra={"request_id": webhook.request_id})
+                    return None
+                if change is not None:  # the row was created while we looked
+                    return await apply_change(connection, webhook.request_id, change)
         change = await self._change_for(webhook, model_id)
         async with self._pool.acquire() as connection:
             return await apply_change(connection, webhook.request_id, change)

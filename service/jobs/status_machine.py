@@ -1,9 +1,11 @@
 """The one place that changes a job.
 
-`create_job` writes a new job and its first event; `apply_change` locks the row, asks `decide`
-whether the change moves the job forward, and if so bumps `version` and appends exactly one
-event, all in one transaction. The event row carries the job as it is after the change, so
-readers of the event log never need a second query; its INSERT fires the NOTIFY trigger.
+`create_job` writes a new job and its first event; `apply_change` reads the row, asks `decide`
+whether the change moves the job forward, and if so, in one statement (one transaction), updates
+the row under its lock only if its version is unchanged, bumps `version` and appends exactly one
+event; when another writer got there first it decides again on the fresh row. The event row
+carries the job as it is after the change, so readers of the event log never need a second
+query; its INSERT fires the NOTIFY trigger.
 
 The rules (`decide`): pending -> in_progress -> completed | failed | cancelled, and pending may
 go straight to a terminal state. Terminal states are final. A duplicate is a no-op that returns
@@ -13,7 +15,6 @@ move forward (down), and log tails only move forward in time.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -122,18 +123,18 @@ async def create_job(connection: asyncpg.Connection, new: NewJob) -> Job:
     return job
 
 
-def _atomic(connection: asyncpg.Connection) -> contextlib.AbstractAsyncContextManager[object]:
-    # Inside the caller's transaction, a savepoint would cost two more round trips for nothing.
-    return contextlib.nullcontext() if connection.is_in_transaction() else connection.transaction()
-
-
 async def apply_change(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied:
-    """Apply `change` if the status machine allows it; see the module docstring. Runs in the
-    caller's transaction when there is one, else in its own."""
-    async with _atomic(connection):
-        row = await connection.fetchrow(
-            f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1 FOR UPDATE", request_id
-        )
+    """Apply `change` if the status machine allows it; see the module docstring.
+
+    Two round trips and no explicit transaction: read the row, decide, then one statement that
+    updates the row only if its version is still the one decided on (a compare-and-swap under the
+    row lock that the UPDATE takes) and appends the event only if the update happened; the
+    statement commits both or neither. Should another writer get there first, the row is read
+    again and the change decided anew, so a change is never applied on a stale view. Works in the
+    caller's transaction too.
+    """
+    for _ in range(_MAX_ATTEMPTS):
+        row = await connection.fetchrow(f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1", request_id)
         if row is None:
             return Applied(job=None, accepted=False)
         job = job_from_row(row)
@@ -142,19 +143,25 @@ async def apply_change(connection: asyncpg.Connection, request_id: str, change: 
         if updates is None:
             return Applied(job=job, accepted=False)
         updated = msgspec.structs.replace(job, **updates, version=job.version + 1, updated_at=now)
-        assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(updates, start=3))
-        await connection.execute(
-            f"WITH changed AS (UPDATE fal_jobs SET {assignments}, version = $2, updated_at = ${len(updates) + 3} "
-            f"WHERE request_id = $1) "
+        n = len(updates)
+        assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(updates, start=4))
+        event_id = await connection.fetchval(
+            f"WITH changed AS (UPDATE fal_jobs SET {assignments}, version = $2, updated_at = ${n + 4} "
+            f"WHERE request_id = $1 AND version = $3 RETURNING 1) "
             f"INSERT INTO fal_job_events (request_id, user_id, version, status, data, created_at) "
-            f"VALUES ($1, ${len(updates) + 4}, $2, ${len(updates) + 5}, ${len(updates) + 6}, ${len(updates) + 3})",
+            f"SELECT $1, ${n + 5}, $2, ${n + 6}, ${n + 7}, ${n + 4} FROM changed RETURNING id",
             request_id,
             updated.version,
+            job.version,
             *updates.values(),
             now,
             updated.user_id,
             updated.status,
             updated,
         )
-    return Applied(job=updated, accepted=True)
+        if event_id is not None:
+            return Applied(job=updated, accepted=True)
+    raise RuntimeError(f"job {request_id!r}: gave up after {_MAX_ATTEMPTS} concurrent changes")
 
+
+_MAX_ATTEMPTS = 100
