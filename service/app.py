@@ -117,6 +117,7 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             restore_signals()
             hub.close_all()
+            hub.stop_heartbeats()
             sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeping

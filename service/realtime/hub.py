@@ -164,9 +164,12 @@ class Hub:
 
         self._ticker = asyncio.create_task(tick(), name="sse-heartbeats")
 
-    def close_all(self) -> None:
+    def stop_heartbeats(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+
+    def close_all(self) -> None:
+        """End every open stream (shutdown; clients reconnect with their Last-Event-ID)."""
         for index in (self._by_request, self._by_user):
             for subs in index.values():
                 for subscription in subs:
