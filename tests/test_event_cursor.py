@@ -44,3 +44,11 @@ def test_a_gap_keeps_its_first_horizon() -> None:
     cursor.advance([ev(2)], xmin=5, xmax=10)
     cursor.advance([ev(3)], xmin=8, xmax=20)  # 1 still missing: its horizon stays 10
     assert ids(cursor.advance([], xmin=10, xmax=21)) == [2, 3]
+
+
+def test_a_gap_held_open_by_a_long_transaction_elsewhere_is_skipped_after_the_timeout() -> None:
+    cursor = EventCursor(floor=0, gap_timeout_s=30)
+    assert cursor.advance([ev(2)], xmin=5, xmax=10, now=100.0) == []
+    assert cursor.advance([], xmin=6, xmax=11, now=129.0) == []  # xmin held back by someone else
+    assert ids(cursor.advance([], xmin=6, xmax=11, now=131.0)) == [2]
+    assert cursor.skipped_by_timeout == 1

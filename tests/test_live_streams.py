@@ -251,6 +251,7 @@ async def test_a_slow_subscriber_is_resynced_with_a_snapshot_not_buffered_foreve
     from service.realtime.streams import open_user_stream
 
     hub = Hub(capacity=4)
+    hub.publish((), 0)  # what the listener does when it connects
     slow = await open_user_stream(hub, pool, user_id=user.user_id, statuses=None, types=None, last_event_id=0)
     fast = hub.subscribe(user_id=user.user_id)
     jobs = [await new_job(pool, user) for _ in range(3)]

@@ -52,6 +52,10 @@ class JobFollower:
     def is_following(self, request_id: str) -> bool:
         return request_id in self._running or request_id in self._waiting
 
+    def is_streaming(self, request_id: str) -> bool:
+        """Followed right now (a job waiting for a slot is not: the sweep still checks it)."""
+        return request_id in self._running
+
     def follow(self, target: FollowTarget) -> None:
         if self._closed or self.is_following(target.request_id):
             return
@@ -86,9 +90,9 @@ class JobFollower:
             while time.monotonic() < deadline:
                 try:
                     async for status in self._gateway.stream_status(target.model_id, target.request_id):
-                        attempt = 0
                         if await self._take(target, status):
                             return
+                        attempt = 0  # only once fal's news was applied: a failing database backs off
                     # The stream ended without COMPLETED: ask once, then stream again.
                     if await self._take(target, await self._gateway.status(target.model_id, target.request_id)):
                         return

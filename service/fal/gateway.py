@@ -25,6 +25,7 @@ from service.jobs.models import JobChange, LogLine
 log = logging.getLogger(__name__)
 
 CancelOutcome = Literal["requested", "already_completed", "not_found"]
+RESULT_TIMEOUT_S = 30.0
 
 
 class FalRequestFailed(Exception):
@@ -119,7 +120,9 @@ class FalGateway:
         """The output of a completed request; FalRequestFailed carries a failed one's error body."""
         app, _ = _app_path(model_id)
         try:
-            return await self._aim().result(app, request_id)
+            # fal-client polls the status every 0.1 s until COMPLETED before it fetches: bound it.
+            async with asyncio.timeout(RESULT_TIMEOUT_S):
+                return await self._aim().result(app, request_id)
         except fal_client.client.FalClientHTTPError as error:
             raise FalRequestFailed(error.status_code, _detail(error)) from None
 

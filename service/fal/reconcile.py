@@ -77,7 +77,7 @@ class Reconciler:
         )
         for row in rows:
             target = FollowTarget(request_id=row["request_id"], model_id=row["model_id"], mode=row["mode"])
-            if self._follower.is_following(target.request_id):
+            if self._follower.is_streaming(target.request_id):
                 continue
             report.checked += 1
             try:
@@ -95,7 +95,10 @@ class Reconciler:
             "SELECT DISTINCT e.request_id, j.model_id FROM fal_early_webhooks e JOIN fal_jobs j USING (request_id)"
         )
         for row in parked:
-            report.adopted_webhooks += await self._intake.adopt_early(row["request_id"], row["model_id"])
+            try:
+                report.adopted_webhooks += await self._intake.adopt_early(row["request_id"], row["model_id"])
+            except Exception as error:  # stays parked; the next sweep tries again
+                log.warning("could not adopt a parked webhook", extra={"request_id": row["request_id"], "error": type(error).__name__})
         await connection.execute(
             "DELETE FROM fal_early_webhooks e WHERE received_at < now() - interval '1 day' "
             "AND NOT EXISTS (SELECT 1 FROM fal_jobs j WHERE j.request_id = e.request_id)"

@@ -64,8 +64,10 @@ class WebhookIntake:
                     "SELECT model_id FROM fal_jobs WHERE request_id = $1", webhook.request_id
                 )
                 if model_id is None:
+                    # A repeated delivery (fal's retries, or a replay within the signature's
+                    # five minutes) is kept once.
                     await connection.execute(
-                        "INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2)",
+                        "INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                         webhook.request_id, webhook,
                     )
                     log.info("webhook parked until its job appears", extra={"request_id": webhook.request_id})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -29,11 +30,14 @@ async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTo
     raise NotAuthenticated("token: missing; pass ?token=<stream token> or 'Authorization: Bearer <API key>'")
 
 
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
+
+
 def last_event_id(request: Request, query_value: str | None) -> int | None:
     raw = request.headers.get("last-event-id") or query_value
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
+    if not _EVENT_ID.fullmatch(raw):
         raise InvalidRequest("last_event_id: must be the integer id of an event this API sent")
     return int(raw)
 

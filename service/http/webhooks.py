@@ -23,7 +23,12 @@ class WebhookAck(msgspec.Struct):
     outcome: Literal["applied", "duplicate", "parked"]
 
 
-@post("/api/webhooks/fal", status_code=200, tags=["webhooks"], summary="fal's completion webhook (Ed25519-signed)")
+MAX_WEBHOOK_BYTES = 1024 * 1024
+"""fal's webhook bodies carry output URLs, not media; anything larger is refused with 413."""
+
+
+@post("/api/webhooks/fal", status_code=200, tags=["webhooks"], summary="fal's completion webhook (Ed25519-signed)",
+      request_max_body_size=MAX_WEBHOOK_BYTES)
 async def fal_webhook(
     request: Request,
     verifier: NamedDependency[WebhookVerifier],

@@ -62,12 +62,20 @@ class JobCommands:
         self.validate(request)
         request_id = await self._gateway.submit(request.model_id, request.input, self._webhook_url)
         mode = "webhook" if self._webhook_url else "polling"
-        async with self._pool.acquire() as connection:
-            job = await create_job(
-                connection,
-                NewJob(request_id=request_id, user_id=user_id, model_id=request.model_id, type=request.type,
-                       input=request.input, mode=mode),
-            )
+        try:
+            async with self._pool.acquire() as connection:
+                job = await create_job(
+                    connection,
+                    NewJob(request_id=request_id, user_id=user_id, model_id=request.model_id, type=request.type,
+                           input=request.input, mode=mode),
+                )
+        except Exception:
+            # fal has the request but we could not record it: do not leave it running unowned.
+            try:
+                await self._gateway.cancel(request.model_id, request_id)
+            except Exception:
+                log.warning("could not cancel an unrecorded fal request", extra={"request_id": request_id})
+            raise
         try:
             if await self._intake.adopt_early(request_id, request.model_id):
                 job = await queries.get_job(self._pool, user_id, request_id)

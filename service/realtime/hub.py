@@ -115,6 +115,8 @@ class Hub:
         self._by_user: dict[str, set[Subscription]] = {}
         self.position = 0
         """Every event with an id at or below this one has been published (or never committed)."""
+        self.ready = False
+        """Set once the listener has placed `position`; streams opened before would miss events."""
         self.published = 0
 
     @property
@@ -150,6 +152,7 @@ class Hub:
                     subscription.offer(event)
             self.published += 1
         self.position = max(self.position, position)
+        self.ready = True
 
     def start_heartbeats(self, interval_s: float) -> None:
         """One timer for the whole process: every `interval_s`, each stream sends a comment."""

@@ -34,6 +34,9 @@ STARTUP_LOOKBACK = 1000
 """At start the cursor sits this many ids below the newest event, so that transactions still in
 flight at start-up (holding lower ids) are not skipped."""
 
+READ_TIMEOUT_S = 10.0
+"""A read that takes longer means a dead connection (a NAT dropped it silently): reconnect."""
+
 _READ = f"""
 SELECT s.xmin, s.xmax, e.*
 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
@@ -146,10 +149,14 @@ class EventListener:
     async def _read_once(self) -> bool:
         """One query: new rows above the cursor. True when the batch was full (read again)."""
         assert self._connection is not None and self._cursor is not None
-        rows = await self._connection.fetch(_READ, self._cursor.floor, self._cursor.held_ids, BATCH)
+        rows = await self._connection.fetch(_READ, self._cursor.floor, self._cursor.held_ids, BATCH, timeout=READ_TIMEOUT_S)
         self.reads += 1
         xmin, xmax = rows[0]["xmin"], rows[0]["xmax"]
         events: list[JobEvent] = [event_from_row(row) for row in rows if row["id"] is not None]
-        released = self._cursor.advance(events, xmin, xmax)
+        skipped = self._cursor.skipped_by_timeout
+        released = self._cursor.advance(events, xmin, xmax, time.monotonic())
+        if self._cursor.skipped_by_timeout > skipped:
+            log.warning("skipped an event id held open past the gap timeout (a long transaction elsewhere?)",
+                        extra={"position": self._cursor.floor})
         self._hub.publish(released, self._cursor.floor)
         return len(events) >= BATCH

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Collection
 import asyncpg
 import msgspec
 
-from service.errors import NotFound
+from service.errors import NotFound, Unavailable
 from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
 from service.realtime.hub import Hub, Signal, Subscription
 
@@ -49,7 +49,9 @@ class LiveStream:
         self._ends_on_terminal = ends_on_terminal
 
     def close(self) -> None:
+        """End the stream and release its subscription (also when it never started)."""
         self._subscription.close()
+        self._hub.unsubscribe(self._subscription)
 
     async def __aiter__(self) -> AsyncIterator[Outgoing]:
         subscription = self._subscription
@@ -89,15 +91,28 @@ class JobAlreadyFinished(Exception):
     """A resume after a job's terminal event: there is nothing more to send, ever."""
 
 
+def _require_live(hub: Hub) -> None:
+    if not hub.ready:
+        raise Unavailable("live updates are starting (the listener has not connected yet); retry shortly")
+
+
 async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str,
                           last_event_id: int | None) -> LiveStream:
+    _require_live(hub)
     owner = await pool.fetchval("SELECT user_id FROM fal_jobs WHERE request_id = $1", request_id)
     if owner != user_id:
         raise NotFound(f"job {request_id!r} not found")
     subscription = hub.subscribe(user_id=user_id, request_id=request_id, after=last_event_id or 0)
     position = hub.position
     try:
-        latest_row = await pool.fetchrow(
+        newest_row = await pool.fetchrow(
+            f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE request_id = $1 ORDER BY id DESC LIMIT 1", request_id
+        )
+        newest = event_from_row(newest_row) if newest_row is not None else None
+        if newest is not None and newest.is_terminal and last_event_id is not None and newest.id <= last_event_id:
+            # The client has the end already (this process may not have published it yet).
+            raise JobAlreadyFinished(request_id)
+        latest_row = newest_row if newest is not None and newest.id <= position else await pool.fetchrow(
             f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE request_id = $1 AND id <= $2 ORDER BY id DESC LIMIT 1",
             request_id, position,
         )
@@ -105,8 +120,6 @@ async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request
         if last_event_id is None:
             events = [latest] if latest is not None else []
         elif latest is not None and latest.id <= last_event_id:
-            if latest.is_terminal:
-                raise JobAlreadyFinished(request_id)
             events = []
         else:
             rows = await pool.fetch(
@@ -123,6 +136,7 @@ async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request
 
 async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, statuses: Collection[str] | None,
                            types: Collection[str] | None, last_event_id: int | None) -> LiveStream:
+    _require_live(hub)
     subscription = hub.subscribe(user_id=user_id, statuses=statuses, types=types, after=last_event_id or 0)
     position = hub.position
     try:

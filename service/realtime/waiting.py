@@ -11,6 +11,7 @@ import asyncio
 import asyncpg
 import msgspec
 
+from service.errors import Unavailable
 from service.jobs import queries
 from service.jobs.models import Job
 from service.realtime.events import JobEvent
@@ -19,6 +20,8 @@ from service.realtime.hub import Hub, Signal
 
 async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str, timeout_s: float) -> Job:
     """The job once terminal, or its latest known state when `timeout_s` runs out."""
+    if not hub.ready:
+        raise Unavailable("live updates are starting (the listener has not connected yet); retry shortly")
     subscription = hub.subscribe(user_id=user_id, request_id=request_id)
     try:
         job = await queries.get_job(pool, user_id, request_id)

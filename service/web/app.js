@@ -291,6 +291,9 @@ async function connect(onReady = () => {}) {
   source.addEventListener("ready", (event) => {
     remember(event);
     setConnection("live", "Live");
+    // A fresh stream only carries changes from its `ready` on: if the list was read before it
+    // (the stream was late or failed at first), read it again so nothing in between is missed.
+    if (state.listLoaded) loadJobs();
     onReady();
   });
   source.addEventListener("job", (event) => {
@@ -342,6 +345,7 @@ async function loadJobs(cursor = null) {
     return;
   }
   for (const job of page.jobs) upsert(job);
+  if (!cursor) state.listLoaded = true;
   state.nextCursor = page.next_cursor;
   more.hidden = !page.next_cursor;
   refreshEmpty();

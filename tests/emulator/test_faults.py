@@ -139,8 +139,8 @@ async def test_before_submit_response_even_when_receiver_fails(emu: FalEmulator,
     # after that first attempt, and fal retries later.
     receiver.statuses.append(404)
     handle = await fal.submit(MODEL, {"prompt": "x", **faults(webhook_before_submit_response=True)}, webhook_url=receiver.url)
-    assert len(receiver.received) == 1
-    await receiver.wait_for(2)
+    assert len(receiver.received) >= 1, "the first attempt came before the submit answered"
+    await receiver.wait_for(2)  # (the fast retry may already have landed on a busy machine)
     await emu.wait_until(lambda: [d.status_code for d in emu.deliveries_for(handle.request_id)] == [404, 200])
 
 
