@@ -76,6 +76,9 @@ async def test_resume_after_a_dropped_client_loses_nothing_and_repeats_nothing(s
         assert [(await stream.next_job())[1]["version"] for _ in range(3)] == [2, 3, 4]
     finished = await http.get(url, headers={**bearer(user), "Last-Event-ID": str(terminal_id)})
     assert finished.status_code == 204
+    for bad in ("%C2%B2", "-1", "9" * 30, "abc"):  # "²" (a digit to str.isdigit) goes in the query
+        malformed = await http.get(f"{url}?last_event_id={bad}", headers=bearer(user))
+        assert malformed.status_code == 400 and "last_event_id" in malformed.json()["message"]
 
 
 async def test_user_stream_resumes_exactly_and_isolates_users(service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser, other_user: NewUser) -> None:

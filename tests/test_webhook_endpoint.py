@@ -156,3 +156,19 @@ async def test_a_database_outage_answers_503_so_fal_retries(fal: FalEmulator, ht
         assert response.json()["error"] == "unavailable" and response.headers["retry-after"]
     finally:
         await service.stop()
+
+
+async def test_a_repeated_early_webhook_is_parked_once(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    request_id = str(uuid.uuid4())  # no job row (yet)
+    body = webhook(request_id)
+    for _ in range(3):
+        response = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
+        assert response.status_code == 200 and response.json()["outcome"] == "parked"
+    assert await pool.fetchval("SELECT count(*) FROM fal_early_webhooks WHERE request_id = $1", request_id) == 1
+
+
+async def test_an_oversized_webhook_is_413(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient) -> None:
+    request_id = str(uuid.uuid4())
+    body = webhook(request_id, payload={"blob": "x" * (1024 * 1024)})
+    response = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
