@@ -85,7 +85,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -97,6 +96,15 @@ import msgspec  # noqa: E402
 import uvicorn  # noqa: E402
 import uvloop  # noqa: E402
 
+from bench.harness import (  # noqa: E402
+    BenchFailure,
+    admin_execute,
+    free_port,
+    listening_socket,
+    open_server,
+    percentile,
+    with_database,
+)
 from service.auth.api_keys import NewUser, create_user  # noqa: E402
 from service.auth.stream_tokens import StreamTokens, job_scope  # noqa: E402
 from service.db.migrations import apply_migrations  # noqa: E402
@@ -151,42 +159,11 @@ sys.exit(code)
 """
 
 
-class BenchFailure(RuntimeError):
-    pass
-
-
 def log(message: str) -> None:
     print(f"[fanout {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---- small helpers --------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # uvicorn sets TCP_NODELAY only on sockets it binds itself.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 def rss_kib(pid: int | str = "self") -> int:
@@ -285,26 +262,6 @@ def quiet_logging() -> None:
 
 
 # ---- database -------------------------------------------------------------------------------
-
-
-async def admin_execute(server_dsn: str, sql: str) -> None:
-    connection = await asyncpg.connect(server_dsn)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-def open_server(database_url: str | None) -> tuple[str, Any]:
-    """(server DSN, pgserver handle or None)."""
-    dsn = database_url or os.environ.get("DATABASE_URL")
-    if dsn:
-        return dsn, None
-    import pgserver
-
-    log("no --database-url or DATABASE_URL: starting an embedded pgserver in a temporary folder")
-    server = pgserver.get_server(tempfile.mkdtemp(prefix="fal-jobs-fanout-pg-"), cleanup_mode="delete")
-    return server.get_uri(), server
 
 
 class XactCounter:

@@ -39,13 +39,12 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -56,6 +55,15 @@ import httpx  # noqa: E402
 import msgspec  # noqa: E402
 import uvicorn  # noqa: E402
 
+from bench.harness import (  # noqa: E402
+    BenchFailure,
+    admin_execute,
+    free_port,
+    listening_socket,
+    open_server,
+    percentile,
+    with_database,
+)
 from service.db.migrations import apply_migrations  # noqa: E402
 from service.db.pool import create_pool  # noqa: E402
 from service.emulator import FalEmulator, create_emulator_app  # noqa: E402
@@ -93,38 +101,7 @@ sys.exit(code)
 """
 
 
-class BenchFailure(RuntimeError):
-    pass
-
-
 # ---- small helpers --------------------------------------------------------------------------
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # uvicorn sets TCP_NODELAY only on sockets it binds itself; keep-alive requests would stall on Nagle.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -242,25 +219,6 @@ class Database:
     dsn: str
     name: str
     embedded: Any = None  # the pgserver handle, when we started one
-
-
-async def admin_execute(server_dsn: str, sql: str) -> None:
-    connection = await asyncpg.connect(server_dsn)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-def open_server(database_url: str | None) -> tuple[str, Any]:
-    if database_url:
-        return database_url, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset in containers
-        import pgserver
-
-        server = pgserver.get_server(tempfile.mkdtemp(prefix="fal-jobs-bench-pg-"), cleanup_mode="delete")
-    return server.get_uri(), server
 
 
 @dataclass
