@@ -105,21 +105,28 @@ class RunningServer(msgspec.Struct):
         await asyncio.wait_for(self.task, timeout=15)
 
 
+async def start_uvicorn(app: object, sock: socket.socket, *, lifespan: str = "on") -> RunningServer:
+    """Run `app` under uvicorn on an already bound socket, in this event loop."""
+    host, port = sock.getsockname()
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan=lifespan,  # type: ignore[arg-type]
+                                           timeout_graceful_shutdown=2))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(30):  # start-up waits up to 10 s for the listener
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn exited before it started")
+            await asyncio.sleep(0.01)
+    return RunningServer(url=f"http://{host}:{port}", server=server, task=task, app=app)
+
+
 async def serve(build: Callable[[str], object]) -> RunningServer:
     """Run the ASGI app `build(url)` under uvicorn on a free loopback port, in this event loop.
 
     The socket is bound first, so that the app knows its own URL (a webhook URL, say)."""
     sock = free_socket()
     host, port = sock.getsockname()
-    url = f"http://{host}:{port}"
-    server = uvicorn.Server(uvicorn.Config(build(url), log_config=None, access_log=False, lifespan="on"))  # type: ignore[arg-type]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn exited before it started")
-        await asyncio.sleep(0.01)
-    return RunningServer(url=url, server=server, task=task, app=server.config.app)
+    return await start_uvicorn(build(f"http://{host}:{port}"), sock)
 
 
 FAL_KEY = "test-fal-key:secret"

@@ -13,9 +13,9 @@ import fal_client
 import fal_client.client
 import httpx
 import pytest
-import uvicorn
 
 from service.emulator import FalEmulator, create_emulator_app
+from tests.conftest import free_socket, start_uvicorn
 
 KEY = "emulator-test-key:secret"
 # Compressed version of fal's two-hour retry schedule.
@@ -24,28 +24,17 @@ FAST_RETRIES: tuple[float, ...] = (0.05, 0.05, 0.05)
 
 def bound_socket() -> tuple[socket.socket, int]:
     # Bound before the server starts, so the port (and thus base_url) is known and never raced for.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = free_socket()
     return sock, sock.getsockname()[1]
 
 
 @asynccontextmanager
 async def serve(app: Any, sock: socket.socket, *, lifespan: str = "on") -> AsyncIterator[None]:
-    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    running = await start_uvicorn(app, sock, lifespan=lifespan)
     try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
         yield
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+        await running.stop()
         sock.close()
 
 
