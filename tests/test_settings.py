@@ -70,3 +70,21 @@ def test_a_malformed_dotenv_line_is_named(tmp_path: Path) -> None:
     dotenv.write_text("PORT=1\njust words\n")
     with pytest.raises(SettingsError, match="line 2"):
         load_settings({}, dotenv=dotenv)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-5"])
+@pytest.mark.parametrize("name", ["RECONCILE_INTERVAL_S", "SSE_HEARTBEAT_S", "MAX_FOLLOWERS"])
+def test_numbers_must_be_finite_and_positive(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name}: must be a"):
+        load_settings({name: value}, dotenv=NO_DOTENV)
+
+
+def test_every_field_is_read_from_its_upper_case_name() -> None:
+    settings = load_settings({"MAX_FOLLOWERS": "7", "RECONCILE_AFTER_S": "1.5", "EMBEDDED_PGDATA": "/x"},
+                             dotenv=NO_DOTENV)
+    assert (settings.max_followers, settings.reconcile_after_s, settings.embedded_pgdata) == (7, 1.5, "/x")
+
+
+def test_a_bad_alias_is_named_as_the_alias() -> None:
+    with pytest.raises(SettingsError, match="^NEXT_PUBLIC_APP_URL: must be an http"):
+        load_settings({"NEXT_PUBLIC_APP_URL": "nope"}, dotenv=NO_DOTENV)
