@@ -19,11 +19,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from .faults import FAULTS_KEY, FaultOptions, parse_fault_options
+from .media import is_video_model
 from .outputs import build_output, forced_error_detail, validation_errors
 from .signing import KeySet
 from .webhooks import FAL_RETRY_SCHEDULE_S, WebhookSender
@@ -34,6 +35,13 @@ APP_NAMESPACES = ("workflows", "comfy")
 CANCELLED_ERROR = "Request was cancelled"
 APP_ERROR = "Invalid status code: 422"
 PAYLOAD_ERROR = "Failed to serialize the payload (emulated: fal_emulator.outcome = payload_error)"
+
+DEMO_PACE = {
+    # What a new user of `run` sees: seconds in the queue with a falling position, seconds running
+    # with log lines, as on fal; a video takes longer. Tests keep the engine's fast defaults.
+    "image": FaultOptions(queue_ms=3000, run_ms=4000, logs=4, queue_position=3),
+    "video": FaultOptions(queue_ms=5000, run_ms=15000, logs=8, queue_position=4),
+}
 
 
 class QueueError(Exception):
@@ -117,6 +125,7 @@ class FalEmulator:
         default_queue_ms: int = 50,
         default_run_ms: int = 100,
         user_id: str = "fal-emulator-user",
+        pace: Literal["fast", "demo"] = "fast",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.accepted_keys = frozenset([keys] if isinstance(keys, str) else keys)
@@ -124,6 +133,7 @@ class FalEmulator:
         self.default_queue_ms = default_queue_ms
         self.default_run_ms = default_run_ms
         self.user_id = user_id
+        self.pace = pace
         self.keyset = KeySet()
         self.requests: dict[str, EmulatedRequest] = {}
         self.deliveries: list[DeliveryAttempt] = []
@@ -194,7 +204,10 @@ class FalEmulator:
             raise QueueError(404, {"detail": f"Application not found: {model_path!r}"})
         app_ref, model_id = split
         model_input = dict(model_input)
-        faults = parse_fault_options(model_input.pop(FAULTS_KEY, None))  # FaultOptionsError -> 422 in app
+        if FAULTS_KEY not in model_input and self.pace == "demo":
+            faults = DEMO_PACE["video" if is_video_model(model_id) else "image"]
+        else:
+            faults = parse_fault_options(model_input.pop(FAULTS_KEY, None))  # FaultOptionsError -> 422 in app
         if faults.submit_status is not None:
             self.submissions.append(SubmitRecord(model_id, faults.submit_status, None))
             raise QueueError(

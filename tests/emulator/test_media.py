@@ -29,7 +29,7 @@ def parse_png(data: bytes) -> tuple[int, int, bytes]:
         pos += 12 + length
     assert list(chunks)[0] == b"IHDR" and list(chunks)[-1] == b"IEND"
     width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, colour) == (8, 2)
+    assert (depth, colour) == (8, 3) and len(chunks[b"PLTE"]) == 256 * 3  # 8-bit palette indices
     return width, height, zlib.decompress(idat)
 
 
@@ -44,7 +44,7 @@ async def test_png_has_requested_size(emu: FalEmulator, fal: fal_client.AsyncCli
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
         width, height, raw = parse_png(response.content)
         assert (width, height) == (333, 217)
-        assert len(raw) == (1 + 333 * 3) * 217
+        assert len(raw) == (1 + 333) * 217
 
 
 @pytest.mark.parametrize("preset", sorted(IMAGE_SIZE_PRESETS))
