@@ -10,6 +10,8 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +20,8 @@ import httpx
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+log = logging.getLogger(__name__)
 
 HEADER_REQUEST_ID = "x-fal-webhook-request-id"
 HEADER_USER_ID = "x-fal-webhook-user-id"
@@ -166,10 +170,21 @@ class JwksKeyring:
 
 
 class WebhookVerifier:
-    def __init__(self, keyring: JwksKeyring, *, tolerance_s: int = 300, clock: Callable[[], float] = time.time) -> None:
+    """Checks that a webhook is from fal (the signature) and for us (the signed fal user id).
+
+    Every fal customer's webhooks are signed with the same keys, so a valid signature alone proves
+    only "from fal"; `expected_user_id` (our fal account) proves the rest. Unpinned, the user ids
+    seen are logged once each so that an operator can pin theirs."""
+
+    _MAX_LOGGED_USER_IDS = 16
+
+    def __init__(self, keyring: JwksKeyring, *, expected_user_id: str | None = None, tolerance_s: int = 300,
+                 clock: Callable[[], float] = time.time) -> None:
         self._keyring = keyring
+        self._expected_user_id = expected_user_id
         self._tolerance = tolerance_s
         self._clock = clock
+        self._logged_user_ids: set[str] = set()
 
     async def verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedWebhook:
         """Raise WebhookSignatureError (reject) or JwksUnavailable (retry later); else the verified ids."""
@@ -196,12 +211,25 @@ class WebhookVerifier:
 
         keys = await self._keyring.keys()
         generation = self._keyring.generation
-        if _any_verifies(keys, signature, message):
-            return VerifiedWebhook(request_id=request_id, user_id=user_id, timestamp=timestamp)
-        # Maybe fal rotated to a key we have not seen yet.
-        if await self._keyring.refresh(generation) and _any_verifies(await self._keyring.keys(), signature, message):
-            return VerifiedWebhook(request_id=request_id, user_id=user_id, timestamp=timestamp)
-        raise WebhookSignatureError("signature does not match any of fal's keys")
+        if not _any_verifies(keys, signature, message):
+            # Maybe fal rotated to a key we have not seen yet.
+            if not (await self._keyring.refresh(generation)
+                    and _any_verifies(await self._keyring.keys(), signature, message)):
+                raise WebhookSignatureError("signature does not match any of fal's keys")
+        self._check_sender(user_id)
+        return VerifiedWebhook(request_id=request_id, user_id=user_id, timestamp=timestamp)
+
+    def _check_sender(self, user_id: str) -> None:
+        if self._expected_user_id is not None:
+            if not hmac.compare_digest(user_id.encode(), self._expected_user_id.encode()):
+                raise WebhookSignatureError("signed for another fal account (X-Fal-Webhook-User-Id is not FAL_WEBHOOK_USER_ID)")
+            return
+        if user_id not in self._logged_user_ids and len(self._logged_user_ids) < self._MAX_LOGGED_USER_IDS:
+            self._logged_user_ids.add(user_id)
+            log.warning(
+                "webhooks are not pinned to a fal account; set FAL_WEBHOOK_USER_ID to the user id seen here",
+                extra={"action": "webhook_sender_unpinned", "fal_user_id": user_id},
+            )
 
 
 def _any_verifies(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:

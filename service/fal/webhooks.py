@@ -38,7 +38,8 @@ def parse_webhook(body: bytes, signed_request_id: str) -> FalWebhook:
         raise InvalidRequest(f"body: not a fal webhook ({error})") from None
     if webhook.request_id != signed_request_id and webhook.gateway_request_id != signed_request_id:
         raise InvalidRequest("request_id: the body's request id differs from the signed X-Fal-Webhook-Request-Id")
-    return webhook
+    # The signed header decides which job changes, never the body.
+    return msgspec.structs.replace(webhook, request_id=signed_request_id)
 
 
 class WebhookIntake:
