@@ -8,14 +8,23 @@ from typing import Annotated
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
-from service.auth.browser_sessions import SESSION_COOKIE, SESSION_TTL, end_session, redeem_sign_in_token, session_for
+from service.auth.browser_sessions import (
+    SESSION_COOKIE,
+    SESSION_TTL,
+    end_session,
+    redeem_sign_in_token,
+    session_credential,
+    session_for,
+)
 from service.errors import NotAuthenticated
-from service.http.dependencies import PoolDependency, SettingsDependency, UserIdDependency
+from service.http.dependencies import CallerDependency, PoolDependency, SettingsDependency
 from service.jobs.catalog import Model, catalog
+from service.realtime.admission import Admission
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 
@@ -26,25 +35,29 @@ class SessionInfo(msgspec.Struct):
     csrf_token: str
 
 
-def _session_cookie(request: Request, value: str, max_age: int) -> Cookie:
+def _session_cookie(request: Request, settings: SettingsDependency, value: str, max_age: int) -> Cookie:
+    # Behind a TLS-terminating proxy the scheme is https only if uvicorn trusts the proxy
+    # (FORWARDED_ALLOW_IPS); an https APP_URL says so whatever the proxy sends.
+    secure = settings.is_https or request.url.scheme == "https"
     return Cookie(key=SESSION_COOKIE, value=value, max_age=max_age, httponly=True, samesite="strict",
-                  secure=request.url.scheme == "https", path="/")
+                  secure=secure, path="/")
 
 
 @get("/", include_in_schema=False)
 async def page(
-    request: Request, pool: PoolDependency,
+    request: Request, pool: PoolDependency, settings: SettingsDependency,
     token: Annotated[str | None, QueryParameter(description="a one-time sign-in token")] = None,
 ) -> Response:
     if token is not None:
         # A sign-in link: spend it, set the session cookie, and drop the token from the address bar.
-        session_id = await redeem_sign_in_token(pool, token)
+        session_id = await redeem_sign_in_token(pool, token) if len(token) <= 512 else None
         if session_id is None:
             return Redirect("/#sign-in-link-invalid", status_code=303)
-        return Redirect("/", status_code=303, cookies=[_session_cookie(request, session_id, int(SESSION_TTL.total_seconds()))])
-    return Response((WEB / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
-                    headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
-                             "Content-Security-Policy": "default-src 'self'; img-src 'self' http: https: data:; media-src 'self' http: https:; connect-src 'self'"})
+        cookie = _session_cookie(request, settings, session_id, int(SESSION_TTL.total_seconds()))
+        return Redirect("/", status_code=303, cookies=[cookie])
+    # The security headers (CSP and friends) are on every answer: see service.http.security_headers.
+    return Response((WEB / "index.html").read_bytes(), media_type="text/html",
+                    headers={"Cache-Control": "no-store"})
 
 
 @get("/api/session", tags=["browser"], summary="The browser session and its CSRF token")
@@ -57,9 +70,15 @@ async def current_session(request: Request, pool: PoolDependency) -> SessionInfo
 
 
 @post("/api/session/sign-out", status_code=200, tags=["browser"], summary="End the browser session")
-async def sign_out(request: Request, pool: PoolDependency, user_id: UserIdDependency) -> Response[dict[str, bool]]:
-    await end_session(pool, request.cookies.get(SESSION_COOKIE, ""))
-    return Response({"signed_out": True}, cookies=[_session_cookie(request, "", 0)])
+async def sign_out(
+    request: Request, pool: PoolDependency, settings: SettingsDependency, caller: CallerDependency,
+    admission: NamedDependency[Admission],
+) -> Response[dict[str, bool]]:
+    session_id = request.cookies.get(SESSION_COOKIE, "")
+    await end_session(pool, session_id)
+    # Its streams here end now; other processes end theirs at their next credential check.
+    admission.close_credential(session_credential(session_id))
+    return Response({"signed_out": True}, cookies=[_session_cookie(request, settings, "", 0)])
 
 
 @get("/api/models", tags=["jobs"], summary="The models this service accepts, with the kind of output each makes")

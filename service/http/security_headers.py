@@ -1,0 +1,49 @@
+"""Security headers on every answer, the page and its static files included: no framing, no
+sniffing, no referrer leaving the site; HSTS once the public URL is https.
+
+An ASGI middleware, not Litestar's `response_headers`: those are resolved once per route handler
+and kept on it, so two apps in one process (tests, a second configuration) would share the first
+one's. The headers are computed once per app and read from its state per request.
+"""
+
+from __future__ import annotations
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.settings import Settings
+
+STATE_KEY = "security_headers"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' http: https: data:; media-src 'self' http: https:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+
+
+def security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+    ]
+    if settings.is_https:
+        headers.append((b"strict-transport-security", b"max-age=63072000"))
+    return headers
+
+
+def security_headers_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        extra = scope["app"].state[STATE_KEY]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await app(scope, receive, send_with_headers)
+
+    return middleware
