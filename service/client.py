@@ -12,6 +12,7 @@ change is lost and none is seen twice.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -35,6 +36,13 @@ class JobWaitTimeout(TimeoutError):
         super().__init__("the job did not finish in time")
         self.job = job
         """The last state seen before the deadline."""
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        return response.json().get("error")
+    except ValueError:
+        return None
 
 
 def _raise_for_error(response: httpx.Response) -> None:
@@ -66,9 +74,25 @@ class FalJobsClient:
         if self._owns_http:
             await self._http.aclose()
 
-    async def create_job(self, type: Literal["image", "video"], model_id: str, input: dict[str, Any]) -> Job:
-        response = await self._http.post(f"{self._base}/api/jobs", headers=self._headers,
-                                         json={"type": type, "model_id": model_id, "input": input})
+    async def create_job(self, type: Literal["image", "video"], model_id: str, input: dict[str, Any], *,
+                         idempotency_key: str | None = None, attempts: int = 4) -> Job:
+        """Create a job. Every create carries an Idempotency-Key (a new one unless given), so it is
+        retried safely on a transport error or a 409 "still in progress": fal is paid once."""
+        headers = {**self._headers, "Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        body = {"type": type, "model_id": model_id, "input": input}
+        url = f"{self._base}/api/jobs"
+        for attempt in range(1, attempts):
+            try:
+                response = await self._http.post(url, headers=headers, json=body)
+            except httpx.TransportError:
+                await asyncio.sleep(self._reconnect_delay_s * attempt)
+                continue
+            if response.status_code == 409 and _error_code(response) == "idempotency_in_progress":
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                continue
+            _raise_for_error(response)
+            return msgspec.json.decode(response.content, type=Job)
+        response = await self._http.post(url, headers=headers, json=body)  # the last try: its failure is the caller's
         _raise_for_error(response)
         return msgspec.json.decode(response.content, type=Job)
 

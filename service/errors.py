@@ -7,9 +7,11 @@ from __future__ import annotations
 class DomainError(Exception):
     code = "error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s
+        """When set, the caller may retry after this many seconds (HTTP: Retry-After)."""
 
 
 class InvalidRequest(DomainError):
@@ -44,3 +46,21 @@ class Forbidden(DomainError):
     """Authenticated, but this request may not do this (e.g. a state change without its CSRF token)."""
 
     code = "forbidden"
+
+
+class TooManyRequests(DomainError):
+    """A limit of this service (open jobs, jobs per minute, open streams) is reached; nothing was done."""
+
+    code = "too_many_requests"
+
+
+class IdempotencyKeyReused(DomainError):
+    """An Idempotency-Key already used with another request body."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(Conflict):
+    """The first request with this Idempotency-Key is still being processed."""
+
+    code = "idempotency_in_progress"

@@ -13,6 +13,11 @@ class FalUser(Table, tablename="fal_users"):
     id = Varchar(length=36, primary_key=True)
     name = Varchar(length=100, unique=True)
     created_at = Timestamptz(default=TimestamptzNow())
+    disabled_at = Timestamptz(null=True, default=None)
+    # Per-user overrides of the settings' limits; NULL means the setting applies.
+    max_open_jobs = Integer(null=True, default=None)
+    max_jobs_per_minute = Integer(null=True, default=None)
+    max_streams = Integer(null=True, default=None)
 
 
 class FalApiKey(Table, tablename="fal_api_keys"):
@@ -21,6 +26,7 @@ class FalApiKey(Table, tablename="fal_api_keys"):
     user_id = Varchar(length=36, index=True)
     prefix = Varchar(length=16)
     created_at = Timestamptz(default=TimestamptzNow())
+    revoked_at = Timestamptz(null=True, default=None)
 
 
 class FalJob(Table, tablename="fal_jobs"):
@@ -77,3 +83,14 @@ class FalBrowserSession(Table, tablename="fal_browser_sessions"):
     csrf_token = Varchar(length=64)
     created_at = Timestamptz(default=TimestamptzNow())
     expires_at = Timestamptz()
+
+
+class FalJobReservation(Table, tablename="fal_job_reservations"):
+    # One row per accepted create, written before anything is sent to fal: the spend limits count
+    # these, and an Idempotency-Key finds the job its first request made (request_id, once written).
+    id = BigSerial(primary_key=True)
+    user_id = Varchar(length=36)
+    idempotency_key = Text(null=True, default=None)
+    body_sha256 = Varchar(length=64)
+    request_id = Text(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())

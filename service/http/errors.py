@@ -17,9 +17,11 @@ from service.errors import (
     Conflict,
     DomainError,
     Forbidden,
+    IdempotencyKeyReused,
     InvalidRequest,
     NotAuthenticated,
     NotFound,
+    TooManyRequests,
     Unavailable,
     UpstreamError,
 )
@@ -32,6 +34,8 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    IdempotencyKeyReused: 422,
+    TooManyRequests: 429,
     UpstreamError: 502,
     Unavailable: 503,
 }
@@ -72,8 +76,12 @@ def _status_for(exc: DomainError) -> int:
 
 def handle_domain_error(request: Request, exc: DomainError) -> Response[ErrorBody]:
     status = _status_for(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return error_response(status, exc.code, exc.message, headers)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, exc.retry_after_s))
+    return error_response(status, exc.code, exc.message, headers or None)
 
 
 def handle_validation_error(request: Request, exc: ValidationException) -> Response[ErrorBody]:

@@ -18,9 +18,10 @@ from service.errors import Conflict, InvalidRequest, UpstreamError
 from service.fal.follower import FollowTarget, JobFollower
 from service.fal.gateway import FalGateway
 from service.fal.webhooks import WebhookIntake
-from service.jobs import queries
+from service.jobs import queries, reservations
 from service.jobs.catalog import model_type
 from service.jobs.models import Job, JobChange, JobType, NewJob
+from service.jobs.reservations import Limits, body_digest
 from service.jobs.status_machine import apply_change, create_job
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,34 @@ class CreateJobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     input: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class Created(msgspec.Struct, frozen=True):
+    job: Job
+    replayed: bool
+    """True when an Idempotency-Key named an earlier create: that job, and nothing submitted."""
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    """The path of the first string Postgres' jsonb cannot hold (it refuses NUL), if any.
+    Lone surrogates never get this far: the JSON decoder refuses them."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"{path} (a key)"
+            if (found := _unstorable(item, f"{path}.{key}")) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _unstorable(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
+
+
 class JobCommands:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, intake: WebhookIntake, follower: JobFollower,
-        *, allowed_models: tuple[str, ...], webhook_url: str | None,
+        *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -46,6 +71,7 @@ class JobCommands:
         self._follower = follower
         self._allowed_models = allowed_models
         self._webhook_url = webhook_url
+        self._limits = limits
 
     def validate(self, request: CreateJobRequest) -> None:
         if not MODEL_ID_PATTERN.match(request.model_id):
@@ -57,18 +83,35 @@ class JobCommands:
         size = len(msgspec.json.encode(request.input))
         if size > MAX_INPUT_BYTES:
             raise InvalidRequest(f"input: {size} bytes of JSON; at most {MAX_INPUT_BYTES} are accepted")
+        if (path := _unstorable(request.input, "input")) is not None:
+            raise InvalidRequest(f"{path}: contains a NUL character (\\u0000), which cannot be stored")
 
-    async def create(self, user_id: str, request: CreateJobRequest) -> Job:
+    async def create(self, user_id: str, request: CreateJobRequest, *, idempotency_key: str | None = None) -> Created:
+        """Reserve within the user's limits, submit to fal, record the job; or replay the job an
+        earlier request with the same Idempotency-Key created."""
         self.validate(request)
-        request_id = await self._gateway.submit(request.model_id, request.input, self._webhook_url)
+        reservation = await reservations.reserve(
+            self._pool, user_id, digest=body_digest(request), idempotency_key=idempotency_key, defaults=self._limits
+        )
+        if reservation.replay_of is not None:
+            return Created(job=await queries.get_job(self._pool, user_id, reservation.replay_of), replayed=True)
+        try:
+            request_id = await self._gateway.submit(request.model_id, request.input, self._webhook_url)
+        except BaseException:
+            try:
+                await reservations.cancel(self._pool, reservation.id)
+            except Exception:  # it stops counting after reservations.SUBMIT_GRACE anyway
+                log.warning("could not drop a reservation after a refused submit", extra={"action": "release_reservation"})
+            raise
         mode = "webhook" if self._webhook_url else "polling"
         try:
-            async with self._pool.acquire() as connection:
+            async with self._pool.acquire() as connection, connection.transaction():
                 job = await create_job(
                     connection,
                     NewJob(request_id=request_id, user_id=user_id, model_id=request.model_id, type=request.type,
                            input=request.input, mode=mode),
                 )
+                await reservations.fulfil(connection, reservation.id, request_id)
         except Exception:
             # fal has the request but we could not record it: do not leave it running unowned.
             try:
@@ -84,7 +127,7 @@ class JobCommands:
             log.exception("adopting an early webhook failed", extra={"request_id": request_id})
         if not job.is_terminal:
             self._follower.follow(FollowTarget(request_id=request_id, model_id=request.model_id, mode=mode))
-        return job
+        return Created(job=job, replayed=False)
 
     async def cancel(self, user_id: str, request_id: str) -> Job:
         job = await queries.get_job(self._pool, user_id, request_id)

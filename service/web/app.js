@@ -40,8 +40,8 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
+async function api(method, path, body, extraHeaders = {}) {
+  const headers = { Accept: "application/json", ...extraHeaders };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && state.session) headers["X-CSRF-Token"] = state.session.csrf_token;
   const response = await fetch(path, {
@@ -233,7 +233,16 @@ async function submitJob(event) {
   button.disabled = true;
   button.textContent = "Submitting…";
   try {
-    const job = await api("POST", "/api/jobs", request);
+    // One key per submission: a retry after a dropped connection answers the same job instead of
+    // paying fal twice.
+    const idempotency = { "Idempotency-Key": crypto.randomUUID() };
+    let job;
+    try {
+      job = await api("POST", "/api/jobs", request, idempotency);
+    } catch (error) {
+      if (error instanceof ApiError) throw error;
+      job = await api("POST", "/api/jobs", request, idempotency); // the network failed: retry once, safely
+    }
     upsert(job);
   } catch (error) {
     if (error.status === 401) return sessionLost();
