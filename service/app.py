@@ -24,26 +24,34 @@ from service.fal.gateway import FalGateway
 from service.fal.reconcile import Reconciler
 from service.fal.signatures import JwksKeyring, WebhookVerifier
 from service.fal.webhooks import WebhookIntake
-from service.http.dependencies import provide_pool, provide_settings, provide_user_id
+from service.auth.callers import revoked_among
 from service.auth.stream_tokens import StreamTokens
+from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
 from service.http.errors import EXCEPTION_HANDLERS
 from service.http.events import EventsController
 from service.http.health import healthz, readyz
 from service.http.jobs import JobsController
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
+from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
+from service.http.security_headers import security_headers, security_headers_middleware
 from service.http.webhooks import fal_webhook
 from service.jobs.commands import JobCommands
+from service.jobs.reservations import Limits
 from service.logging import configure_logging
+from service.realtime.admission import Admission
 from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
 from service.realtime.shutdown import close_streams_on_exit_signal
-from service.settings import Settings, load_settings
+from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
 EMULATOR_PATH = "/fal-emulator"
 WEBHOOK_PATH = "/api/webhooks/fal"
+CREDENTIAL_CHECK_S = 2.0
+"""How often each process looks for revoked keys, ended sessions and disabled users among those
+holding streams open: a revocation closes them everywhere within this."""
 
 
 def _from_state(name: str) -> Provide:
@@ -63,7 +71,8 @@ def create_app(settings: Settings) -> Litestar:
     emulator: FalEmulator | None = None
     if settings.uses_emulator:
         # The local fal: it answers on our own port, and a fresh key per process stands in for FAL_KEY.
-        emulator = FalEmulator(f"{settings.local_url}{EMULATOR_PATH}", secrets.token_urlsafe(24))
+        emulator = FalEmulator(f"{settings.local_url}{EMULATOR_PATH}", secrets.token_urlsafe(24),
+                               pace=settings.emulator_pace)
         emulator_app = create_emulator_app(emulator)
 
         @asgi(EMULATOR_PATH, is_mount=True, copy_scope=True, include_in_schema=False)
@@ -73,8 +82,13 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers.append(fal_emulator)
 
     fal_key = settings.fal_key or next(iter(emulator.accepted_keys))  # type: ignore[union-attr]
-    queue_url = emulator.base_url if emulator else settings.fal_queue_url
-    jwks_url = emulator.jwks_url if emulator else settings.fal_jwks_url
+    # Set URLs win, emulator or not (a standalone emulator, a proxy in front of fal).
+    queue_url = settings.fal_queue_url or (emulator.base_url if emulator else FAL_QUEUE_URL_DEFAULT)
+    jwks_url = settings.fal_jwks_url or (emulator.jwks_url if emulator else FAL_JWKS_URL_DEFAULT)
+    # The mounted emulator is its own fal account; real fal needs FAL_WEBHOOK_USER_ID to pin ours.
+    webhook_user_id = settings.fal_webhook_user_id or (
+        emulator.user_id if emulator and settings.fal_jwks_url is None else None
+    )
     public_url = settings.app_url or (settings.local_url if emulator else None)
     webhook_url = f"{public_url}{WEBHOOK_PATH}" if public_url else None
 
@@ -84,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
         pool = await create_pool(dsn)
         hub = Hub()
         hub.start_heartbeats(settings.sse_heartbeat_s)
+        admission = Admission(max_per_credential=settings.max_streams_per_user)
         listener = EventListener(settings.listen_database_url or dsn, hub)
         await listener.start()
         with contextlib.suppress(TimeoutError):
@@ -100,9 +115,13 @@ def create_app(settings: Settings) -> Litestar:
         app.state.update(
             pool=pool,
             intake=intake,
-            verifier=WebhookVerifier(JwksKeyring(jwks_url, http)),
-            commands=JobCommands(pool, gateway, intake, follower,
-                                 allowed_models=settings.allowed_models, webhook_url=webhook_url),
+            verifier=WebhookVerifier(JwksKeyring(jwks_url, http), expected_user_id=webhook_user_id),
+            commands=JobCommands(
+                pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=webhook_url,
+                limits=Limits(max_open_jobs=settings.max_open_jobs_per_user,
+                              max_jobs_per_minute=settings.max_jobs_per_minute),
+            ),
+            admission=admission,
             reconciler=reconciler,
             follower=follower,
             emulator=emulator,
@@ -111,6 +130,15 @@ def create_app(settings: Settings) -> Litestar:
             tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
         )
         sweeping = asyncio.create_task(reconciler.run_forever(), name="reconcile")
+        revalidating = asyncio.create_task(
+            admission.revalidate_forever(lambda credentials: revoked_among(pool, credentials), every_s=CREDENTIAL_CHECK_S),
+            name="revalidate-credentials",
+        )
+        if emulator is not None:
+            log.warning(
+                "serving the LOCAL fal emulator: jobs never reach fal.ai and make test images; set FAL_KEY for fal",
+                extra={"action": "emulator_mounted", "path": EMULATOR_PATH},
+            )
         log.info("fal-jobs started", extra={"fal": "emulator" if emulator else "fal.ai", "webhooks": bool(webhook_url)})
         try:
             yield
@@ -118,9 +146,10 @@ def create_app(settings: Settings) -> Litestar:
             restore_signals()
             hub.close_all()
             hub.stop_heartbeats()
-            sweeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeping
+            for task in (sweeping, revalidating):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await follower.aclose()
             if emulator is not None:
                 await emulator.aclose()
@@ -136,11 +165,13 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=route_handlers,
         lifespan=[lifespan],
-        state=State({"settings": settings}),
+        state=State({"settings": settings, SECURITY_HEADERS: security_headers(settings)}),
         dependencies={
             "pool": Provide(provide_pool, sync_to_thread=False, use_cache=True),
             "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
-            "user_id": Provide(provide_user_id),
+            "caller": Provide(provide_caller),
+            "user_id": Provide(provide_user_id, sync_to_thread=False),
+            "admission": _from_state("admission"),
             "commands": _from_state("commands"),
             "intake": _from_state("intake"),
             "verifier": _from_state("verifier"),
@@ -149,7 +180,7 @@ def create_app(settings: Settings) -> Litestar:
             "listener": _from_state("listener"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[request_log_middleware],
+        middleware=[request_log_middleware, security_headers_middleware],
         openapi_config=OpenAPIConfig(title="fal-jobs", version="0.1.0", path="/schema"),
         logging_config=None,
     )
@@ -159,4 +190,10 @@ def create_app_from_environment() -> Litestar:
     """The factory uvicorn runs (`uvicorn --factory service.app:create_app_from_environment`)."""
     settings = load_settings()
     configure_logging(settings.log_level)
+    if settings.uses_emulator and not settings.fal_emulator:
+        # A deploy that forgot its key must not "complete" paid-for jobs with test images.
+        raise SettingsError(
+            "FAL_KEY: not set. Set FAL_KEY to your fal.ai key, or FAL_EMULATOR=1 to serve the local fal "
+            "emulator instead (development only: no job reaches fal)"
+        )
     return create_app(settings)

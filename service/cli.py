@@ -6,8 +6,14 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from service.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 def _database_url(settings: Settings) -> str:
@@ -36,6 +42,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(_welcome(settings, dsn))
     # The app factory reads its settings from the environment; hand it the server we resolved.
     os.environ["DATABASE_URL"] = dsn
+    if settings.uses_emulator:
+        # The demo stays one command: `run` alone may serve the emulator without FAL_KEY, and paces
+        # it like fal so that the live states show.
+        os.environ["FAL_EMULATOR"] = "1"
+        os.environ.setdefault("EMULATOR_PACE", "demo")
+        print("\n".join([
+            "fal-jobs: ************************************************************************",
+            "fal-jobs: FAL_KEY is not set: serving the LOCAL fal EMULATOR. Jobs never reach fal.ai,",
+            "fal-jobs: cost nothing and make test images. Set FAL_KEY to your fal.ai key for real jobs.",
+            "fal-jobs: ************************************************************************",
+        ]), file=sys.stderr)
     where = "embedded PostgreSQL in " + settings.embedded_pgdata if not settings.database_url else "DATABASE_URL"
     print(f"fal-jobs: serving on http://{settings.host}:{settings.port} (database: {where})", file=sys.stderr)
     uvicorn.run(
@@ -46,6 +63,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     return 0
 
@@ -153,6 +172,100 @@ def cmd_users_sign_in(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(issue())
 
 
+def _with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[int]]) -> int:
+    """Run `work` on a one-connection pool of the (migrated) database; a domain error is a message
+    and exit code 1, never a traceback."""
+    from service.db.pool import create_pool
+    from service.errors import DomainError
+
+    dsn = _migrated_database_url(settings)
+
+    async def run() -> int:
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        try:
+            return await work(pool)
+        except DomainError as exc:
+            print(f"fal-jobs: {exc.message}", file=sys.stderr)
+            return 1
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
+    from service.auth.users import list_users
+
+    async def work(pool: asyncpg.Pool) -> int:
+        print(f"{'name':20} {'created':16} {'disabled':16} {'keys':>4} {'open':>4}  limits (open/min/streams)")
+        for user in await list_users(pool):
+            limits = "/".join(str(v) if v else "-" for v in (user.max_open_jobs, user.max_jobs_per_minute, user.max_streams))
+            print(f"{user.name:20} {_when(user.created_at):16} {_when(user.disabled_at):16} "
+                  f"{user.active_keys:>4} {user.open_jobs:>4}  {limits}")
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def cmd_users_disable(settings: Settings, args: argparse.Namespace) -> int:
+    from service.auth.users import set_disabled
+
+    disable = args.users_command == "disable"
+
+    async def work(pool: asyncpg.Pool) -> int:
+        await set_disabled(pool, args.name, disable)
+        print(f"fal-jobs: user {args.name} {'disabled: its keys, sessions and streams stop working' if disable else 'enabled'}",
+              file=sys.stderr)
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def cmd_users_limits(settings: Settings, args: argparse.Namespace) -> int:
+    from service.auth.users import UserLimits, set_limits
+
+    async def work(pool: asyncpg.Pool) -> int:
+        await set_limits(pool, args.name, UserLimits(max_open_jobs=args.max_open_jobs,
+                                                     max_jobs_per_minute=args.jobs_per_minute,
+                                                     max_streams=args.max_streams))
+        print(f"fal-jobs: limits of {args.name} set (unset ones follow the settings)", file=sys.stderr)
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    from service.auth.api_keys import create_key, list_keys, revoke_key
+
+    async def work(pool: asyncpg.Pool) -> int:
+        if args.keys_command == "create":
+            key = await create_key(pool, args.name)
+            print(f"a new API key for {args.name}, shown only this once:", file=sys.stderr)
+            print(key)
+        elif args.keys_command == "list":
+            for info in await list_keys(pool, args.name):
+                state = f"revoked {_when(info.revoked_at)}" if info.revoked_at else "active"
+                print(f"{info.prefix:16} created {_when(info.created_at)}  {state}")
+        else:
+            info = await revoke_key(pool, args.prefix)
+            print(f"fal-jobs: key {info.prefix} revoked; its requests get 401 and its streams close within seconds",
+                  file=sys.stderr)
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description="fal-jobs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     sign_in = users.add_parser("sign-in", help="print a one-time browser sign-in link for a user")
     sign_in.add_argument("name")
+    users.add_parser("list", help="list users with their keys, open jobs and own limits")
+    users.add_parser("disable", help="disable a user: keys, sessions and streams stop working").add_argument("name")
+    users.add_parser("enable", help="enable a disabled user again").add_argument("name")
+    limits = users.add_parser("limits", help="set a user's own limits (unset ones follow the settings)")
+    limits.add_argument("name")
+    limits.add_argument("--max-open-jobs", type=_positive, help="instead of MAX_OPEN_JOBS_PER_USER")
+    limits.add_argument("--jobs-per-minute", type=_positive, help="instead of MAX_JOBS_PER_MINUTE")
+    limits.add_argument("--max-streams", type=_positive, help="instead of MAX_STREAMS_PER_USER")
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys.add_parser("create", help="make another API key for a user and print it once").add_argument("name")
+    keys.add_parser("list", help="list a user's keys by prefix").add_argument("name")
+    keys.add_parser("revoke", help="revoke the key with this prefix (as 'keys list' shows it)").add_argument("prefix")
     return parser
 
 
@@ -175,7 +300,9 @@ def main(argv: list[str]) -> int:
     except SettingsError as exc:
         print(f"fal-jobs: configuration error: {exc}", file=sys.stderr)
         return 2
-    handlers = {"run": cmd_run, "migrate": cmd_migrate, "test": cmd_test}
+    handlers = {"run": cmd_run, "migrate": cmd_migrate, "test": cmd_test, "keys": cmd_keys}
     if args.command == "users":
-        return cmd_users_sign_in(settings, args) if args.users_command == "sign-in" else cmd_users_create(settings, args)
+        user_handlers = {"create": cmd_users_create, "sign-in": cmd_users_sign_in, "list": cmd_users_list,
+                         "disable": cmd_users_disable, "enable": cmd_users_disable, "limits": cmd_users_limits}
+        return user_handlers[args.users_command](settings, args)
     return handlers[args.command](settings, args)

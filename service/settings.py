@@ -18,6 +18,8 @@ import msgspec
 from dotenv.parser import parse_stream
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FAL_QUEUE_URL_DEFAULT = "https://queue.fal.run"
+FAL_JWKS_URL_DEFAULT = "https://rest.fal.ai/.well-known/jwks.json"
 
 DEFAULT_ALLOWED_MODELS = (
     "fal-ai/flux/dev",
@@ -58,9 +60,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     app_url: HttpUrl | None = None
     """Public base URL that fal can reach; None means no webhooks: the service follows jobs itself."""
     fal_key: str | None = None
-    """None means: use the local fal emulator mounted inside the service."""
-    fal_queue_url: HttpUrl = "https://queue.fal.run"
-    fal_jwks_url: HttpUrl = "https://rest.fal.ai/.well-known/jwks.json"
+    """None means: the local fal emulator, which only `run` or an explicit FAL_EMULATOR=1 allows."""
+    fal_emulator: bool = False
+    """Serve the local fal emulator although this is not `run` (development only: nothing reaches fal)."""
+    emulator_pace: Literal["fast", "demo"] = "fast"
+    """How long the emulator's jobs take: `demo` (what `run` uses) shows seconds in queue and running."""
+    fal_queue_url: HttpUrl | None = None
+    """Unset: fal's own (FAL_QUEUE_URL_DEFAULT), or the mounted emulator's."""
+    fal_jwks_url: HttpUrl | None = None
+    """Unset: fal's own (FAL_JWKS_URL_DEFAULT), or the mounted emulator's."""
+    fal_webhook_user_id: str | None = None
+    """Our fal account's user id: webhooks signed for any other account are refused (401)."""
+    forwarded_allow_ips: str = "127.0.0.1"
+    """Proxies whose X-Forwarded-For/-Proto uvicorn trusts (comma-separated IPs or CIDRs, or *)."""
+    max_open_jobs_per_user: Count = 10
+    max_jobs_per_minute: Count = 60
+    max_streams_per_user: Count = 50
+    """Open SSE streams per API key or browser session in one process; as many concurrent ?wait=."""
     host: str = "127.0.0.1"
     port: Port = 8000
     log_level: LogLevel = "INFO"
@@ -86,6 +102,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def uses_emulator(self) -> bool:
         return self.fal_key is None
+
+    @property
+    def is_https(self) -> bool:
+        """Served to the public over TLS (behind a proxy): cookies get Secure, responses HSTS."""
+        return self.app_url is not None and self.app_url.startswith("https://")
 
     @property
     def local_url(self) -> str:

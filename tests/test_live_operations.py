@@ -17,7 +17,8 @@ import httpx
 import msgspec
 import pytest
 
-from service.auth.api_keys import NewUser, create_user
+from service.auth.api_keys import NewUser, create_user, hash_key
+from service.auth.callers import KEY, Caller
 from service.client import FalJobsClient, JobWaitTimeout
 from service.db.migrations import apply_migrations
 from service.db.pool import create_pool
@@ -143,7 +144,8 @@ async def test_stream_tokens_are_scoped_and_expire(service: RunningServer, fal: 
     forged = await http.get(f"{service.url}/api/jobs/{request_id}/events?token={token[:-4]}AAAA")
     assert forged.status_code == 401
     tokens = service.app.state.tokens
-    expired, _ = tokens.issue(user.user_id, f"job:{request_id}", now=time.time() - tokens.ttl_s - 1)
+    caller = Caller(user_id=user.user_id, credential=KEY + hash_key(user.api_key))
+    expired, _ = tokens.issue(caller, f"job:{request_id}", now=time.time() - tokens.ttl_s - 1)
     response = await http.get(f"{service.url}/api/jobs/{request_id}/events?token={expired}")
     assert response.status_code == 401 and "expired" in response.json()["message"]
     theirs = await http.post(f"{service.url}/api/stream-tokens", json={"scope": "job", "request_id": request_id}, headers=bearer(other_user))

@@ -53,7 +53,7 @@ async def test_another_users_job_is_404_not_403(service_url: str, http: httpx.As
 
 @pytest.mark.parametrize(
     ("headers", "fragment"),
-    [({}, "missing"), ({"Authorization": "Basic abc"}, "Bearer"), ({"Authorization": "Bearer fj_nope"}, "unknown API key")],
+    [({}, "missing"), ({"Authorization": "Basic abc"}, "Bearer"), ({"Authorization": "Bearer fj_nope"}, "unknown or revoked API key")],
 )
 async def test_missing_or_wrong_key_is_401(service_url: str, http: httpx.AsyncClient, headers: dict[str, str], fragment: str) -> None:
     response = await http.get(f"{service_url}/api/jobs", headers=headers)

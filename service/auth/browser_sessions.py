@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 
+from service.auth.callers import SESSION
+
 SESSION_COOKIE = "fal_jobs_session"
 CSRF_HEADER = "x-csrf-token"
 SIGN_IN_TTL = timedelta(minutes=30)
@@ -24,6 +26,9 @@ class BrowserSession(msgspec.Struct, frozen=True):
     user_id: str
     name: str
     csrf_token: str
+    credential: str
+    """The session's credential id (`session:<hash>`), which its streams and stream tokens carry."""
+    max_streams: int | None = None
 
 
 def _hash(secret: str) -> str:
@@ -57,13 +62,22 @@ async def redeem_sign_in_token(pool: asyncpg.Pool, token: str) -> str | None:
     return session_id
 
 
+def session_credential(session_id: str) -> str:
+    return SESSION + _hash(session_id)
+
+
 async def session_for(pool: asyncpg.Pool, session_id: str) -> BrowserSession | None:
+    """The live session behind a cookie: unexpired, not signed out, its user not disabled."""
+    id_hash = _hash(session_id)
     row = await pool.fetchrow(
-        "SELECT s.user_id, u.name, s.csrf_token FROM fal_browser_sessions s JOIN fal_users u ON u.id = s.user_id "
-        "WHERE s.id_hash = $1 AND s.expires_at > now()",
-        _hash(session_id),
+        "SELECT s.user_id, u.name, s.csrf_token, u.max_streams FROM fal_browser_sessions s "
+        "JOIN fal_users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > now() AND u.disabled_at IS NULL",
+        id_hash,
     )
-    return BrowserSession(user_id=row["user_id"], name=row["name"], csrf_token=row["csrf_token"]) if row else None
+    if row is None:
+        return None
+    return BrowserSession(user_id=row["user_id"], name=row["name"], csrf_token=row["csrf_token"],
+                          credential=SESSION + id_hash, max_streams=row["max_streams"])
 
 
 async def end_session(pool: asyncpg.Pool, session_id: str) -> None:
@@ -71,4 +85,5 @@ async def end_session(pool: asyncpg.Pool, session_id: str) -> None:
 
 
 def csrf_matches(session: BrowserSession, offered: str | None) -> bool:
-    return offered is not None and secrets.compare_digest(session.csrf_token, offered)
+    # Bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+    return offered is not None and secrets.compare_digest(session.csrf_token.encode(), offered.encode("utf-8", "surrogateescape"))

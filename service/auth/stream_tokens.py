@@ -15,6 +15,7 @@ import time
 
 import msgspec
 
+from service.auth.callers import Caller
 from service.errors import NotAuthenticated
 
 USER_SCOPE = "user"
@@ -28,6 +29,8 @@ class StreamClaims(msgspec.Struct, frozen=True):
     user_id: str = msgspec.field(name="u")
     scope: str = msgspec.field(name="s")
     expires_at: int = msgspec.field(name="e")
+    credential: str = msgspec.field(name="c")
+    """The key or session that minted the token: the token dies with it (checked when a stream opens)."""
 
 
 def _b64(data: bytes) -> str:
@@ -43,13 +46,16 @@ class StreamTokens:
         self._key = hashlib.sha256(b"fal-jobs stream token\0" + secret.encode()).digest()
         self.ttl_s = ttl_s
 
-    def issue(self, user_id: str, scope: str, *, now: float | None = None) -> tuple[str, int]:
+    def issue(self, caller: Caller, scope: str, *, now: float | None = None) -> tuple[str, int]:
         expires_at = int(now if now is not None else time.time()) + self.ttl_s
-        claims = msgspec.json.encode(StreamClaims(user_id=user_id, scope=scope, expires_at=expires_at))
+        claims = msgspec.json.encode(
+            StreamClaims(user_id=caller.user_id, scope=scope, expires_at=expires_at, credential=caller.credential)
+        )
         return f"{_b64(claims)}.{_b64(self._sign(claims))}", expires_at
 
-    def verify(self, token: str, scope: str, *, now: float | None = None) -> str:
-        """The token's user id, when it is genuine, unexpired and for `scope`."""
+    def verify(self, token: str, scope: str, *, now: float | None = None) -> StreamClaims:
+        """The token's claims, when it is genuine, unexpired and for `scope`. Whether the credential
+        that minted it still stands is the caller's to check (it takes a query)."""
         try:
             claims_part, signature_part = token.split(".", 1)
             claims_raw, signature = _unb64(claims_part), _unb64(signature_part)
@@ -57,12 +63,15 @@ class StreamTokens:
             raise NotAuthenticated("token: malformed stream token") from None
         if not hmac.compare_digest(signature, self._sign(claims_raw)):
             raise NotAuthenticated("token: invalid stream token")
-        claims = msgspec.json.decode(claims_raw, type=StreamClaims)
+        try:
+            claims = msgspec.json.decode(claims_raw, type=StreamClaims)
+        except msgspec.DecodeError:  # signed by us, but an older format
+            raise NotAuthenticated("token: stream token of an older format; ask POST /api/stream-tokens") from None
         if claims.expires_at < (now if now is not None else time.time()):
             raise NotAuthenticated("token: stream token expired; ask POST /api/stream-tokens for a new one")
         if claims.scope != scope:
             raise NotAuthenticated("token: this stream token is for another stream")
-        return claims.user_id
+        return claims
 
     def _sign(self, claims: bytes) -> bytes:
         return hmac.new(self._key, claims, hashlib.sha256).digest()

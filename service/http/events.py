@@ -10,24 +10,47 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from service.auth.callers import Caller, caller_for_credential
 from service.auth.stream_tokens import USER_SCOPE, StreamTokens, job_scope
 from service.errors import InvalidRequest, NotAuthenticated
-from service.http.dependencies import PoolDependency, UserIdDependency, bearer_user
+from service.http.dependencies import CallerDependency, PoolDependency, bearer_caller
 from service.http.sse import EventStreamResponse
 from service.jobs import queries
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
+from service.realtime.admission import Admission, Ticket
 from service.realtime.hub import Hub
-from service.realtime.streams import JobAlreadyFinished, open_job_stream, open_user_stream
+from service.realtime.streams import JobAlreadyFinished, LiveStream, open_job_stream, open_user_stream
 
 
-async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTokens, scope: str, token: str | None) -> str:
-    """The user behind a stream request: a `?token=` stream token for `scope`, or a Bearer key."""
+async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTokens, scope: str, token: str | None) -> Caller:
+    """The caller behind a stream request: a `?token=` stream token for `scope` whose minting key or
+    session still stands, or a Bearer key."""
     if token:
-        return tokens.verify(token, scope)
+        claims = tokens.verify(token, scope)
+        caller = await caller_for_credential(pool, claims.credential)
+        if caller is None or caller.user_id != claims.user_id:
+            raise NotAuthenticated("token: the key or session that made this stream token was revoked or signed out")
+        return caller
     header = request.headers.get("authorization")
     if header:
-        return await bearer_user(header, pool)
+        return await bearer_caller(header, pool)
     raise NotAuthenticated("token: missing; pass ?token=<stream token> or 'Authorization: Bearer <API key>'")
+
+
+class AdmittedStream:
+    """A live stream holding its caller's place: closing it, from either side, gives the place back."""
+
+    def __init__(self, stream: LiveStream, ticket: Ticket) -> None:
+        self._stream = stream
+        self._ticket = ticket
+        ticket.close = stream.close  # a revoked credential ends the stream
+
+    def __aiter__(self):  # type: ignore[no-untyped-def]
+        return self._stream.__aiter__()
+
+    def close(self) -> None:
+        self._stream.close()
+        self._ticket.release()
 
 
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
@@ -69,22 +92,29 @@ class EventsController(Controller):
     @get("/api/jobs/{request_id:str}/events", summary="One job's live status (SSE): snapshot, changes, end")
     async def job_events(
         self, request: Request, pool: PoolDependency, hub: NamedDependency[Hub], tokens: NamedDependency[StreamTokens],
-        request_id: FromPath[str],
+        admission: NamedDependency[Admission], request_id: FromPath[str],
         token: Annotated[str | None, QueryParameter(description="stream token")] = None,
         last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id", description="resume after this event id")] = None,
     ) -> Response:
         queries.check_request_id(request_id)
-        user_id = await stream_caller(request, pool, tokens, job_scope(request_id), token)
+        caller = await stream_caller(request, pool, tokens, job_scope(request_id), token)
+        resume_after = last_event_id(request, last_event_id_query)
+        ticket = admission.admit(caller, "stream")  # 429 before any work when the caller holds too many
         try:
-            stream = await open_job_stream(hub, pool, user_id=user_id, request_id=request_id,
-                                           last_event_id=last_event_id(request, last_event_id_query))
+            stream = await open_job_stream(hub, pool, user_id=caller.user_id, request_id=request_id,
+                                           last_event_id=resume_after)
         except JobAlreadyFinished:
+            ticket.release()
             return Response(content=b"", status_code=204)  # tells EventSource to stop reconnecting
-        return EventStreamResponse(stream)
+        except BaseException:
+            ticket.release()
+            raise
+        return EventStreamResponse(AdmittedStream(stream, ticket))
 
     @get("/api/events", summary="All of the caller's jobs, live (SSE); stays open")
     async def user_events(
         self, request: Request, pool: PoolDependency, hub: NamedDependency[Hub], tokens: NamedDependency[StreamTokens],
+        admission: NamedDependency[Admission],
         token: Annotated[str | None, QueryParameter(description="stream token")] = None,
         status: Annotated[str | None, QueryParameter(description="comma-separated statuses")] = None,
         type: Annotated[str | None, QueryParameter(description="image or video")] = None,
@@ -92,21 +122,27 @@ class EventsController(Controller):
     ) -> EventStreamResponse:
         statuses = _split(status, JOB_STATUSES, "status")
         types = _split(type, JOB_TYPES, "type")
-        user_id = await stream_caller(request, pool, tokens, USER_SCOPE, token)
-        stream = await open_user_stream(hub, pool, user_id=user_id, statuses=statuses, types=types,
-                                        last_event_id=last_event_id(request, last_event_id_query))
-        return EventStreamResponse(stream)
+        caller = await stream_caller(request, pool, tokens, USER_SCOPE, token)
+        resume_after = last_event_id(request, last_event_id_query)
+        ticket = admission.admit(caller, "stream")
+        try:
+            stream = await open_user_stream(hub, pool, user_id=caller.user_id, statuses=statuses, types=types,
+                                            last_event_id=resume_after)
+        except BaseException:
+            ticket.release()
+            raise
+        return EventStreamResponse(AdmittedStream(stream, ticket))
 
     @post("/api/stream-tokens", status_code=201, summary="A short-lived token for EventSource (?token=)")
     async def create_stream_token(
-        self, data: JSONBody[StreamTokenRequest], user_id: UserIdDependency, pool: PoolDependency,
+        self, data: JSONBody[StreamTokenRequest], caller: CallerDependency, pool: PoolDependency,
         tokens: NamedDependency[StreamTokens],
     ) -> StreamToken:
         if data.scope == "job":
             if data.request_id is None:
                 raise InvalidRequest("request_id: required for a job-scoped token")
-            await queries.get_job(pool, user_id, data.request_id)  # 404 for another user's job
-            token, expires_at = tokens.issue(user_id, job_scope(data.request_id))
+            await queries.get_job(pool, caller.user_id, data.request_id)  # 404 for another user's job
+            token, expires_at = tokens.issue(caller, job_scope(data.request_id))
             return StreamToken(token=token, expires_at=expires_at, url=f"/api/jobs/{data.request_id}/events?token={token}")
-        token, expires_at = tokens.issue(user_id, USER_SCOPE)
+        token, expires_at = tokens.issue(caller, USER_SCOPE)
         return StreamToken(token=token, expires_at=expires_at, url=f"/api/events?token={token}")

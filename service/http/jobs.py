@@ -5,20 +5,24 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from service.auth.stream_tokens import StreamTokens, job_scope
 from service.errors import Conflict
-from service.http.dependencies import PoolDependency, UserIdDependency
+from service.http.dependencies import CallerDependency, PoolDependency, UserIdDependency
 from service.jobs import queries
-from service.jobs.commands import CreateJobRequest, JobCommands
+from service.jobs.commands import MAX_INPUT_BYTES, CreateJobRequest, JobCommands
 from service.jobs.models import Job
+from service.jobs.reservations import check_idempotency_key
+from service.realtime.admission import Admission
 from service.realtime.hub import Hub
 from service.realtime.waiting import wait_for_job
 
 MAX_WAIT_S = 300
+MAX_CREATE_BODY_BYTES = 2 * MAX_INPUT_BYTES
+"""64 KiB of input, with room for the envelope and for JSON written with spaces and escapes."""
 
 
 class JobLinks(msgspec.Struct):
@@ -53,14 +57,23 @@ class JobsController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
 
-    @post("/", status_code=202, summary="Submit an image or video job to fal; answers at once")
+    @post("/", status_code=202, summary="Submit an image or video job to fal; answers at once",
+          request_max_body_size=MAX_CREATE_BODY_BYTES)
     async def create_job(
-        self, data: JSONBody[CreateJobRequest], user_id: UserIdDependency, commands: NamedDependency[JobCommands],
+        self, data: JSONBody[CreateJobRequest], caller: CallerDependency, commands: NamedDependency[JobCommands],
         tokens: NamedDependency[StreamTokens],
-    ) -> CreatedJob:
-        job = job_view(await commands.create(user_id, data))
-        token, expires_at = tokens.issue(user_id, job_scope(job.request_id))
-        return CreatedJob(**msgspec.structs.asdict(job), stream_token=token, stream_token_expires_at=expires_at)
+        idempotency_key: Annotated[str | None, HeaderParameter(
+            name="Idempotency-Key",
+            description="the same key and body within 24 h answer the same job and submit nothing to fal",
+        )] = None,
+    ) -> Response[CreatedJob]:
+        key = check_idempotency_key(idempotency_key) if idempotency_key is not None else None
+        created = await commands.create(caller.user_id, data, idempotency_key=key)
+        job = job_view(created.job)
+        token, expires_at = tokens.issue(caller, job_scope(job.request_id))
+        body = CreatedJob(**msgspec.structs.asdict(job), stream_token=token, stream_token_expires_at=expires_at)
+        headers = {"Idempotent-Replayed": "true"} if created.replayed else {}
+        return Response(body, status_code=202, headers=headers)
 
     @get("/", summary="The caller's jobs, newest first")
     async def list_jobs(
@@ -77,13 +90,19 @@ class JobsController(Controller):
 
     @get("/{request_id:str}", summary="One job; with ?wait=SECONDS, answers once it is terminal or at the deadline")
     async def get_job(
-        self, pool: PoolDependency, user_id: UserIdDependency, hub: NamedDependency[Hub], request_id: FromPath[str],
+        self, pool: PoolDependency, caller: CallerDependency, hub: NamedDependency[Hub],
+        admission: NamedDependency[Admission], request_id: FromPath[str],
         wait: Annotated[float, QueryParameter(ge=0, le=MAX_WAIT_S, description=f"seconds to wait for a terminal state, at most {MAX_WAIT_S}")] = 0,
     ) -> JobView:
         if wait > 0:
             queries.check_request_id(request_id)
-            return job_view(await wait_for_job(hub, pool, user_id=user_id, request_id=request_id, timeout_s=wait))
-        return job_view(await queries.get_job(pool, user_id, request_id))
+            ticket = admission.admit(caller, "wait")
+            try:
+                job = await wait_for_job(hub, pool, user_id=caller.user_id, request_id=request_id, timeout_s=wait)
+            finally:
+                ticket.release()
+            return job_view(job)
+        return job_view(await queries.get_job(pool, caller.user_id, request_id))
 
     @get("/{request_id:str}/result", summary="The output of a completed job")
     async def get_result(self, pool: PoolDependency, user_id: UserIdDependency, request_id: FromPath[str]) -> Any:

@@ -1,0 +1,74 @@
+"""Operating on users: list them, disable one (its keys and sessions stop working at once), and
+give one its own limits where the settings' defaults are too tight."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from service.errors import InvalidRequest, NotFound
+
+
+class UserInfo(msgspec.Struct, frozen=True):
+    user_id: str
+    name: str
+    created_at: datetime
+    disabled_at: datetime | None
+    active_keys: int
+    open_jobs: int
+    max_open_jobs: int | None
+    max_jobs_per_minute: int | None
+    max_streams: int | None
+
+
+class UserLimits(msgspec.Struct, frozen=True):
+    """Per-user overrides; None keeps the setting's value."""
+
+    max_open_jobs: int | None = None
+    max_jobs_per_minute: int | None = None
+    max_streams: int | None = None
+
+
+async def list_users(pool: asyncpg.Pool) -> list[UserInfo]:
+    rows = await pool.fetch(
+        """
+        SELECT u.id, u.name, u.created_at, u.disabled_at, u.max_open_jobs, u.max_jobs_per_minute, u.max_streams,
+               (SELECT count(*) FROM fal_api_keys k WHERE k.user_id = u.id AND k.revoked_at IS NULL) AS active_keys,
+               (SELECT count(*) FROM fal_jobs j WHERE j.user_id = u.id AND j.status IN ('pending', 'in_progress'))
+                   AS open_jobs
+        FROM fal_users u ORDER BY u.name
+        """
+    )
+    return [
+        UserInfo(user_id=r["id"], name=r["name"], created_at=r["created_at"], disabled_at=r["disabled_at"],
+                 active_keys=r["active_keys"], open_jobs=r["open_jobs"], max_open_jobs=r["max_open_jobs"],
+                 max_jobs_per_minute=r["max_jobs_per_minute"], max_streams=r["max_streams"])
+        for r in rows
+    ]
+
+
+async def set_disabled(pool: asyncpg.Pool, name: str, disabled: bool) -> None:
+    """Disable (or enable again) a user: every key and session of theirs stops resolving; their
+    open streams close within seconds in every process."""
+    done = await pool.fetchval(
+        "UPDATE fal_users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END "
+        "WHERE name = $1 RETURNING id",
+        name, disabled,
+    )
+    if done is None:
+        raise NotFound(f"name: no user named {name!r}")
+
+
+async def set_limits(pool: asyncpg.Pool, name: str, limits: UserLimits) -> None:
+    for field, value in msgspec.structs.asdict(limits).items():
+        if value is not None and value <= 0:
+            raise InvalidRequest(f"{field}: must be above 0")
+    done = await pool.fetchval(
+        "UPDATE fal_users SET max_open_jobs = $2, max_jobs_per_minute = $3, max_streams = $4 "
+        "WHERE name = $1 RETURNING id",
+        name, limits.max_open_jobs, limits.max_jobs_per_minute, limits.max_streams,
+    )
+    if done is None:
+        raise NotFound(f"name: no user named {name!r}")
