@@ -44,6 +44,8 @@ Port = Annotated[int, _meta("must be an integer between 1 and 65535", ge=1, le=6
 Seconds = Annotated[float, _meta("must be a number of seconds above 0 (at most a year)", gt=0, le=31_536_000)]
 Count = Annotated[int, _meta("must be a whole number above 0", gt=0, le=1_000_000_000)]
 Secret = Annotated[str, _meta("must be at least 32 characters long", min_length=32)]
+Flag = Annotated[bool, _meta("must be 1 or 0 (true or false)")]
+Pace = Annotated[Literal["fast", "demo"], _meta("must be fast or demo")]
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR"], _meta("must be one of DEBUG, INFO, WARNING, ERROR")
 ]
@@ -61,9 +63,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Public base URL that fal can reach; None means no webhooks: the service follows jobs itself."""
     fal_key: str | None = None
     """None means: the local fal emulator, which only `run` or an explicit FAL_EMULATOR=1 allows."""
-    fal_emulator: bool = False
+    fal_emulator: Flag = False
     """Serve the local fal emulator although this is not `run` (development only: nothing reaches fal)."""
-    emulator_pace: Literal["fast", "demo"] = "fast"
+    emulator_pace: Pace = "fast"
     """How long the emulator's jobs take: `demo` (what `run` uses) shows seconds in queue and running."""
     fal_queue_url: HttpUrl | None = None
     """Unset: fal's own (FAL_QUEUE_URL_DEFAULT), or the mounted emulator's."""
