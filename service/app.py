@@ -43,7 +43,8 @@ from service.realtime.admission import Admission
 from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
 from service.realtime.shutdown import close_streams_on_exit_signal
-from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, SettingsError, load_settings
+from service.serving import check_can_serve
+from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         dsn = settings.database_url or start_embedded_postgres(settings.embedded_pgdata)
-        pool = await create_pool(dsn)
+        pool = await create_pool(dsn, min_size=min(2, settings.database_pool_max), max_size=settings.database_pool_max)
         hub = Hub()
         hub.start_heartbeats(settings.sse_heartbeat_s)
         admission = Admission(max_per_credential=settings.max_streams_per_user)
@@ -190,10 +191,5 @@ def create_app_from_environment() -> Litestar:
     """The factory uvicorn runs (`uvicorn --factory service.app:create_app_from_environment`)."""
     settings = load_settings()
     configure_logging(settings.log_level)
-    if settings.uses_emulator and not settings.fal_emulator:
-        # A deploy that forgot its key must not "complete" paid-for jobs with test images.
-        raise SettingsError(
-            "FAL_KEY: not set. Set FAL_KEY to your fal.ai key, or FAL_EMULATOR=1 to serve the local fal "
-            "emulator instead (development only: no job reaches fal)"
-        )
+    check_can_serve(settings)
     return create_app(settings)

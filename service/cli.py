@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from service.serving import check_can_serve, pool_size_for, process_count, serve
 from service.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -33,8 +35,8 @@ def _migrated_database_url(settings: Settings) -> str:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
+    """The demo and the development server: the database (embedded when DATABASE_URL is unset),
+    migrations, a sign-in link, the fal emulator when FAL_KEY is unset, then the service."""
     from service.logging import configure_logging
 
     configure_logging(settings.log_level)
@@ -42,31 +44,97 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(_welcome(settings, dsn))
     # The app factory reads its settings from the environment; hand it the server we resolved.
     os.environ["DATABASE_URL"] = dsn
-    if settings.uses_emulator:
-        # The demo stays one command: `run` alone may serve the emulator without FAL_KEY, and paces
-        # it like fal so that the live states show.
-        os.environ["FAL_EMULATOR"] = "1"
-        os.environ.setdefault("EMULATOR_PACE", "demo")
+    where = "embedded PostgreSQL in " + settings.embedded_pgdata if not settings.database_url else "DATABASE_URL"
+    with contextlib.ExitStack() as stack:
+        if settings.uses_emulator:
+            stack.enter_context(_standalone_emulator(settings))
+            settings = load_settings()
+        processes = _fit_processes(settings, dsn)
+        print(f"fal-jobs: serving on http://{settings.host}:{settings.port} with {processes} process(es) "
+              f"(database: {where})", file=sys.stderr, flush=True)
+        serve(settings, processes=processes)
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """What the Procfile runs: the service alone, WEB_CONCURRENCY processes behind one port."""
+    from service.logging import configure_logging
+
+    configure_logging(settings.log_level)
+    check_can_serve(settings)  # before any worker starts: a refusal must end the command, not loop
+    if settings.database_url is None:
+        raise SettingsError("DATABASE_URL: not set; 'serve' needs the database (use 'run' for the embedded one)")
+    serve(settings, processes=_fit_processes(settings, settings.database_url))
+    return 0
+
+
+def _fit_processes(settings: Settings, dsn: str) -> int:
+    """The process count, with each process's pool shrunk (DATABASE_POOL_MAX) so that all of them
+    fit under Postgres's max_connections."""
+    processes = process_count(settings)
+    pool_max = asyncio.run(pool_size_for(dsn, processes, settings.database_pool_max))
+    if pool_max < settings.database_pool_max:
+        print(f"fal-jobs: {processes} processes: each pool holds at most {pool_max} connections "
+              "to stay under Postgres's max_connections", file=sys.stderr)
+    os.environ["DATABASE_POOL_MAX"] = str(pool_max)
+    return processes
+
+
+@contextlib.contextmanager
+def _standalone_emulator(settings: Settings) -> Iterator[None]:
+    """The local fal for the demo, in a process of its own: it keeps its requests in memory, so
+    every service process must talk to the same one, as they would to fal. Paced like fal, pinned
+    as our fal account, and stopped with us."""
+    import secrets
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = "emulator:" + secrets.token_urlsafe(24)
+    base = f"http://127.0.0.1:{port}"
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "service.emulator", "--port", str(port), "--pace",
+         os.environ.get("EMULATOR_PACE", "demo"), "--heartbeat-s", "15"],
+        env={**os.environ, "FAL_KEY": key}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if emulator.poll() is not None:
+                raise SystemExit(f"fal-jobs: the fal emulator exited at start (code {emulator.returncode})")
+            try:
+                if httpx.get(f"{base}/.well-known/jwks.json", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("fal-jobs: the fal emulator did not start within 30 s")
+            time.sleep(0.1)
+        os.environ.update({
+            "FAL_KEY": key, "FAL_QUEUE_URL": base, "FAL_JWKS_URL": f"{base}/.well-known/jwks.json",
+            "FAL_WEBHOOK_USER_ID": "fal-emulator-user",
+            # Webhooks come back to us, as fal's would to APP_URL.
+            "APP_URL": settings.app_url or settings.local_url,
+        })
         print("\n".join([
             "fal-jobs: ************************************************************************",
-            "fal-jobs: FAL_KEY is not set: serving the LOCAL fal EMULATOR. Jobs never reach fal.ai,",
-            "fal-jobs: cost nothing and make test images. Set FAL_KEY to your fal.ai key for real jobs.",
+            "fal-jobs: FAL_KEY is not set: serving with the LOCAL fal EMULATOR. Jobs never reach",
+            f"fal-jobs: fal.ai, cost nothing and make test images ({base}).",
+            "fal-jobs: Set FAL_KEY to your fal.ai key for real jobs.",
             "fal-jobs: ************************************************************************",
-        ]), file=sys.stderr)
-    where = "embedded PostgreSQL in " + settings.embedded_pgdata if not settings.database_url else "DATABASE_URL"
-    print(f"fal-jobs: serving on http://{settings.host}:{settings.port} (database: {where})", file=sys.stderr)
-    uvicorn.run(
-        "service.app:create_app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-    )
-    return 0
+        ]), file=sys.stderr, flush=True)
+        yield
+    finally:
+        emulator.terminate()
+        try:
+            emulator.wait(10)
+        except subprocess.TimeoutExpired:
+            emulator.kill()
 
 
 DEMO_USER = "demo"
@@ -270,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description="fal-jobs")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="apply migrations and serve (embedded Postgres when DATABASE_URL is unset)")
+    commands.add_parser("serve", help="serve only (the Procfile's web process): WEB_CONCURRENCY processes")
     commands.add_parser("migrate", help="apply the database migrations")
     test = commands.add_parser("test", help="run the test suite (extra arguments go to pytest)")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
@@ -297,10 +366,14 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
+        return _dispatch(settings, args)
     except SettingsError as exc:
         print(f"fal-jobs: configuration error: {exc}", file=sys.stderr)
         return 2
-    handlers = {"run": cmd_run, "migrate": cmd_migrate, "test": cmd_test, "keys": cmd_keys}
+
+
+def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    handlers = {"run": cmd_run, "serve": cmd_serve, "migrate": cmd_migrate, "test": cmd_test, "keys": cmd_keys}
     if args.command == "users":
         user_handlers = {"create": cmd_users_create, "sign-in": cmd_users_sign_in, "list": cmd_users_list,
                          "disable": cmd_users_disable, "enable": cmd_users_disable, "limits": cmd_users_limits}

@@ -91,6 +91,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """A job open this long without news is asked about at fal by the sweep."""
     sse_heartbeat_s: Seconds = 15.0
     stream_token_ttl_s: Count = 900
+    web_concurrency: Count | None = None
+    """Service processes behind the one port; unset: the usable cores, at most 8."""
+    database_pool_max: Count = 10
+    """Connections each process's pool may open (lowered to fit max_connections with many processes)."""
     max_followers: Count = 200
     """Status streams to fal held open at once by one process; more jobs wait their turn."""
 

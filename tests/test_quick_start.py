@@ -79,7 +79,7 @@ def test_run_command_uses_embedded_postgres_and_keeps_data_across_restarts(embed
         api_key = created.stdout.strip()
         assert api_key.startswith("fj_") and api_key not in created.stderr
         auth = {"Authorization": f"Bearer {api_key}"}
-        # Nothing configured: the local fal emulator answers inside the service, webhooks included.
+        # Nothing configured: the local fal emulator (a process run starts beside the service) answers, webhooks included.
         created = httpx.post(f"{url}/api/jobs", headers=auth, timeout=30,
                              json={"type": "image", "model_id": "fal-ai/flux/schnell", "input": {"prompt": "a kite"}})
         assert created.status_code == 202, created.text

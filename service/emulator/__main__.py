@@ -20,6 +20,8 @@ def main() -> None:
     parser.add_argument("--run-ms", type=int, default=100, help="default running time")
     parser.add_argument("--heartbeat-s", type=float, default=15.0)
     parser.add_argument("--webhook-timeout-s", type=float, default=15.0)
+    parser.add_argument("--pace", choices=("fast", "demo"), default="fast",
+                        help="demo: fal-like seconds in queue and running for requests without fal_emulator options")
     args = parser.parse_args()
 
     keys = args.key or ([os.environ["FAL_KEY"]] if os.environ.get("FAL_KEY") else [])
@@ -32,9 +34,11 @@ def main() -> None:
         default_run_ms=args.run_ms,
         heartbeat_s=args.heartbeat_s,
         webhook_timeout_s=args.webhook_timeout_s,
+        pace=args.pace,
     )
     print(f"fal emulator on {emulator.base_url} (JWKS {emulator.jwks_url})", flush=True)
-    uvicorn.run(create_emulator_app(emulator), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(create_emulator_app(emulator), host=args.host, port=args.port, log_level="info",
+                timeout_graceful_shutdown=2, workers=1)  # its state is in memory: one process, whatever WEB_CONCURRENCY says
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
 import msgspec
@@ -15,14 +16,16 @@ from service.http.dependencies import PoolDependency
 from service.realtime.listener import EventListener
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
     checks: dict[str, str] = msgspec.field(default_factory=dict)
+    process: int | None = None
+    """Which of the service's processes answered (several serve one port)."""
 
 
 @get("/healthz", tags=["health"], summary="The process is alive")
 async def healthz() -> Health:
-    return Health(status="ok")
+    return Health(status="ok", process=os.getpid())
 
 
 @get("/readyz", tags=["health"], summary="The database is reachable, its migrations are current, the listener is connected")

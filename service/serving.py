@@ -1,0 +1,80 @@
+"""Serving: how many processes, how big each one's pool, and the one uvicorn invocation that both
+`run` and the Procfile use (`python -m service serve`).
+
+Each process is a whole service: its own pool, its one LISTEN connection, its own hub. Postgres is
+the only thing they share, so N processes need N x (pool + 1 LISTEN connection) of Postgres's
+`max_connections`; `pool_size_for` shrinks the pools to fit when that is too many.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import asyncpg
+
+from service.settings import Settings, SettingsError
+
+MAX_DEFAULT_PROCESSES = 8
+"""Past this, more processes of one machine mostly add Postgres connections and NOTIFY readers;
+set WEB_CONCURRENCY to go further."""
+CONNECTIONS_KEPT_FREE = 10
+"""Left to migrations, the CLI, psql and the superuser slots."""
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def process_count(settings: Settings) -> int:
+    return settings.web_concurrency or min(usable_cores(), MAX_DEFAULT_PROCESSES)
+
+
+def check_can_serve(settings: Settings) -> None:
+    """A deploy that forgot its key must not "complete" paid-for jobs with test images."""
+    if settings.uses_emulator and not settings.fal_emulator:
+        raise SettingsError(
+            "FAL_KEY: not set. Set FAL_KEY to your fal.ai key, or FAL_EMULATOR=1 to serve the local fal "
+            "emulator instead (development only: no job reaches fal)"
+        )
+
+
+async def pool_size_for(dsn: str, processes: int, wanted: int) -> int:
+    """The largest pool, up to `wanted`, with which `processes` processes (each also holding one
+    LISTEN connection) stay under the server's max_connections."""
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        max_connections = int(await connection.fetchval("SHOW max_connections", timeout=10))
+    finally:
+        await connection.close()
+    fits = (max_connections - CONNECTIONS_KEPT_FREE) // processes - 1
+    if fits < 2:
+        raise SettingsError(
+            f"WEB_CONCURRENCY: {processes} processes need at least {processes * 3 + CONNECTIONS_KEPT_FREE} "
+            f"of Postgres's max_connections ({max_connections}); run fewer, or put PgBouncer in front"
+        )
+    return min(wanted, fits)
+
+
+def serve(settings: Settings, *, processes: int) -> None:
+    """Serve the app factory under uvicorn with `processes` worker processes (blocks)."""
+    import uvicorn
+
+    # Stream tokens are HMACs: the processes behind one port must share the secret, or a token
+    # minted by one is refused by the next. Unset, one is made for this server's lifetime.
+    os.environ.setdefault("STREAM_TOKEN_SECRET", secrets.token_urlsafe(32))
+    uvicorn.run(
+        "service.app:create_app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=processes,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY itself
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )

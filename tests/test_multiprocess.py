@@ -1,0 +1,93 @@
+"""The demo with several processes behind one port, as `run` starts it by default: each process
+keeps its own LISTEN connection and hub, the emulator runs once beside them, and a subscriber on
+one process sees the webhook another process took."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from service.auth.api_keys import NewUser
+from tests.conftest import bearer, free_socket
+from tests.sse import SseReader
+from tests.test_live_operations import start_process, wait_ready
+
+PROCESSES = 2
+
+
+async def pinned_clients(url: str, want: int, tries: int = 60) -> dict[int, httpx.AsyncClient]:
+    """One keep-alive client per service process: a connection stays with the process that
+    accepted it, and /healthz says which that is."""
+    found: dict[int, httpx.AsyncClient] = {}
+    for _ in range(tries):
+        client = httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=1))
+        pid = (await client.get("/healthz")).json()["process"]
+        if pid in found:
+            await client.aclose()
+        else:
+            found[pid] = client
+        if len(found) == want:
+            return found
+    for client in found.values():
+        await client.aclose()
+    raise AssertionError(f"only {len(found)} of {want} processes answered in {tries} connections")
+
+
+async def test_run_with_several_processes_delivers_across_them(
+    database_url: str, pool: asyncpg.Pool, user: NewUser, tmp_path: Path,
+) -> None:
+    port = free_socket().getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "APP_URL", "EMULATOR_"))}
+    env.update(DATABASE_URL=database_url, PORT=str(port), LOG_LEVEL="WARNING", WEB_CONCURRENCY=str(PROCESSES),
+               RECONCILE_INTERVAL_S="3600")
+    env.pop("STREAM_TOKEN_SECRET", None)  # run shares one of its own among its processes
+    log = tmp_path / "run.log"
+    process = start_process(env, log)
+    clients: dict[int, httpx.AsyncClient] = {}
+    try:
+        await asyncio.to_thread(wait_ready, url, process, log)
+        assert "LOCAL fal EMULATOR" in log.read_text()
+        clients = await pinned_clients(url, PROCESSES)
+        first, *others = clients.values()
+        created = await first.post("/api/jobs", headers=bearer(user), json={
+            "type": "image", "model_id": "fal-ai/flux/schnell",
+            "input": {"prompt": "a kite", "fal_emulator": {"queue_ms": 1500, "run_ms": 500}}})
+        assert created.status_code == 202, created.text
+        job = created.json()
+        # A subscriber on every process, with the token one of them minted; the emulator's webhook
+        # lands on one of them.
+        readers = [SseReader(client, f"{url}/api/jobs/{job['request_id']}/events?token={job['stream_token']}")
+                   for client in clients.values()]
+        for reader in readers:
+            await reader.__aenter__()
+        try:
+            for reader in readers:
+                while True:
+                    _, state = await reader.next_job(timeout=30)
+                    if state["status"] in ("completed", "failed"):
+                        break
+                assert state["status"] == "completed" and state["mode"] == "webhook"
+                await reader.expect_end()
+        finally:
+            for reader in readers:
+                await reader.close()
+        image = state["result"]["images"][0]["url"]
+        assert (await first.get(image)).headers["content-type"] == "image/png"
+    finally:
+        for client in clients.values():
+            await client.aclose()
+        process.send_signal(signal.SIGINT)
+        try:
+            code = await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()
