@@ -23,7 +23,7 @@ from service.fal.follower import JobFollower
 from service.fal.gateway import FalGateway
 from service.fal.reconcile import Reconciler
 from service.fal.signatures import JwksKeyring, WebhookVerifier
-from service.fal.webhooks import WebhookIntake
+from service.fal.webhooks import WebhookIntake, WebhookReceiver
 from service.auth.callers import revoked_among
 from service.auth.stream_tokens import StreamTokens
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
@@ -116,7 +116,9 @@ def create_app(settings: Settings) -> Litestar:
         app.state.update(
             pool=pool,
             intake=intake,
-            verifier=WebhookVerifier(JwksKeyring(jwks_url, http), expected_user_id=webhook_user_id),
+            webhooks=WebhookReceiver(
+                WebhookVerifier(JwksKeyring(jwks_url, http), expected_user_id=webhook_user_id), intake
+            ),
             commands=JobCommands(
                 pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=webhook_url,
                 limits=Limits(max_open_jobs=settings.max_open_jobs_per_user,
@@ -174,8 +176,7 @@ def create_app(settings: Settings) -> Litestar:
             "user_id": Provide(provide_user_id, sync_to_thread=False),
             "admission": _from_state("admission"),
             "commands": _from_state("commands"),
-            "intake": _from_state("intake"),
-            "verifier": _from_state("verifier"),
+            "webhooks": _from_state("webhooks"),
             "hub": _from_state("hub"),
             "tokens": _from_state("tokens"),
             "listener": _from_state("listener"),

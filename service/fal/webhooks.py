@@ -9,13 +9,15 @@ parked" mutually exclusive, so nothing slips between them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import asyncpg
 import msgspec
 
-from service.errors import InvalidRequest, Unavailable
+from service.errors import InvalidRequest, NotAuthenticated, Unavailable
 from service.fal.gateway import FalGateway, FalRequestFailed, describe_error
+from service.fal.signatures import JwksUnavailable, WebhookSignatureError, WebhookVerifier
 from service.jobs.models import JobChange
 from service.jobs.status_machine import Applied, apply_change, lock_request
 
@@ -116,3 +118,33 @@ def _change_from_payload(webhook: FalWebhook) -> JobChange | None:
     if webhook.payload is None and webhook.payload_error is not None:
         return None
     return JobChange(status="completed", result=webhook.payload)
+
+
+class WebhookReceipt(msgspec.Struct, frozen=True):
+    request_id: str
+    outcome: Literal["applied", "duplicate", "parked"]
+
+
+class WebhookReceiver:
+    """A delivery as it arrives: verify it (from fal, for our account), then take it in.
+
+    Refusals are domain errors: a bad signature is NotAuthenticated (fal does not retry a 401 in
+    vain: the same bytes would fail again), unreachable keys or database are Unavailable (fal
+    retries)."""
+
+    def __init__(self, verifier: WebhookVerifier, intake: WebhookIntake) -> None:
+        self._verifier = verifier
+        self._intake = intake
+
+    async def receive(self, headers: Mapping[str, str], body: bytes) -> WebhookReceipt:
+        try:
+            verified = await self._verifier.verify(headers, body)
+        except WebhookSignatureError as error:
+            raise NotAuthenticated(f"signature: {error.reason}") from None
+        except JwksUnavailable:
+            raise Unavailable("fal's signing keys could not be fetched; retry later") from None
+        webhook = parse_webhook(body, verified.request_id)
+        applied = await self._intake.receive(webhook)
+        if applied is None:
+            return WebhookReceipt(request_id=webhook.request_id, outcome="parked")
+        return WebhookReceipt(request_id=webhook.request_id, outcome="applied" if applied.accepted else "duplicate")
