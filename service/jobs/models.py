@@ -7,13 +7,17 @@ from typing import Any, Literal
 
 import msgspec
 
-JobStatus = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
+JobStatus = Literal["pending", "in_progress", "completed", "failed", "cancelled", "deleted"]
 JobType = Literal["image", "video"]
 JobMode = Literal["webhook", "polling"]
 
-JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "in_progress", "completed", "failed", "cancelled")
+JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "in_progress", "completed", "failed", "cancelled", "deleted")
 JOB_TYPES: tuple[JobType, ...] = ("image", "video")
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "deleted"})
+"""`deleted` comes only after one of the others: the user removed a finished job's media."""
+
+OutputKind = Literal["image", "video", "audio", "other"]
+OutputStatus = Literal["pending", "stored", "failed", "deleted"]
 
 LOG_LINES_KEPT = 20
 """fal resends every log line on each status; a job keeps only the tail a reader needs."""
@@ -24,6 +28,22 @@ class LogLine(msgspec.Struct, kw_only=True):
     level: str | None = None
     source: str | None = None
     timestamp: str | None = None
+
+
+class JobOutput(msgspec.Struct, kw_only=True):
+    """One media file of a completed job and our durable copy of it."""
+
+    index: int
+    kind: OutputKind
+    status: OutputStatus
+    """pending: being copied (its url redirects to fal's); stored: served from our store;
+    failed: not copied (see error); deleted: removed with the job."""
+    url: str
+    """Our own URL for the file: `/api/jobs/{request_id}/outputs/{index}`."""
+    content_type: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    error: str | None = None
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -43,6 +63,8 @@ class Job(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    outputs: list[JobOutput] = msgspec.field(default_factory=list)
+    """The media files of a completed job (empty until then); `result` stays what fal returned."""
 
     @property
     def is_terminal(self) -> bool:

@@ -11,7 +11,7 @@ from service.jobs.models import Job
 
 JOB_COLUMNS = (
     "request_id, user_id, model_id, type, input, status, queue_position, logs, result, error, "
-    "error_type, mode, version, created_at, updated_at, completed_at"
+    "error_type, mode, version, created_at, updated_at, completed_at, outputs"
 )
 
 

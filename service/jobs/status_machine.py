@@ -11,17 +11,24 @@ The rules (`decide`): pending -> in_progress -> completed | failed | cancelled, 
 go straight to a terminal state. Terminal states are final. A duplicate is a no-op that returns
 the current job. A late `in_progress` after a terminal state is ignored. Queue positions only
 move forward (down), and log tails only move forward in time.
+
+Two more kinds of change follow completion. `apply_output_change` records that one media file of
+a completed job was copied into our store (or could not be): the output row and the job's
+`outputs` change together, with one more event. `delete_job` marks a finished job `deleted`:
+its outputs too, with one event; the bytes are removed from the store after it commits. The job
+that completes gets one pending output row per media file of its result, in the same statement.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
 
-from service.jobs.models import LOG_LINES_KEPT, TERMINAL_STATUSES, Job, JobChange, LogLine, NewJob
+from service.jobs.media import media_files, pending_outputs
+from service.jobs.models import LOG_LINES_KEPT, TERMINAL_STATUSES, Job, JobChange, JobOutput, LogLine, NewJob
 from service.jobs.rows import JOB_COLUMNS, job_from_row
 
 
@@ -142,12 +149,23 @@ async def apply_change(connection: asyncpg.Connection, request_id: str, change: 
         updates = decide(job, change, now)
         if updates is None:
             return Applied(job=job, accepted=False)
+        files = media_files(change.result) if updates.get("status") == "completed" else []
+        if files:
+            updates["outputs"] = pending_outputs(request_id, files)
         updated = msgspec.structs.replace(job, **updates, version=job.version + 1, updated_at=now)
         n = len(updates)
         assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(updates, start=4))
+        # Each media file of a completing job becomes a pending row of the copy queue, in the
+        # same statement: a completed job never lacks its copy work.
+        outputs_cte = (
+            f", queued AS (INSERT INTO fal_job_outputs (request_id, index, user_id, kind, source_url, "
+            f"created_at, updated_at, next_attempt_at) SELECT $1, t.i, ${n + 5}, t.k, t.u, ${n + 4}, ${n + 4}, ${n + 4} "
+            f"FROM changed, unnest(${n + 8}::int[], ${n + 9}::text[], ${n + 10}::text[]) AS t(i, k, u) "
+            f"ON CONFLICT DO NOTHING)"
+        ) if files else ""
         event_id = await connection.fetchval(
             f"WITH changed AS (UPDATE fal_jobs SET {assignments}, version = $2, updated_at = ${n + 4} "
-            f"WHERE request_id = $1 AND version = $3 RETURNING 1) "
+            f"WHERE request_id = $1 AND version = $3 RETURNING 1){outputs_cte} "
             f"INSERT INTO fal_job_events (request_id, user_id, version, status, data, created_at) "
             f"SELECT $1, ${n + 5}, $2, ${n + 6}, ${n + 7}, ${n + 4} FROM changed RETURNING id",
             request_id,
@@ -158,6 +176,7 @@ async def apply_change(connection: asyncpg.Connection, request_id: str, change: 
             updated.user_id,
             updated.status,
             updated,
+            *((list(range(len(files))), [f.kind for f in files], [f.url for f in files]) if files else ()),
         )
         if event_id is not None:
             return Applied(job=updated, accepted=True)
@@ -165,3 +184,97 @@ async def apply_change(connection: asyncpg.Connection, request_id: str, change: 
 
 
 _MAX_ATTEMPTS = 100
+
+
+class OutputChange(msgspec.Struct, kw_only=True, frozen=True):
+    """What a copy worker found out about one output: stored (with what), or failed (why)."""
+
+    status: Literal["stored", "failed"]
+    content_type: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    store_key: str | None = None
+    error: str | None = None
+
+
+async def _append_event(connection: asyncpg.Connection, job: Job, now: datetime) -> None:
+    await connection.execute(_INSERT_EVENT, job.request_id, job.user_id, job.version, job.status, job, now)
+
+
+async def apply_output_change(
+    connection: asyncpg.Connection, request_id: str, index: int, change: OutputChange, *, claim: str | None
+) -> Applied:
+    """Record a copy's outcome, if the output is still pending and `claim` still holds it.
+
+    Not accepted when the job was deleted meanwhile, or when another worker's claim replaced this
+    one (this one's lease lapsed): the caller then owns the bytes it wrote and removes them.
+    """
+    async with connection.transaction():
+        row = await connection.fetchrow(
+            f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1 FOR UPDATE", request_id
+        )
+        if row is None:
+            return Applied(job=None, accepted=False)
+        job = job_from_row(row)
+        output_row = await connection.fetchrow(
+            "SELECT status, claim FROM fal_job_outputs WHERE request_id = $1 AND index = $2 FOR UPDATE",
+            request_id, index,
+        )
+        if (
+            job.status != "completed" or output_row is None or output_row["status"] != "pending"
+            or output_row["claim"] != claim or index >= len(job.outputs)
+        ):
+            return Applied(job=job, accepted=False)
+        now = datetime.now(UTC)
+        current = job.outputs[index]
+        outputs = list(job.outputs)
+        outputs[index] = JobOutput(
+            index=index, kind=current.kind, status=change.status, url=current.url,
+            content_type=change.content_type, size=change.size, sha256=change.sha256, error=change.error,
+        )
+        updated = msgspec.structs.replace(job, outputs=outputs, version=job.version + 1, updated_at=now)
+        await connection.execute(
+            "UPDATE fal_job_outputs SET status = $3, content_type = $4, size = $5, sha256 = $6, store_key = $7, "
+            "last_error = $8, claim = NULL, lease_until = NULL, updated_at = $9 WHERE request_id = $1 AND index = $2",
+            request_id, index, change.status, change.content_type, change.size, change.sha256, change.store_key,
+            change.error, now,
+        )
+        await connection.execute(
+            "UPDATE fal_jobs SET outputs = $2, version = $3, updated_at = $4 WHERE request_id = $1",
+            request_id, outputs, updated.version, now,
+        )
+        await _append_event(connection, updated, now)
+    return Applied(job=updated, accepted=True)
+
+
+async def delete_job(connection: asyncpg.Connection, request_id: str, user_id: str) -> Applied:
+    """Mark a finished job `deleted`, and its outputs with it. Not accepted for a job that is
+    still running (cancel it first) or already deleted; None for another user's job."""
+    async with connection.transaction():
+        row = await connection.fetchrow(
+            f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1 AND user_id = $2 FOR UPDATE",
+            request_id, user_id,
+        )
+        if row is None:
+            return Applied(job=None, accepted=False)
+        job = job_from_row(row)
+        if job.status not in TERMINAL_STATUSES or job.status == "deleted":
+            return Applied(job=job, accepted=False)
+        now = datetime.now(UTC)
+        outputs = [msgspec.structs.replace(output, status="deleted") for output in job.outputs]
+        updated = msgspec.structs.replace(
+            job, status="deleted", outputs=outputs, version=job.version + 1, updated_at=now
+        )
+        # The copy queue stops here; rows whose bytes are in the store stay due, so that a
+        # removal that fails below is retried by the workers.
+        await connection.execute(
+            "UPDATE fal_job_outputs SET status = 'deleted', claim = NULL, lease_until = NULL, next_attempt_at = $2, "
+            "updated_at = $2 WHERE request_id = $1",
+            request_id, now,
+        )
+        await connection.execute(
+            "UPDATE fal_jobs SET status = 'deleted', outputs = $2, version = $3, updated_at = $4 WHERE request_id = $1",
+            request_id, outputs, updated.version, now,
+        )
+        await _append_event(connection, updated, now)
+    return Applied(job=updated, accepted=True)

@@ -1,0 +1,76 @@
+"""Raw SQL: durable copies of a job's media (the outputs work queue) and the `deleted` job status."""
+
+from piccolo.apps.migrations.auto.migration_manager import MigrationManager
+from piccolo.engine.finder import engine_finder
+
+ID = "2026-12-01T11:00:00:000000"
+VERSION = "1.38.0"
+DESCRIPTION = "Outputs: one row per media file of a completed job, copied into our object store"
+
+FORWARDS_SQL = """
+ALTER TABLE fal_jobs DROP CONSTRAINT fal_jobs_status_check;
+ALTER TABLE fal_jobs ADD CONSTRAINT fal_jobs_status_check
+    CHECK (status IN ('pending', 'in_progress', 'completed', 'failed', 'cancelled', 'deleted'));
+-- The job's view of its outputs (what the API and every event carry); fal_job_outputs is the
+-- work queue and the record of each copy. The status machine writes both in one statement.
+ALTER TABLE fal_jobs ADD COLUMN outputs jsonb NOT NULL DEFAULT '[]'::jsonb;
+
+CREATE TABLE fal_job_outputs (
+    request_id text NOT NULL,
+    index integer NOT NULL,
+    user_id varchar(36) NOT NULL,
+    kind varchar(8) NOT NULL CHECK (kind IN ('image', 'video', 'audio', 'other')),
+    source_url text NOT NULL,
+    status varchar(8) NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'stored', 'failed', 'deleted')),
+    content_type text,
+    size bigint,
+    sha256 varchar(64),
+    store_key text,
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    -- A worker's claim: its random id and until when it holds the row. A claim that is not
+    -- renewed (the process died) lapses, and any process takes the row again.
+    claim varchar(32),
+    lease_until timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (request_id, index)
+);
+-- Workers look for due rows: pending copies, and deleted rows whose bytes are still in the store.
+CREATE INDEX fal_job_outputs_due ON fal_job_outputs (next_attempt_at)
+    WHERE status = 'pending' OR (status = 'deleted' AND store_key IS NOT NULL);
+"""
+
+BACKWARDS_SQL = """
+DROP TABLE IF EXISTS fal_job_outputs;
+ALTER TABLE fal_jobs DROP COLUMN IF EXISTS outputs;
+ALTER TABLE fal_jobs DROP CONSTRAINT fal_jobs_status_check;
+ALTER TABLE fal_jobs ADD CONSTRAINT fal_jobs_status_check
+    CHECK (status IN ('pending', 'in_progress', 'completed', 'failed', 'cancelled'));
+"""
+
+
+async def _run(sql: str) -> None:
+    # Several statements need asyncpg's simple-query protocol (`execute` without arguments).
+    engine = engine_finder()
+    assert engine is not None
+    connection = await engine.get_new_connection()
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+async def forwards() -> MigrationManager:
+    manager = MigrationManager(migration_id=ID, app_name="fal_jobs", description=DESCRIPTION)
+
+    async def run_forwards() -> None:
+        await _run(FORWARDS_SQL)
+
+    async def run_backwards() -> None:
+        await _run(BACKWARDS_SQL)
+
+    manager.add_raw(run_forwards)
+    manager.add_raw_backwards(run_backwards)
+    return manager
