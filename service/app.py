@@ -31,6 +31,7 @@ from service.http.errors import EXCEPTION_HANDLERS
 from service.http.events import EventsController
 from service.http.health import healthz, readyz
 from service.http.jobs import JobsController
+from service.http.outputs import OutputsController
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
 from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
@@ -40,6 +41,11 @@ from service.jobs.commands import JobCommands
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
 from service.realtime.admission import Admission
+from service.outputs.access import MediaAccess
+from service.outputs.copier import Copier
+from service.outputs.sources import SourcePolicy
+from service.outputs.store import MediaStore
+from service.outputs.workers import OutputWorkers
 from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
 from service.realtime.shutdown import close_streams_on_exit_signal
@@ -65,7 +71,7 @@ def _from_state(name: str) -> Provide:
 
 def create_app(settings: Settings) -> Litestar:
     route_handlers: list[object] = [
-        healthz, readyz, JobsController, EventsController, fal_webhook,
+        healthz, readyz, JobsController, OutputsController, EventsController, fal_webhook,
         page, current_session, sign_out, models, static_files,
     ]
 
@@ -106,7 +112,14 @@ def create_app(settings: Settings) -> Litestar:
             await listener.wait_connected(timeout=10)  # else /readyz says so, and it keeps trying
         restore_signals = close_streams_on_exit_signal(hub)
         http = httpx.AsyncClient(timeout=10)
-        gateway = FalGateway(key=fal_key, queue_url=queue_url)
+        gateway = FalGateway(key=fal_key, queue_url=queue_url, media_expiry_s=settings.fal_media_expiry_s)
+        store = MediaStore.open(settings.media_store_url, settings.media_dir)
+        media_policy = SourcePolicy(settings.media_hosts, emulator_media_base=emulator.media_base if emulator else None)
+        media_http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=settings.output_workers * 2))
+        output_workers = OutputWorkers(
+            pool, store, Copier(media_http, store, media_policy, max_bytes=settings.max_output_bytes),
+            concurrency=settings.output_workers,
+        )
         intake = WebhookIntake(pool, gateway)
         follower = JobFollower(pool, gateway, max_followers=settings.max_followers)
         reconciler = Reconciler(
@@ -131,6 +144,8 @@ def create_app(settings: Settings) -> Litestar:
             hub=hub,
             listener=listener,
             tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
+            media=MediaAccess(pool, store),
+            media_policy=media_policy,
         )
         sweeping = asyncio.create_task(reconciler.run_forever(), name="reconcile")
         revalidating = asyncio.create_task(
@@ -142,6 +157,7 @@ def create_app(settings: Settings) -> Litestar:
                 "serving the LOCAL fal emulator: jobs never reach fal.ai and make test images; set FAL_KEY for fal",
                 extra={"action": "emulator_mounted", "path": EMULATOR_PATH},
             )
+        copying = asyncio.create_task(output_workers.run_forever(), name="outputs")
         log.info("fal-jobs started", extra={"fal": "emulator" if emulator else "fal.ai", "webhooks": bool(webhook_url)})
         try:
             yield
@@ -153,6 +169,11 @@ def create_app(settings: Settings) -> Litestar:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            copying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await copying
+            await output_workers.aclose()
+            await media_http.aclose()
             await follower.aclose()
             if emulator is not None:
                 await emulator.aclose()
@@ -180,6 +201,8 @@ def create_app(settings: Settings) -> Litestar:
             "hub": _from_state("hub"),
             "tokens": _from_state("tokens"),
             "listener": _from_state("listener"),
+            "media": _from_state("media"),
+            "media_policy": _from_state("media_policy"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[request_log_middleware, security_headers_middleware],

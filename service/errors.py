@@ -64,3 +64,9 @@ class IdempotencyInProgress(Conflict):
     """The first request with this Idempotency-Key is still being processed."""
 
     code = "idempotency_in_progress"
+
+
+class Gone(DomainError):
+    """It was here and was removed for good (a deleted job's media)."""
+
+    code = "gone"

@@ -49,6 +49,12 @@ Pace = Annotated[Literal["fast", "demo"], _meta("must be fast or demo")]
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR"], _meta("must be one of DEBUG, INFO, WARNING, ERROR")
 ]
+StoreUrl = Annotated[
+    str, _meta("must be an object store URL: s3://bucket/prefix, gs://…, az://…, file:///path or memory:///",
+               pattern=r"^(s3|s3a|gs|az|abfs|abfss|azure|file|memory)://")
+]
+Bytes = Annotated[int, _meta("must be a number of bytes above 0", gt=0, le=2**50)]
+Hosts = Annotated[tuple[str, ...], _meta("must list host names, comma-separated")]
 ModelIds = Annotated[
     tuple[str, ...], _meta("must list at least one model id, comma-separated", min_length=1)
 ]
@@ -97,6 +103,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Connections each process's pool may open (lowered to fit max_connections with many processes)."""
     max_followers: Count = 200
     """Status streams to fal held open at once by one process; more jobs wait their turn."""
+    media_store_url: StoreUrl | None = None
+    """Where durable copies of outputs live; None means the local folder `media_dir`."""
+    media_dir: str = str(PROJECT_ROOT / ".media")
+    media_hosts: Hosts = ("fal.media",)
+    """Hosts (with their subdomains) whose media is copied; nothing else is fetched."""
+    max_output_bytes: Bytes = 2 * 1024**3
+    output_workers: Count = 4
+    """Copies one process makes at once."""
+    fal_media_expiry_s: Count | None = None
+    """Asks fal to delete its copy of a request's media this long after it is made."""
 
     def __post_init__(self) -> None:
         # URLs are joined with paths later; one spelling, without the trailing slash.
@@ -131,7 +147,7 @@ def _normalize(field: str, value: str) -> object:
     """The few spellings msgspec would not take from an environment string as they are."""
     if field == "log_level":
         return value.upper()
-    if field == "allowed_models":
+    if field in ("allowed_models", "media_hosts"):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
 

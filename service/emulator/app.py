@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -18,7 +19,7 @@ from litestar.response import Stream
 
 from .engine import AppRef, FalEmulator, QueueError, split_model_path
 from .faults import FaultOptionsError
-from .media import MAX_SIDE, png_bytes, sample_mp4
+from .media import MAX_SIDE, png_bytes, video_size, video_slice
 
 _TRUE = {"1", "true", "yes", "on"}
 _IMAGE_NAME = re.compile(r"^(\d{1,30})\.png$")
@@ -58,7 +59,8 @@ def create_emulator_app(emulator: FalEmulator) -> Litestar:
     renders = asyncio.Semaphore(2)
 
     @get("/media/image/{size:str}/{name:str}")
-    async def image(size: FromPath[str], name: FromPath[str]) -> Response[bytes]:
+    async def image(request: Request[Any, Any, Any], size: FromPath[str], name: FromPath[str]) -> Response[bytes] | Stream:
+        emulator.media_fetches.append(request.url.path)
         size_match, name_match = _IMAGE_SIZE.match(size), _IMAGE_NAME.match(name)
         if not size_match or not name_match:
             return _json(404, {"detail": "Not Found"})
@@ -67,13 +69,15 @@ def create_emulator_app(emulator: FalEmulator) -> Litestar:
             return _json(404, {"detail": "Not Found"})
         async with renders:
             data = await asyncio.to_thread(png_bytes, width, height, int(name_match[1]))
-        return Response(content=data, media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
+        return _media(request, len(data), "image/png", lambda start, end: data[start:end])
 
     @get("/media/video/{name:str}", sync_to_thread=False)
-    def video(name: FromPath[str]) -> Response[bytes]:
+    def video(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes] | Stream:
+        emulator.media_fetches.append(request.url.path)
         if not name.endswith(".mp4"):
             return _json(404, {"detail": "Not Found"})
-        return Response(content=sample_mp4(), media_type="video/mp4", headers={"Cache-Control": "public, max-age=86400"})
+        size = video_size(_int_param(request, "bytes"))
+        return _media(request, size, "video/mp4", video_slice)
 
     @post("/{path:path}")
     async def submit(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[bytes]:
@@ -87,7 +91,8 @@ def create_emulator_app(emulator: FalEmulator) -> Litestar:
         if not isinstance(model_input, dict):
             return _json(422, {"detail": "Request body must be a JSON object"})
         try:
-            answer = await emulator.submit(path, model_input, request.query_params.get("fal_webhook"))
+            answer = await emulator.submit(path, model_input, request.query_params.get("fal_webhook"),
+                                           request.headers.get("x-fal-object-lifecycle-preference"))
         except FaultOptionsError as exc:
             return _json(422, {"detail": exc.detail()})
         except QueueError as exc:
@@ -134,6 +139,41 @@ def create_emulator_app(emulator: FalEmulator) -> Litestar:
         on_shutdown=[emulator.aclose],
         openapi_config=None,
     )
+
+
+_MEDIA_CHUNK = 1024 * 1024
+
+
+def _int_param(request: Request[Any, Any, Any], name: str) -> int | None:
+    value = request.query_params.get(name)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _media(request: Request[Any, Any, Any], size: int, media_type: str,
+           slice_of: Callable[[int, int], bytes]) -> Response[bytes] | Stream:
+    """A media file as fal's CDN serves it, with the faults its URL names (see `media_query`)."""
+    completed_ms = _int_param(request, "t")
+    age_ms = time.time() * 1000 - completed_ms if completed_ms is not None else 0.0
+    ttl_ms = _int_param(request, "ttl")
+    if ttl_ms is not None and age_ms >= ttl_ms:
+        return _json(404, {"detail": "File not found (expired)"})
+    if age_ms < (_int_param(request, "fail") or 0):
+        return _json(503, {"detail": "Media temporarily unavailable (emulated)"})
+    stall_until_s = (completed_ms + (_int_param(request, "stall") or 0)) / 1000 if completed_ms else 0.0
+
+    stalled = age_ms < (_int_param(request, "stall") or 0)
+
+    async def body() -> AsyncIterator[bytes]:
+        head = min(size, 65536)
+        yield slice_of(0, head)
+        if stalled:
+            # The first 64 KiB went out; a stalled fetch now hears nothing until the window ends.
+            await asyncio.sleep(max(0.0, stall_until_s - time.time()))
+        for start in range(head, size, _MEDIA_CHUNK):
+            yield slice_of(start, min(start + _MEDIA_CHUNK, size))
+
+    return Stream(body(), media_type=media_type,
+                  headers={"Cache-Control": "public, max-age=86400", "Content-Length": str(size)})
 
 
 async def _status_events(emulator: FalEmulator, app_ref: AppRef, request_id: str, with_logs: bool) -> AsyncIterator[bytes]:

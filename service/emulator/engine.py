@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import msgspec
 
 from .faults import FAULTS_KEY, FaultOptions, parse_fault_options
 from .media import is_video_model
-from .outputs import build_output, forced_error_detail, validation_errors
+from .outputs import build_output, forced_error_detail, media_query, validation_errors
 from .signing import KeySet
 from .webhooks import FAL_RETRY_SCHEDULE_S, WebhookSender
 from .wire import DeliveryAttempt, LogEntry, QueueState, StatusResponse, SubmitResponse, WebhookBody
@@ -57,6 +58,8 @@ class SubmitRecord(msgspec.Struct, frozen=True):
     model_id: str
     status_code: int
     request_id: str | None
+    lifecycle_preference: str | None = None
+    """The X-Fal-Object-Lifecycle-Preference header the submit carried."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ class FalEmulator:
         self.requests: dict[str, EmulatedRequest] = {}
         self.deliveries: list[DeliveryAttempt] = []
         self.submissions: list[SubmitRecord] = []
+        self.media_fetches: list[str] = []
+        """The path of every media fetch, in order."""
         self.jwks_fetches = 0
         # Flip to False to make the JWKS URL answer 503 (a receiver's "fal's keys are unreachable" path).
         self.jwks_available = True
@@ -198,7 +203,10 @@ class FalEmulator:
 
     # ---- queue calls ---------------------------------------------------------------------------
 
-    async def submit(self, model_path: str, model_input: dict[str, Any], webhook_url: str | None) -> SubmitResponse:
+    async def submit(
+        self, model_path: str, model_input: dict[str, Any], webhook_url: str | None,
+        lifecycle_preference: str | None = None,
+    ) -> SubmitResponse:
         split = split_model_path(model_path)
         if split is None:
             raise QueueError(404, {"detail": f"Application not found: {model_path!r}"})
@@ -229,7 +237,7 @@ class FalEmulator:
             countdown=faults.queue_position,
         )
         self.requests[request_id] = req
-        self.submissions.append(SubmitRecord(model_id, 200, request_id))
+        self.submissions.append(SubmitRecord(model_id, 200, request_id, lifecycle_preference))
         answer = SubmitResponse(
             request_id=request_id,
             response_url=self._request_url(req),
@@ -349,7 +357,8 @@ class FalEmulator:
             self._complete(req, status=422, body={"detail": errors}, error=APP_ERROR)
             return
         req.output = build_output(
-            req.model_id, req.input, request_id=req.request_id, media_base=self.media_base, inference_s=inference_s
+            req.model_id, req.input, request_id=req.request_id, media_base=req.faults.media_base_url or self.media_base,
+            inference_s=inference_s, media_query=media_query(req.faults, time.time()),
         )
         self._complete(req, status=200, body=req.output, error=None)
 

@@ -33,6 +33,16 @@ class FaultOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     logs: Annotated[int, Meta(ge=0, le=1000)] = 0
     # Starting queue position, counted down to 0 over queue_ms (on top of the requests ahead).
     queue_position: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    # The output's media, counted from completion: gone for good (404) after media_ttl_ms; every
+    # fetch answers 503 during the first media_fail_ms; during the first media_stall_ms a fetch
+    # sends its first bytes and then nothing until that window has passed.
+    media_ttl_ms: _Millis | None = None
+    media_fail_ms: _Millis = 0
+    media_stall_ms: _Millis = 0
+    # A video of this many bytes (the sample, repeated), for copies of realistic size.
+    video_bytes: Annotated[int, Meta(ge=1, le=4 * 1024**3)] | None = None
+    # Media URLs under this base instead of the emulator's own (a host outside an allow-list).
+    media_base_url: Annotated[str, Meta(pattern=r"^https?://")] | None = None
 
 
 class FaultOptionsError(ValueError):

@@ -88,3 +88,25 @@ def png_bytes(width: int, height: int, seed: int) -> bytes:
 @lru_cache(maxsize=1)
 def sample_mp4() -> bytes:
     return (Path(__file__).parent / "assets" / SAMPLE_MP4_NAME).read_bytes()
+
+
+def video_size(size: int | None) -> int:
+    return len(sample_mp4()) if size is None else size
+
+
+@lru_cache(maxsize=1)
+def _repeated_sample() -> bytes:
+    sample = sample_mp4()
+    return sample * (VIDEO_SLICE_MAX // len(sample) + 2)
+
+
+VIDEO_SLICE_MAX = 1024 * 1024
+
+
+def video_slice(start: int, end: int) -> bytes:
+    """Bytes `start` to `end` (at most VIDEO_SLICE_MAX apart) of the sample repeated end to end:
+    a video of any size, made on the fly, so a 500 MB output costs the emulator no memory."""
+    if end - start > VIDEO_SLICE_MAX:
+        raise ValueError("video slice too long")
+    offset = start % len(sample_mp4())
+    return _repeated_sample()[offset:offset + end - start]

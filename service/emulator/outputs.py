@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 from typing import Any
+from urllib.parse import urlencode
 
+from .faults import FaultOptions
 from .media import MAX_IMAGES, is_video_model, resolve_image_size, sample_mp4
 
 # fal's documented example seed; every emulated seed sits above 2**53 so receivers that parse JSON
@@ -46,17 +48,38 @@ def forced_error_detail() -> list[dict[str, Any]]:
     ]
 
 
+def media_query(faults: FaultOptions, completed_at: float) -> str:
+    """The media faults, in the media URL itself (`?t=…&ttl=…`): the media routes stay stateless,
+    so media outlives the request record, as fal's CDN does."""
+    params: dict[str, int] = {}
+    if faults.media_ttl_ms is not None:
+        params["ttl"] = faults.media_ttl_ms
+    if faults.media_fail_ms:
+        params["fail"] = faults.media_fail_ms
+    if faults.media_stall_ms:
+        params["stall"] = faults.media_stall_ms
+    if faults.video_bytes is not None:
+        params["bytes"] = faults.video_bytes
+    if not params:
+        return ""
+    return "?" + urlencode({"t": int(completed_at * 1000), **params})
+
+
 def build_output(
-    model_id: str, model_input: dict[str, Any], *, request_id: str, media_base: str, inference_s: float
+    model_id: str, model_input: dict[str, Any], *, request_id: str, media_base: str, inference_s: float,
+    media_query: str = "",
 ) -> dict[str, Any]:
     seed = output_seed(model_input)
     if is_video_model(model_id):
+        size = len(sample_mp4())
+        if "bytes=" in media_query:
+            size = int(media_query.split("bytes=", 1)[1].split("&", 1)[0])
         return {
             "video": {
-                "url": f"{media_base}/video/{request_id}.mp4",
+                "url": f"{media_base}/video/{request_id}.mp4{media_query}",
                 "content_type": "video/mp4",
                 "file_name": "output.mp4",
-                "file_size": len(sample_mp4()),
+                "file_size": size,
             },
             "seed": seed,
         }
@@ -65,7 +88,7 @@ def build_output(
     images = [
         {
             # Size and per-image seed live in the URL: the media route redraws the PNG from it.
-            "url": f"{media_base}/image/{width}x{height}/{seed + index}.png",
+            "url": f"{media_base}/image/{width}x{height}/{seed + index}.png{media_query}",
             "width": width,
             "height": height,
             "content_type": "image/png",

@@ -61,8 +61,12 @@ def _detail(error: fal_client.client.FalClientHTTPError) -> Any:
 
 
 class FalGateway:
-    def __init__(self, *, key: str, queue_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, *, key: str, queue_url: str, timeout_s: float = 30.0, media_expiry_s: int | None = None) -> None:
         self._queue_url = queue_url.rstrip("/")
+        # fal keeps a request's media per this header: once our copy is safe, fal's may go.
+        self._submit_headers = {} if media_expiry_s is None else {
+            "X-Fal-Object-Lifecycle-Preference": msgspec.json.encode({"expiration_duration_seconds": media_expiry_s}).decode()
+        }
         self._client = fal_client.AsyncClient(key=key, default_timeout=timeout_s)
 
     def _aim(self) -> fal_client.AsyncClient:
@@ -82,7 +86,8 @@ class FalGateway:
         """Queue a request and return fal's request id; UpstreamError names fal's refusal."""
         app, path = _app_path(model_id)
         try:
-            handle = await self._aim().submit(app, arguments, path=path, webhook_url=webhook_url)
+            handle = await self._aim().submit(app, arguments, path=path, webhook_url=webhook_url,
+                                              headers=self._submit_headers)
         except fal_client.client.FalClientHTTPError as error:
             raise UpstreamError(f"fal refused the submit: {error.status_code} {_detail(error)}") from None
         except httpx.HTTPError as error:

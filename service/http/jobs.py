@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
@@ -17,6 +17,7 @@ from service.jobs.commands import MAX_INPUT_BYTES, CreateJobRequest, JobCommands
 from service.jobs.models import Job
 from service.jobs.reservations import check_idempotency_key
 from service.realtime.admission import Admission
+from service.outputs.access import MediaAccess
 from service.realtime.hub import Hub
 from service.realtime.waiting import wait_for_job
 
@@ -118,3 +119,10 @@ class JobsController(Controller):
     ) -> JobView:
         queries.check_request_id(request_id)
         return job_view(await commands.cancel(user_id, request_id))
+
+    @delete("/{request_id:str}", status_code=200,
+            summary="Delete a finished job's media: removed from our store, outputs answer 410; the job stays, as deleted")
+    async def delete_job(
+        self, user_id: UserIdDependency, request_id: FromPath[str], media: NamedDependency[MediaAccess]
+    ) -> JobView:
+        return job_view(await media.delete(user_id, request_id))

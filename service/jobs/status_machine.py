@@ -235,7 +235,7 @@ async def apply_output_change(
         updated = msgspec.structs.replace(job, outputs=outputs, version=job.version + 1, updated_at=now)
         await connection.execute(
             "UPDATE fal_job_outputs SET status = $3, content_type = $4, size = $5, sha256 = $6, store_key = $7, "
-            "last_error = $8, claim = NULL, lease_until = NULL, updated_at = $9 WHERE request_id = $1 AND index = $2",
+            "last_error = coalesce($8, last_error), claim = NULL, lease_until = NULL, updated_at = $9 WHERE request_id = $1 AND index = $2",
             request_id, index, change.status, change.content_type, change.size, change.sha256, change.store_key,
             change.error, now,
         )

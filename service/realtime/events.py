@@ -17,14 +17,21 @@ class JobEvent(msgspec.Struct, frozen=True):
     type: str
     data: str
     """The job after this change, as JSON text (the `data` jsonb column)."""
+    outputs_pending: bool = False
+    """Some output of the job is still being copied: more events follow its terminal one."""
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        """The job's last event: its status is final and every output has settled."""
+        return self.status in TERMINAL_STATUSES and not self.outputs_pending
 
 
-EVENT_COLUMNS = "id, request_id, user_id, version, status, data->>'type' AS type, data::text AS data"
+EVENT_COLUMNS = (
+    "id, request_id, user_id, version, status, data->>'type' AS type, data::text AS data, "
+    """coalesce(data->'outputs' @> '[{"status": "pending"}]', false) AS outputs_pending"""
+)
 
 
 def event_from_row(row: object) -> JobEvent:
-    return JobEvent(row["id"], row["request_id"], row["user_id"], row["version"], row["status"], row["type"], row["data"])  # type: ignore[index]
+    return JobEvent(row["id"], row["request_id"], row["user_id"], row["version"], row["status"], row["type"], row["data"],  # type: ignore[index]
+                    row["outputs_pending"])  # type: ignore[index]

@@ -1,0 +1,114 @@
+"""Outputs over HTTP: our durable copy of each media file (Range, ETag, conditional requests),
+signed links for `<img>`/`<video>` tags and sharing, and deleting a job's media."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Redirect, Stream
+
+from service.auth.stream_tokens import StreamTokens
+from service.errors import Gone, NotFound
+from service.http.dependencies import PoolDependency, UserIdDependency, provide_user_id
+from service.http.errors import error_response
+from service.jobs.media import output_path
+from service.outputs.access import MediaAccess, OutputRecord, RangeNotSatisfiable, output_scope, parse_range
+from service.outputs.sources import SourcePolicy
+
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4",
+               "video/webm": "webm", "audio/mpeg": "mp3", "audio/wav": "wav"}
+
+
+class OutputLink(msgspec.Struct):
+    url: str
+    """The output's URL with a signed `?token=` that opens this output only."""
+    expires_at: int
+
+
+def _etag(record: OutputRecord) -> str:
+    return f'"{record.sha256}"'
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    candidates = [value.strip().removeprefix("W/") for value in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def _file_name(record: OutputRecord) -> str:
+    return f"{record.request_id}-{record.index}.{_EXTENSIONS.get(record.content_type or '', 'bin')}"
+
+
+class OutputsController(Controller):
+    path = "/api/jobs"
+    tags = ["outputs"]
+
+    @get("/{request_id:str}/outputs/{index:int}", summary="One output: our stored copy, or a redirect to fal's until stored",
+         status_code=200)
+    async def get_output(
+        self, request: Request, pool: PoolDependency, tokens: NamedDependency[StreamTokens],
+        media: NamedDependency[MediaAccess], media_policy: NamedDependency[SourcePolicy],
+        request_id: FromPath[str], index: FromPath[int],
+        token: Annotated[str | None, QueryParameter(description="a signed link's token (POST …/outputs/{n}/link)")] = None,
+        download: Annotated[bool, QueryParameter(description="serve as an attachment (a download)")] = False,
+    ) -> Response:
+        if token:
+            user_id = tokens.verify(token, output_scope(request_id, index))
+        else:
+            user_id = await provide_user_id(request, pool)
+        record = await media.output(user_id, request_id, index)
+        if record.status == "deleted":
+            raise Gone(f"output {index} of job {request_id!r} was deleted with its job")
+        if record.status != "stored" or record.store_key is None or record.size is None:
+            if media_policy.allows_redirect(record.source_url):
+                # Not ours yet (or never: too large, say): fal's copy, while fal keeps it.
+                return Redirect(record.source_url, status_code=307, headers={"Cache-Control": "no-store"})
+            raise NotFound(f"output {index} of job {request_id!r} is {record.status}: {record.last_error}")
+        etag = _etag(record)
+        headers = {
+            "ETag": etag, "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes",
+            "Content-Disposition": f'{"attachment" if download else "inline"}; filename="{_file_name(record)}"',
+        }
+        if _matches(request.headers.get("if-none-match"), etag):
+            return Response(content=b"", status_code=304, headers=headers)
+        if_match = request.headers.get("if-match")
+        if if_match and not _matches(if_match, etag):
+            return error_response(412, "precondition_failed", "if-match: the output's ETag is its sha256")
+        range_header = request.headers.get("range")
+        if_range = request.headers.get("if-range")
+        if if_range and if_range.strip() != etag:
+            range_header = None  # changed since the client's copy (never, for us): send it all
+        try:
+            wanted = parse_range(range_header, record.size)
+        except RangeNotSatisfiable:
+            return error_response(416, "range_not_satisfiable",
+                                  f"range: {range_header!r} is outside the output's {record.size} bytes",
+                                  {"Content-Range": f"bytes */{record.size}", **headers})
+        start, end = (wanted.start, wanted.end) if wanted else (0, record.size)
+        body = await media.store.read(record.store_key, start, end) if end > start else _empty()
+        headers["Content-Length"] = str(end - start)
+        if wanted is not None:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
+        return Stream(body, status_code=206 if wanted else 200, headers=headers,
+                      media_type=record.content_type or "application/octet-stream")
+
+    @post("/{request_id:str}/outputs/{index:int}/link", status_code=200,
+          summary="A short-lived signed URL for one output (for <img>/<video> tags and sharing)")
+    async def output_link(
+        self, user_id: UserIdDependency, tokens: NamedDependency[StreamTokens], media: NamedDependency[MediaAccess],
+        request_id: FromPath[str], index: FromPath[int],
+    ) -> OutputLink:
+        await media.output(user_id, request_id, index)
+        token, expires_at = tokens.issue(user_id, output_scope(request_id, index))
+        return OutputLink(url=f"{output_path(request_id, index)}?token={token}", expires_at=expires_at)
+
+
+async def _empty():  # type: ignore[no-untyped-def]
+    if False:
+        yield b""

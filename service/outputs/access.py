@@ -1,0 +1,121 @@
+"""Reading one output (for serving it) and deleting a job's media: what the HTTP layer calls."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import asyncpg
+import msgspec
+
+from service.errors import Conflict, NotFound
+from service.jobs import queries
+from service.jobs.models import Job
+from service.jobs.status_machine import delete_job
+from service.outputs.store import MediaStore
+
+log = logging.getLogger(__name__)
+
+DB_TIMEOUT_S = 10.0
+
+
+class OutputRecord(msgspec.Struct, frozen=True):
+    request_id: str
+    index: int
+    kind: str
+    status: str
+    source_url: str
+    content_type: str | None
+    size: int | None
+    sha256: str | None
+    store_key: str | None
+    last_error: str | None
+
+
+def output_scope(request_id: str, index: int) -> str:
+    """The scope of a signed token that opens this one output and nothing else."""
+    return f"output:{request_id}:{index}"
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class ByteRange(msgspec.Struct, frozen=True):
+    start: int
+    end: int
+    """Exclusive."""
+
+
+class RangeNotSatisfiable(Exception):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """One `bytes=` range of RFC 9110 against an object of `size` bytes; None means the whole
+    object (no header, or one we may ignore: several ranges, another unit, a malformed one)."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "" and last == "":
+        return None
+    if first == "":
+        length = int(last)
+        if length == 0:
+            raise RangeNotSatisfiable
+        return ByteRange(start=max(size - length, 0), end=size)
+    start = int(first)
+    if start >= size:
+        raise RangeNotSatisfiable
+    end = size if last == "" else min(int(last) + 1, size)
+    if end <= start:
+        return None  # last < first: syntactically invalid, so ignored
+    return ByteRange(start=start, end=end)
+
+
+class MediaAccess:
+    def __init__(self, pool: asyncpg.Pool, store: MediaStore) -> None:
+        self._pool = pool
+        self.store = store
+
+    async def output(self, user_id: str, request_id: str, index: int) -> OutputRecord:
+        """The user's output; another user's is NotFound, like their jobs."""
+        queries.check_request_id(request_id)
+        row = await self._pool.fetchrow(
+            "SELECT o.request_id, o.index, o.kind, o.status, o.source_url, o.content_type, o.size, o.sha256, "
+            "o.store_key, o.last_error FROM fal_job_outputs o WHERE o.request_id = $1 AND o.index = $2 "
+            "AND o.user_id = $3",
+            request_id, index, user_id, timeout=DB_TIMEOUT_S,
+        )
+        if row is None:
+            raise NotFound(f"output {index} of job {request_id!r} not found")
+        return msgspec.convert(dict(row), OutputRecord)
+
+    async def delete(self, user_id: str, request_id: str) -> Job:
+        """Mark the job deleted (one event), then remove its bytes from the store. A removal that
+        fails here is retried by the copy workers, which own every row still holding a key."""
+        queries.check_request_id(request_id)
+        async with self._pool.acquire(timeout=DB_TIMEOUT_S) as connection:
+            applied = await delete_job(connection, request_id, user_id)
+        if applied.job is None:
+            raise NotFound(f"job {request_id!r} not found")
+        if not applied.accepted and applied.job.status != "deleted":
+            raise Conflict(f"job {request_id!r} is {applied.job.status}; cancel it before deleting it")
+        rows = await self._pool.fetch(
+            "SELECT index, store_key FROM fal_job_outputs WHERE request_id = $1 AND status = 'deleted' "
+            "AND store_key IS NOT NULL", request_id, timeout=DB_TIMEOUT_S,
+        )
+        for row in rows:
+            try:
+                await self.store.delete(row["store_key"])
+            except Exception:
+                log.warning("removing a deleted output failed; the workers retry", exc_info=True,
+                            extra={"action": "outputs.delete", "request_id": request_id, "index": row["index"]})
+                continue
+            await self._pool.execute(
+                "UPDATE fal_job_outputs SET store_key = NULL WHERE request_id = $1 AND index = $2 AND store_key = $3",
+                request_id, row["index"], row["store_key"], timeout=DB_TIMEOUT_S,
+            )
+        return applied.job

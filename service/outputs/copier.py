@@ -1,0 +1,110 @@
+"""One copy: stream a file from fal's CDN into the store, hashing and counting as it passes.
+
+Nothing holds the whole file: chunks go from the socket through sha256 into the store's upload,
+so memory is a few chunks whatever the size. The outcome is an `OutputChange` for the status
+machine (stored, or failed for good) or `CopyRetry` for a failure worth another try.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from urllib.parse import urljoin
+
+import httpx
+
+from service.jobs.status_machine import OutputChange
+from service.outputs.sources import SourcePolicy, SourceRefused
+from service.outputs.store import MediaStore
+
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 30.0
+"""A source that sends nothing for this long is given up on (and retried later)."""
+MAX_REDIRECTS = 3
+ALLOWED_TYPES = ("image/", "video/", "audio/")
+GENERIC_TYPES = ("application/octet-stream", "binary/octet-stream")
+"""Sent by some CDNs for anything; then the kind the result named decides."""
+_KIND_TYPES = {"image": "image/png", "video": "video/mp4", "audio": "audio/mpeg"}
+
+
+class CopyRetry(Exception):
+    """A failure that may pass (a time-out, a 5xx, a reset): try again later."""
+
+
+class _Failed(Exception):
+    pass
+
+
+class Copier:
+    def __init__(self, http: httpx.AsyncClient, store: MediaStore, policy: SourcePolicy, *, max_bytes: int) -> None:
+        self._http = http
+        self._store = store
+        self._policy = policy
+        self._max_bytes = max_bytes
+
+    async def copy(self, source_url: str, kind: str, key: str) -> OutputChange:
+        try:
+            return await self._copy(source_url, kind, key)
+        except _Failed as failure:
+            return OutputChange(status="failed", error=str(failure))
+        except SourceRefused as refused:
+            return OutputChange(status="failed", error=str(refused))
+        except (httpx.TransportError, ConnectionError, TimeoutError) as error:
+            raise CopyRetry(f"fetching the source failed: {type(error).__name__} {str(error)[:300]}".strip()) from None
+
+    async def _copy(self, url: str, kind: str, key: str) -> OutputChange:
+        timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+        for _ in range(MAX_REDIRECTS + 1):
+            await self._policy.check(url)
+            async with self._http.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])  # checked again before it is fetched
+                    continue
+                return await self._store_body(response, kind, key)
+        raise _Failed(f"source redirected more than {MAX_REDIRECTS} times")
+
+    async def _store_body(self, response: httpx.Response, kind: str, key: str) -> OutputChange:
+        status = response.status_code
+        if status in (408, 425, 429) or status >= 500:
+            raise CopyRetry(f"source answered {status}")
+        if status != 200:
+            raise _Failed(f"source answered {status}: fal no longer has this file, or never had it")
+        content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_type in GENERIC_TYPES or not content_type:
+            content_type = _KIND_TYPES.get(kind, content_type or "application/octet-stream")
+        if not content_type.startswith(ALLOWED_TYPES):
+            raise _Failed(f"source sent {content_type!r}; only image/*, video/* and audio/* are kept")
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+            raise _Failed(f"source is {int(declared)} bytes; MAX_OUTPUT_BYTES is {self._max_bytes}")
+        digest = hashlib.sha256()
+        size = 0
+        problem: BaseException | None = None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal size, problem
+            try:
+                async for chunk in response.aiter_raw():
+                    size += len(chunk)
+                    if size > self._max_bytes:
+                        raise _Failed(f"source sent more than MAX_OUTPUT_BYTES ({self._max_bytes} bytes)")
+                    digest.update(chunk)
+                    yield chunk
+            except BaseException as error:
+                problem = error
+                raise
+
+        try:
+            await self._store.put(key, chunks())
+        except Exception as error:
+            # The store's upload wraps what the source iterator raised; the original says more.
+            if problem is not None and problem is not error:
+                raise problem from None
+            if isinstance(error, (_Failed, httpx.TransportError)):
+                raise
+            raise CopyRetry(f"writing to the store failed: {type(error).__name__}: {str(error)[:300]}") from None
+        if declared is not None and declared.isdigit() and int(declared) != size:
+            await self._store.delete(key)
+            raise CopyRetry(f"source sent {size} of {declared} bytes")
+        return OutputChange(status="stored", content_type=content_type, size=size, sha256=digest.hexdigest(),
+                            store_key=key)

@@ -1,0 +1,202 @@
+"""Copy workers: every process runs some, and together they drain the outputs table.
+
+A worker claims due rows with `FOR UPDATE SKIP LOCKED` in one short statement that stamps its
+claim and a lease on them, then works without holding a transaction (a copy can take minutes and
+an open transaction would hold back every snapshot's xmin, which the event listener's gap rule
+reads). While copying it renews the lease; a process that dies stops renewing, its lease lapses,
+and any process claims the row again. Each claim writes under a key of its own, so a late worker
+whose claim was taken over removes its own bytes instead of clobbering the winner's: each file is
+stored once. The outcome goes through the status machine (one event); a failure that may pass is
+retried with backoff, up to `MAX_ATTEMPTS` claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from datetime import timedelta
+
+import asyncpg
+import msgspec
+
+from service.jobs.status_machine import OutputChange, apply_output_change
+from service.outputs.copier import Copier, CopyRetry
+from service.outputs.store import MediaStore
+
+log = logging.getLogger(__name__)
+
+DB_TIMEOUT_S = 10.0
+MAX_ATTEMPTS = 8
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 300.0
+
+
+class DueOutput(msgspec.Struct, frozen=True):
+    request_id: str
+    index: int
+    kind: str
+    source_url: str
+    status: str
+    store_key: str | None
+    attempts: int
+
+
+_CLAIM = """
+UPDATE fal_job_outputs o
+SET claim = $1, lease_until = now() + make_interval(secs => $2),
+    attempts = o.attempts + CASE WHEN o.status = 'pending' THEN 1 ELSE 0 END, updated_at = now()
+FROM (
+    SELECT request_id, index FROM fal_job_outputs
+    WHERE (status = 'pending' OR (status = 'deleted' AND store_key IS NOT NULL))
+      AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY next_attempt_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE o.request_id = due.request_id AND o.index = due.index
+RETURNING o.request_id, o.index, o.kind, o.source_url, o.status, o.store_key, o.attempts
+"""
+
+
+def object_key(request_id: str, index: int, claim: str) -> str:
+    return f"outputs/{request_id}/{index}-{claim}"
+
+
+def backoff_s(attempts: int) -> float:
+    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(attempts - 1, 0))
+
+
+class OutputWorkers:
+    def __init__(
+        self, pool: asyncpg.Pool, store: MediaStore, copier: Copier, *,
+        concurrency: int, lease_s: float = 60.0, poll_s: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._copier = copier
+        self._concurrency = concurrency
+        self._lease_s = lease_s
+        self._poll_s = poll_s
+        self._running: dict[asyncio.Task[None], tuple[str, int, str]] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll (a job completed in this process)."""
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        failures = 0
+        while True:
+            free = self._concurrency - len(self._running)
+            if free > 0:
+                try:
+                    for row in await self._claim(free):
+                        self._start(row)
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    log.warning("claiming outputs failed", exc_info=True, extra={"action": "outputs.claim"})
+            self._wake.clear()
+            waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait()), *self._running}
+            await asyncio.wait(waiters, timeout=min(30.0, self._poll_s * 2**failures),
+                               return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                if waiter not in self._running:
+                    waiter.cancel()
+
+    async def aclose(self) -> None:
+        """Stop copying and hand the claims back, so another process takes them at once."""
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        claims = list(self._running.values())
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if claims:
+            try:
+                await self._pool.execute(
+                    "UPDATE fal_job_outputs SET claim = NULL, lease_until = NULL "
+                    "WHERE (request_id, index, claim) IN (SELECT * FROM unnest($1::text[], $2::int[], $3::text[]))",
+                    [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims], timeout=5,
+                )
+            except Exception:
+                log.warning("could not release output claims; their leases lapse", exc_info=True,
+                            extra={"action": "outputs.release"})
+
+    async def _claim(self, limit: int) -> list[tuple[DueOutput, str]]:
+        claim = secrets.token_hex(8)
+        rows = await self._pool.fetch(_CLAIM, claim, self._lease_s, limit, timeout=DB_TIMEOUT_S)
+        return [(msgspec.convert(dict(row), DueOutput), claim) for row in rows]
+
+    def _start(self, claimed: tuple[DueOutput, str]) -> None:
+        row, claim = claimed
+        task = asyncio.create_task(self._work(row, claim), name=f"output {row.request_id}/{row.index}")
+        self._running[task] = (row.request_id, row.index, claim)
+        task.add_done_callback(self._running.pop)
+
+    async def _work(self, row: DueOutput, claim: str) -> None:
+        renewing = asyncio.create_task(self._renew(row, claim))
+        try:
+            if row.status == "deleted":
+                await self._purge(row, claim)
+            else:
+                await self._copy(row, claim)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # One bad row never stops the others; its lease lapses and it is tried again.
+            log.exception("output work failed", extra={"action": "outputs.work", "request_id": row.request_id,
+                                                        "index": row.index})
+        finally:
+            renewing.cancel()
+
+    async def _renew(self, row: DueOutput, claim: str) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            with contextlib.suppress(Exception):
+                await self._pool.execute(
+                    "UPDATE fal_job_outputs SET lease_until = now() + make_interval(secs => $4) "
+                    "WHERE request_id = $1 AND index = $2 AND claim = $3",
+                    row.request_id, row.index, claim, self._lease_s, timeout=DB_TIMEOUT_S,
+                )
+
+    async def _copy(self, row: DueOutput, claim: str) -> None:
+        key = object_key(row.request_id, row.index, claim)
+        try:
+            change = await self._copier.copy(row.source_url, row.kind, key)
+        except CopyRetry as retry:
+            if row.attempts < MAX_ATTEMPTS:
+                await self._retry_later(row, claim, str(retry))
+                return
+            change = OutputChange(status="failed", error=f"gave up after {row.attempts} attempts: {retry}")
+        async with self._pool.acquire(timeout=DB_TIMEOUT_S) as connection:
+            applied = await apply_output_change(connection, row.request_id, row.index, change, claim=claim)
+        if change.status == "stored" and not applied.accepted:
+            # Deleted meanwhile, or our lease lapsed and another claim took the row over.
+            await self._store.delete(key)
+        log.info("output %s", change.status if applied.accepted else "dropped",
+                 extra={"action": "outputs.copy", "request_id": row.request_id, "index": row.index,
+                        "size": change.size, "error": change.error})
+
+    async def _retry_later(self, row: DueOutput, claim: str, error: str) -> None:
+        delay = backoff_s(row.attempts)
+        await self._pool.execute(
+            "UPDATE fal_job_outputs SET claim = NULL, lease_until = NULL, last_error = $4, "
+            "next_attempt_at = now() + $5::interval, updated_at = now() "
+            "WHERE request_id = $1 AND index = $2 AND claim = $3",
+            row.request_id, row.index, claim, error, timedelta(seconds=delay), timeout=DB_TIMEOUT_S,
+        )
+        log.info("output copy will be retried", extra={"action": "outputs.retry", "request_id": row.request_id,
+                                                        "index": row.index, "in_s": delay, "error": error})
+
+    async def _purge(self, row: DueOutput, claim: str) -> None:
+        assert row.store_key is not None
+        await self._store.delete(row.store_key)
+        await self._pool.execute(
+            "UPDATE fal_job_outputs SET store_key = NULL, claim = NULL, lease_until = NULL, updated_at = now() "
+            "WHERE request_id = $1 AND index = $2 AND claim = $3",
+            row.request_id, row.index, claim, timeout=DB_TIMEOUT_S,
+        )
