@@ -157,6 +157,7 @@ def create_app(settings: Settings) -> Litestar:
                 "serving the LOCAL fal emulator: jobs never reach fal.ai and make test images; set FAL_KEY for fal",
                 extra={"action": "emulator_mounted", "path": EMULATOR_PATH},
             )
+        hub.observe(output_workers.on_event)
         copying = asyncio.create_task(output_workers.run_forever(), name="outputs")
         log.info("fal-jobs started", extra={"fal": "emulator" if emulator else "fal.ai", "webhooks": bool(webhook_url)})
         try:

@@ -12,8 +12,10 @@ change is lost and none is seen twice.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -138,3 +140,31 @@ class FalJobsClient:
         except TimeoutError:
             raise JobWaitTimeout(last) from None
         return last if last is not None else await self.get_job(request_id)
+
+    async def download_output(self, job: Job | str, n: int, path: str | os.PathLike[str]) -> Path:
+        """Stream output `n` of a job to `path`: our stored copy, or fal's while the copy is still
+        pending. Written beside `path` and renamed at the end, so a failed download leaves no
+        half-written file; returns the path."""
+        request_id = job if isinstance(job, str) else job.request_id
+        target = Path(path)
+        partial = target.with_name(target.name + ".part")
+        url = f"{self._base}/api/jobs/{request_id}/outputs/{n}"
+        headers = self._headers
+        try:
+            for _ in range(3):
+                async with self._http.stream("GET", url, headers=headers, follow_redirects=False) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        # fal's CDN: our API key stays with us.
+                        url, headers = str(response.url.join(response.headers["location"])), {}
+                        continue
+                    if not response.is_success:
+                        await response.aread()
+                        _raise_for_error(response)
+                    with partial.open("wb") as file:
+                        async for chunk in response.aiter_bytes():
+                            file.write(chunk)
+                    partial.replace(target)
+                    return target
+            raise FalJobsError(508, "too_many_redirects", f"output {n} of job {request_id!r} redirected too often")
+        finally:
+            partial.unlink(missing_ok=True)

@@ -31,7 +31,14 @@ from service.db.migrations import apply_migrations
 from service.db.pool import create_pool
 from service.emulator import FalEmulator
 from service.emulator.media import png_bytes, video_slice
-from tests.conftest import RunningServer, _with_database, bearer, free_socket, service_settings, start_uvicorn
+from tests.conftest import (
+    RunningServer,
+    _with_database,
+    bearer,
+    free_socket,
+    service_settings,
+    start_uvicorn,
+)
 from tests.sse import SseReader
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

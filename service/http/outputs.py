@@ -16,7 +16,13 @@ from service.errors import Gone, NotFound
 from service.http.dependencies import PoolDependency, UserIdDependency, provide_user_id
 from service.http.errors import error_response
 from service.jobs.media import output_path
-from service.outputs.access import MediaAccess, OutputRecord, RangeNotSatisfiable, output_scope, parse_range
+from service.outputs.access import (
+    MediaAccess,
+    OutputRecord,
+    RangeNotSatisfiable,
+    output_scope,
+    parse_range,
+)
 from service.outputs.sources import SourcePolicy
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"

@@ -28,7 +28,15 @@ import asyncpg
 import msgspec
 
 from service.jobs.media import media_files, pending_outputs
-from service.jobs.models import LOG_LINES_KEPT, TERMINAL_STATUSES, Job, JobChange, JobOutput, LogLine, NewJob
+from service.jobs.models import (
+    LOG_LINES_KEPT,
+    TERMINAL_STATUSES,
+    Job,
+    JobChange,
+    JobOutput,
+    LogLine,
+    NewJob,
+)
 from service.jobs.rows import JOB_COLUMNS, job_from_row
 
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from datetime import timedelta
 
 import asyncpg
@@ -24,10 +25,14 @@ import msgspec
 from service.jobs.status_machine import OutputChange, apply_output_change
 from service.outputs.copier import Copier, CopyRetry
 from service.outputs.store import MediaStore
+from service.realtime.events import JobEvent
 
 log = logging.getLogger(__name__)
 
 DB_TIMEOUT_S = 10.0
+SAFETY_POLL_S = 30.0
+"""Work is found when a completion's event arrives (any process's, through the listener) and at a
+retry's due time; this slow poll catches the rest (a lapsed lease of a dead process)."""
 MAX_ATTEMPTS = 8
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 300.0
@@ -71,7 +76,7 @@ def backoff_s(attempts: int) -> float:
 class OutputWorkers:
     def __init__(
         self, pool: asyncpg.Pool, store: MediaStore, copier: Copier, *,
-        concurrency: int, lease_s: float = 60.0, poll_s: float = 1.0,
+        concurrency: int, lease_s: float = 60.0, poll_s: float = SAFETY_POLL_S,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -81,10 +86,21 @@ class OutputWorkers:
         self._poll_s = poll_s
         self._running: dict[asyncio.Task[None], tuple[str, int, str]] = {}
         self._wake = asyncio.Event()
+        self._next_due: float | None = None
 
     def wake(self) -> None:
-        """Look for work now rather than at the next poll (a job completed in this process)."""
+        """Look for work now rather than at the next poll."""
         self._wake.set()
+
+    def on_event(self, event: JobEvent) -> None:
+        """A hub observer: a job event with outputs still pending means copy work (or a retry's
+        bookkeeping elsewhere; claiming finds nothing then, at the cost of one query)."""
+        if event.outputs_pending:
+            self._wake.set()
+
+    def _due_in(self, delay_s: float) -> None:
+        due = time.monotonic() + delay_s
+        self._next_due = due if self._next_due is None else min(self._next_due, due)
 
     async def run_forever(self) -> None:
         failures = 0
@@ -99,9 +115,13 @@ class OutputWorkers:
                     failures += 1
                     log.warning("claiming outputs failed", exc_info=True, extra={"action": "outputs.claim"})
             self._wake.clear()
+            timeout = self._poll_s if not failures else min(self._poll_s, 2.0**failures)
+            if self._next_due is not None:
+                timeout = min(timeout, max(0.0, self._next_due - time.monotonic()))
             waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait()), *self._running}
-            await asyncio.wait(waiters, timeout=min(30.0, self._poll_s * 2**failures),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if self._next_due is not None and self._next_due <= time.monotonic():
+                self._next_due = None
             for waiter in waiters:
                 if waiter not in self._running:
                     waiter.cancel()
@@ -183,6 +203,7 @@ class OutputWorkers:
 
     async def _retry_later(self, row: DueOutput, claim: str, error: str) -> None:
         delay = backoff_s(row.attempts)
+        self._due_in(delay + 0.05)
         await self._pool.execute(
             "UPDATE fal_job_outputs SET claim = NULL, lease_until = NULL, last_error = $4, "
             "next_attempt_at = now() + $5::interval, updated_at = now() "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from service.realtime.events import JobEvent
 
@@ -118,6 +118,12 @@ class Hub:
         self.ready = False
         """Set once the listener has placed `position`; streams opened before would miss events."""
         self.published = 0
+        self._observers: list[Callable[[JobEvent], None]] = []
+
+    def observe(self, observer: Callable[[JobEvent], None]) -> None:
+        """Call `observer` with every published event (in-process work that follows events: the
+        output copiers wake on a completion instead of polling)."""
+        self._observers.append(observer)
 
     @property
     def subscriber_count(self) -> int:
@@ -151,6 +157,8 @@ class Hub:
                 if subscription.wants(event):
                     subscription.offer(event)
             self.published += 1
+            for observer in self._observers:
+                observer(event)
         self.position = max(self.position, position)
         self.ready = True
 

@@ -5,15 +5,16 @@
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const TERMINAL = new Set(["completed", "failed", "cancelled", "deleted"]);
 const STATUS_LABEL = {
   pending: "Queued",
   in_progress: "Running",
   completed: "Completed",
   failed: "Failed",
   cancelled: "Cancelled",
+  deleted: "Deleted",
 };
-const STATUS_MARK = { pending: "◷", in_progress: "▶", completed: "✓", failed: "✕", cancelled: "⊘" };
+const STATUS_MARK = { pending: "◷", in_progress: "▶", completed: "✓", failed: "✕", cancelled: "⊘", deleted: "⌫" };
 const PAGE_SIZE = 50;
 const READY_WAIT_MS = 5000;
 
@@ -480,16 +481,55 @@ function safeUrl(raw) {
   }
 }
 
+// Our durable copy once it is stored (it outlives fal's CDN; the session cookie opens it),
+// fal's URL until then or when it could not be copied.
+function mediaSources(job) {
+  const outputs = Array.isArray(job.outputs) ? job.outputs : [];
+  const byKind = { image: outputs.filter((o) => o.kind === "image"), video: outputs.filter((o) => o.kind === "video") };
+  return (kind, index, falUrl) => {
+    const output = byKind[kind][index];
+    if (output && output.status === "stored") {
+      return { url: safeUrl(output.url), download: safeUrl(`${output.url}?download=1`), output };
+    }
+    return { url: safeUrl(falUrl), download: null, output };
+  };
+}
+
+function outputNote(output) {
+  if (!output) return null;
+  if (output.status === "pending") return el("span", { class: "output-note", "data-testid": "output-pending" }, "Saving a copy…");
+  if (output.status === "failed") {
+    return el("span", { class: "output-note", "data-testid": "output-failed", title: output.error || "" }, "Not kept: fal's copy only");
+  }
+  return null;
+}
+
+function downloadLink(source, label) {
+  if (!source.download) return outputNote(source.output);
+  return el("a", { href: source.download, download: "", class: "download", "data-testid": "job-download" }, label);
+}
+
 function renderMedia(card, job) {
   const box = $('[data-testid="job-media"]', card);
-  if (job.status !== "completed" || !job.result || box.dataset.rendered === "yes") return;
-  box.dataset.rendered = "yes";
+  const outputs = Array.isArray(job.outputs) ? job.outputs : [];
+  const key = `${job.status}:${outputs.map((o) => o.status).join(",")}`;
+  if ((job.status !== "completed" && job.status !== "deleted") || !job.result || box.dataset.rendered === key) return;
+  box.dataset.rendered = key;
+  box.replaceChildren();
+  if (job.status === "deleted") {
+    box.classList.remove("images");
+    box.append(el("p", { class: "output-note", "data-testid": "job-media-deleted" }, "Media deleted."));
+    box.hidden = false;
+    return;
+  }
   const result = job.result;
   const prompt = String(job.input?.prompt ?? "");
+  const source = mediaSources(job);
   if (Array.isArray(result.images)) {
     box.classList.add("images");
     result.images.forEach((image, index) => {
-      const url = safeUrl(image.url);
+      const media = source("image", index, image.url);
+      const url = media.url;
       if (!url) return;
       const size = image.width && image.height ? ` (${image.width}×${image.height})` : "";
       const img = el("img", {
@@ -503,16 +543,20 @@ function renderMedia(card, job) {
         img.setAttribute("width", String(image.width));
         img.setAttribute("height", String(image.height));
       }
-      box.append(el("a", { href: url, target: "_blank", rel: "noopener noreferrer", title: "Open full size" }, img));
+      box.append(el("figure", { class: "output" },
+        el("a", { href: url, target: "_blank", rel: "noopener noreferrer", title: "Open full size" }, img),
+        downloadLink(media, `Download image ${index + 1}`)));
     });
   }
   const video = result.video;
   if (video && safeUrl(video.url)) {
-    const url = safeUrl(video.url);
+    const media = source("video", 0, video.url);
     const player = el("video", { controls: true, playsInline: true, preload: "metadata", "data-testid": "job-video" });
-    player.append(el("source", { src: url, type: video.content_type || "video/mp4" }));
-    player.append(el("a", { href: url }, "Download the video"));
+    player.append(el("source", { src: media.url, type: video.content_type || "video/mp4" }));
+    player.append(el("a", { href: media.url }, "Download the video"));
     box.append(player);
+    const link = downloadLink(media, "Download the video");
+    if (link) box.append(link);
   }
   box.hidden = box.childElementCount === 0;
 }
