@@ -25,7 +25,7 @@ CALL_TIMEOUT_S = 30.0
 PART_BYTES = 5 * 1024 * 1024
 """Multipart part size (S3's minimum): with `PARTS_IN_FLIGHT` it bounds an upload's buffers."""
 PARTS_IN_FLIGHT = 2
-READ_CHUNK_BYTES = 256 * 1024
+READ_CHUNK_BYTES = 1024 * 1024
 
 
 class ObjectMissing(Exception):
