@@ -455,3 +455,65 @@ async def _s3_round_trip(http: httpx.AsyncClient, outputs_database: str, owner: 
             await running.stop()
     finally:
         server.stop()
+
+
+async def test_session_cookie_and_python_client_download(
+    http: httpx.AsyncClient, media_service: RunningServer, outputs_pool: asyncpg.Pool, owner: NewUser,
+    stranger: NewUser, tmp_path: Path,
+) -> None:
+    from service.auth.browser_sessions import issue_sign_in_token
+    from service.client import FalJobsClient, FalJobsError
+
+    url = media_service.url
+    request_id = await submit(http, url, owner, "image", IMAGE_MODEL, {
+        "prompt": "cookie", "image_size": {"width": 24, "height": 24}, "fal_emulator": {"queue_ms": 0, "run_ms": 0}})
+    job = await settled(http, url, owner, request_id)
+    expected = png_bytes(24, 24, job["result"]["seed"])
+
+    # The page's <img src> carries only the session cookie.
+    async with httpx.AsyncClient(base_url=url) as browser:
+        signed_in = await browser.get(f"/?token={await issue_sign_in_token(outputs_pool, owner.user_id)}")
+        assert signed_in.status_code in (200, 303)
+        image = await browser.get(job["outputs"][0]["url"])
+        assert image.status_code == 200 and image.content == expected
+        attachment = await browser.get(job["outputs"][0]["url"] + "?download=1")
+        assert attachment.headers["content-disposition"] == f'attachment; filename="{request_id}-0.png"'
+
+    async with FalJobsClient(url, owner.api_key) as client:
+        saved = await client.download_output(request_id, 0, tmp_path / "fox.png")
+        assert saved.read_bytes() == expected
+        assert [p.name for p in tmp_path.iterdir()] == ["fox.png"]
+    async with FalJobsClient(url, stranger.api_key) as client:
+        with pytest.raises(FalJobsError) as refused:
+            await client.download_output(request_id, 0, tmp_path / "theirs.png")
+        assert refused.value.status == 404
+        assert not (tmp_path / "theirs.png").exists() and not (tmp_path / "theirs.png.part").exists()
+
+
+async def test_a_dead_workers_claim_lapses_and_another_takes_over(
+    media_service: RunningServer, outputs_pool: asyncpg.Pool, media_dir: Path, owner: NewUser,
+) -> None:
+    from service.jobs.models import JobChange, NewJob
+    from service.jobs.status_machine import apply_change, create_job
+
+    request_id = f"dead-claim-{uuid.uuid4().hex[:8]}"
+    source = f"{emulator_of(media_service).media_base}/video/{request_id}.mp4?bytes=50000"
+    async with outputs_pool.acquire() as connection:
+        await create_job(connection, NewJob(request_id=request_id, user_id=owner.user_id, model_id=VIDEO_MODEL,
+                                            type="video", input={}, mode="webhook"))
+        async with connection.transaction():
+            # Completed, and its output claimed by a process that then died: the lease lapses.
+            await apply_change(connection, request_id, JobChange(
+                status="completed", result={"video": {"url": source, "content_type": "video/mp4"}}))
+            await connection.execute(
+                "UPDATE fal_job_outputs SET claim = 'dead-process', attempts = 1, "
+                "lease_until = now() + interval '1 second' WHERE request_id = $1", request_id)
+    async with asyncio.timeout(30):
+        while (status := await outputs_pool.fetchval(
+                "SELECT status FROM fal_job_outputs WHERE request_id = $1", request_id)) == "pending":
+            await asyncio.sleep(0.05)
+    row = await outputs_pool.fetchrow("SELECT status, attempts, sha256 FROM fal_job_outputs WHERE request_id = $1",
+                                      request_id)
+    assert row["status"] == "stored" and row["attempts"] == 2
+    assert row["sha256"] == sha(video_slice(0, 50000))
+    assert len(stored_files(media_dir, request_id)) == 1

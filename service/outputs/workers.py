@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 DB_TIMEOUT_S = 10.0
 SAFETY_POLL_S = 30.0
-"""Work is found when a completion's event arrives (any process's, through the listener) and at a
-retry's due time; this slow poll catches the rest (a lapsed lease of a dead process)."""
+"""Work is found when a completion's event arrives (any process's, through the listener), and at
+the time the next row falls due (a retry, a lapsed lease); this slow poll is the safety net."""
 MAX_ATTEMPTS = 8
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 300.0
@@ -108,8 +108,11 @@ class OutputWorkers:
             free = self._concurrency - len(self._running)
             if free > 0:
                 try:
-                    for row in await self._claim(free):
+                    claimed = await self._claim(free)
+                    for row in claimed:
                         self._start(row)
+                    if len(claimed) < free:
+                        await self._learn_next_due()
                     failures = 0
                 except Exception:
                     failures += 1
@@ -150,6 +153,17 @@ class OutputWorkers:
         claim = secrets.token_hex(8)
         rows = await self._pool.fetch(_CLAIM, claim, self._lease_s, limit, timeout=DB_TIMEOUT_S)
         return [(msgspec.convert(dict(row), DueOutput), claim) for row in rows]
+
+    async def _learn_next_due(self) -> None:
+        """When the next row not due yet will be: a retry another process scheduled, or a claim
+        whose lease lapses (its process died). Woken then, not by polling."""
+        seconds = await self._pool.fetchval(
+            "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) - now()) "
+            "FROM fal_job_outputs WHERE status = 'pending' OR (status = 'deleted' AND store_key IS NOT NULL)",
+            timeout=DB_TIMEOUT_S,
+        )
+        if seconds is not None:
+            self._due_in(max(0.0, float(seconds)) + 0.05)
 
     def _start(self, claimed: tuple[DueOutput, str]) -> None:
         row, claim = claimed
