@@ -199,6 +199,8 @@ async def test_outputs_outlive_fal_and_serve_byte_identical(
             assert served.headers["etag"] == f'"{sha(original)}"'
             assert served.headers["cache-control"] == "private, max-age=31536000, immutable"
             assert served.headers["content-type"] == output["content_type"]
+            assert served.headers["x-content-type-options"] == "nosniff"
+            assert "sandbox" in served.headers["content-security-policy"]
         assert len(stored_files(media_dir, job["request_id"])) == len(job["outputs"])
     # The GET /api/jobs view carries the same outputs.
     listed = (await http.get(f"{url}/api/jobs/{video_id}", headers=bearer(owner))).json()
@@ -517,3 +519,34 @@ async def test_a_dead_workers_claim_lapses_and_another_takes_over(
     assert row["status"] == "stored" and row["attempts"] == 2
     assert row["sha256"] == sha(video_slice(0, 50000))
     assert len(stored_files(media_dir, request_id)) == 1
+
+
+async def test_copier_refuses_unexpected_types_and_keeps_nothing(tmp_path: Path) -> None:
+    """The copier on its own, against a real HTTP server that answers what fal never should."""
+    from service.outputs.copier import Copier
+    from service.outputs.sources import SourcePolicy
+    from service.outputs.store import MediaStore
+
+    async def odd_cdn(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        kind = scope["path"].rsplit("/", 1)[-1]
+        content_type = {"html": b"text/html", "png": b"image/png"}[kind]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        await send({"type": "http.response.body", "body": b"<script>alert(1)</script>" if kind != "png" else b"\x89PNG"})
+
+    cdn = await start_uvicorn(odd_cdn, free_socket())
+    store = MediaStore.open(None, str(tmp_path))
+    try:
+        async with httpx.AsyncClient() as client:
+            copier = Copier(client, store, SourcePolicy((), emulator_media_base=f"{cdn.url}/media"), max_bytes=100)
+            html = await copier.copy(f"{cdn.url}/media/html", "image", "k/html")
+            assert html.status == "failed" and "'text/html'" in (html.error or "")
+            png = await copier.copy(f"{cdn.url}/media/png", "image", "k/png")
+            assert png.status == "stored" and png.size == 4 and png.sha256 == sha(b"\x89PNG")
+            assert await store.keys("k") == ["k/png"]
+    finally:
+        await cdn.stop()

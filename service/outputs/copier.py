@@ -8,6 +8,7 @@ machine (stored, or failed for good) or `CopyRetry` for a failure worth another 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import urljoin
 
@@ -26,6 +27,9 @@ ALLOWED_TYPES = ("image/", "video/", "audio/")
 GENERIC_TYPES = ("application/octet-stream", "binary/octet-stream")
 """Sent by some CDNs for anything; then the kind the result named decides."""
 _KIND_TYPES = {"image": "image/png", "video": "video/mp4", "audio": "audio/mpeg"}
+
+
+_MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9][a-z0-9.+-]{0,100}")
 
 
 class CopyRetry(Exception):
@@ -57,7 +61,9 @@ class Copier:
         timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
         for _ in range(MAX_REDIRECTS + 1):
             await self._policy.check(url)
-            async with self._http.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
+            # identity: the bytes stored are the file's own, never a transfer encoding of them.
+            async with self._http.stream("GET", url, timeout=timeout, follow_redirects=False,
+                                         headers={"Accept-Encoding": "identity"}) as response:
                 if response.is_redirect and "location" in response.headers:
                     url = urljoin(url, response.headers["location"])  # checked again before it is fetched
                     continue
@@ -73,7 +79,7 @@ class Copier:
         content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type in GENERIC_TYPES or not content_type:
             content_type = _KIND_TYPES.get(kind, content_type or "application/octet-stream")
-        if not content_type.startswith(ALLOWED_TYPES):
+        if not content_type.startswith(ALLOWED_TYPES) or not _MEDIA_TYPE.fullmatch(content_type):
             raise _Failed(f"source sent {content_type!r}; only image/*, video/* and audio/* are kept")
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
