@@ -511,8 +511,8 @@ async def test_a_dead_workers_claim_lapses_and_another_takes_over(
                 "UPDATE fal_job_outputs SET claim = 'dead-process', attempts = 1, "
                 "lease_until = now() + interval '1 second' WHERE request_id = $1", request_id)
     async with asyncio.timeout(30):
-        while (status := await outputs_pool.fetchval(
-                "SELECT status FROM fal_job_outputs WHERE request_id = $1", request_id)) == "pending":
+        while await outputs_pool.fetchval(
+                "SELECT status FROM fal_job_outputs WHERE request_id = $1", request_id) == "pending":
             await asyncio.sleep(0.05)
     row = await outputs_pool.fetchrow("SELECT status, attempts, sha256 FROM fal_job_outputs WHERE request_id = $1",
                                       request_id)
