@@ -114,7 +114,8 @@ def create_app(settings: Settings) -> Litestar:
         http = httpx.AsyncClient(timeout=10)
         gateway = FalGateway(key=fal_key, queue_url=queue_url, media_expiry_s=settings.fal_media_expiry_s)
         store = MediaStore.open(settings.media_store_url, settings.media_dir)
-        media_policy = SourcePolicy(settings.media_hosts, emulator_media_base=emulator.media_base if emulator else None)
+        media_policy = SourcePolicy(settings.media_hosts,
+                                    emulator_media_base=emulator.media_base if emulator else settings.emulator_media_url)
         media_http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=settings.output_workers * 2))
         output_workers = OutputWorkers(
             pool, store, Copier(media_http, store, media_policy, max_bytes=settings.max_output_bytes),

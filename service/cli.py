@@ -118,6 +118,8 @@ def _standalone_emulator(settings: Settings) -> Iterator[None]:
         os.environ.update({
             "FAL_KEY": key, "FAL_QUEUE_URL": base, "FAL_JWKS_URL": f"{base}/.well-known/jwks.json",
             "FAL_WEBHOOK_USER_ID": "fal-emulator-user",
+            # Its media is copied into our store like fal's, though it is plain http on loopback.
+            "EMULATOR_MEDIA_URL": f"{base}/media",
             # Webhooks come back to us, as fal's would to APP_URL.
             "APP_URL": settings.app_url or settings.local_url,
         })

@@ -113,6 +113,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Copies one process makes at once."""
     fal_media_expiry_s: Count | None = None
     """Asks fal to delete its copy of a request's media this long after it is made."""
+    emulator_media_url: HttpUrl | None = None
+    """The local emulator's media base (`run` sets it): copied although it is http on loopback."""
 
     def __post_init__(self) -> None:
         # URLs are joined with paths later; one spelling, without the trailing slash.

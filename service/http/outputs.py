@@ -13,7 +13,8 @@ from litestar.response import Redirect, Stream
 
 from service.auth.stream_tokens import StreamTokens
 from service.errors import Gone, NotFound
-from service.http.dependencies import PoolDependency, UserIdDependency, provide_user_id
+from service.http.dependencies import CallerDependency, PoolDependency, provide_caller
+from service.http.events import stream_caller
 from service.http.errors import error_response
 from service.jobs.media import output_path
 from service.outputs.access import (
@@ -65,10 +66,10 @@ class OutputsController(Controller):
         download: Annotated[bool, QueryParameter(description="serve as an attachment (a download)")] = False,
     ) -> Response:
         if token:
-            user_id = tokens.verify(token, output_scope(request_id, index))
+            caller = await stream_caller(request, pool, tokens, output_scope(request_id, index), token)
         else:
-            user_id = await provide_user_id(request, pool)
-        record = await media.output(user_id, request_id, index)
+            caller = await provide_caller(request, pool)
+        record = await media.output(caller.user_id, request_id, index)
         if record.status == "deleted":
             raise Gone(f"output {index} of job {request_id!r} was deleted with its job")
         if record.status != "stored" or record.store_key is None or record.size is None:
@@ -80,9 +81,8 @@ class OutputsController(Controller):
         headers = {
             "ETag": etag, "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes",
             # The bytes came from outside: opened as a document on our origin (an SVG, say), they
-            # run no script and are never sniffed into another type.
+            # run no script (nosniff comes with every answer, from the security headers).
             "Content-Security-Policy": "default-src 'none'; img-src 'self'; media-src 'self'; sandbox",
-            "X-Content-Type-Options": "nosniff",
             "Content-Disposition": f'{"attachment" if download else "inline"}; filename="{_file_name(record)}"',
         }
         if _matches(request.headers.get("if-none-match"), etag):
@@ -111,11 +111,11 @@ class OutputsController(Controller):
     @post("/{request_id:str}/outputs/{index:int}/link", status_code=200,
           summary="A short-lived signed URL for one output (for <img>/<video> tags and sharing)")
     async def output_link(
-        self, user_id: UserIdDependency, tokens: NamedDependency[StreamTokens], media: NamedDependency[MediaAccess],
+        self, caller: CallerDependency, tokens: NamedDependency[StreamTokens], media: NamedDependency[MediaAccess],
         request_id: FromPath[str], index: FromPath[int],
     ) -> OutputLink:
-        await media.output(user_id, request_id, index)
-        token, expires_at = tokens.issue(user_id, output_scope(request_id, index))
+        await media.output(caller.user_id, request_id, index)
+        token, expires_at = tokens.issue(caller, output_scope(request_id, index))
         return OutputLink(url=f"{output_path(request_id, index)}?token={token}", expires_at=expires_at)
 
 
