@@ -176,6 +176,7 @@ def create_app(settings: Settings) -> Litestar:
                 await copying
             await output_workers.aclose()
             await media_http.aclose()
+            store.close()
             await follower.aclose()
             if emulator is not None:
                 await emulator.aclose()

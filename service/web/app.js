@@ -495,13 +495,25 @@ function mediaSources(job) {
   };
 }
 
+const OUTPUT_NOTES = {
+  pending: ["output-pending", "Saving a copy…"],
+  failed: ["output-failed", "Not kept: fal's copy only"],
+};
+
+// A note under media that is not (yet) our copy; updated in place as the copy settles, so the
+// media element itself is replaced only when its source changes.
 function outputNote(output) {
   if (!output) return null;
-  if (output.status === "pending") return el("span", { class: "output-note", "data-testid": "output-pending" }, "Saving a copy…");
-  if (output.status === "failed") {
-    return el("span", { class: "output-note", "data-testid": "output-failed", title: output.error || "" }, "Not kept: fal's copy only");
-  }
-  return null;
+  const note = el("span", { class: "output-note", "data-output-index": String(output.index) });
+  setOutputNote(note, output);
+  return note;
+}
+
+function setOutputNote(note, output) {
+  const [testid, text] = OUTPUT_NOTES[output.status] ?? ["output-note", ""];
+  note.dataset.testid = testid;
+  note.textContent = text;
+  note.title = output.status === "failed" ? output.error || "" : "";
 }
 
 function downloadLink(source, label) {
@@ -512,8 +524,15 @@ function downloadLink(source, label) {
 function renderMedia(card, job) {
   const box = $('[data-testid="job-media"]', card);
   const outputs = Array.isArray(job.outputs) ? job.outputs : [];
-  const key = `${job.status}:${outputs.map((o) => o.status).join(",")}`;
-  if ((job.status !== "completed" && job.status !== "deleted") || !job.result || box.dataset.rendered === key) return;
+  const key = `${job.status}:${outputs.map((o) => (o.status === "stored" ? "s" : "-")).join("")}`;
+  if ((job.status !== "completed" && job.status !== "deleted") || !job.result) return;
+  if (box.dataset.rendered === key) {
+    for (const note of box.querySelectorAll("[data-output-index]")) {
+      const output = outputs[Number(note.dataset.outputIndex)];
+      if (output) setOutputNote(note, output);
+    }
+    return;
+  }
   box.dataset.rendered = key;
   box.replaceChildren();
   if (job.status === "deleted") {
