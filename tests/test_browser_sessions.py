@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 
 from service.auth.api_keys import NewUser
-from service.auth.browser_sessions import issue_sign_in_token
+from service.auth.browser_sessions import SESSION_COOKIE, issue_sign_in_token
 from tests.conftest import RunningServer
 
 
@@ -54,10 +54,33 @@ async def test_state_changes_from_a_session_need_the_csrf_token(service: Running
         assert created.status_code == 202, created.text
         token = await browser.post("/api/stream-tokens", json={"scope": "user"}, headers={"X-CSRF-Token": csrf})
         assert token.status_code == 201
+        old_cookie = browser.cookies[SESSION_COOKIE]
         out = await browser.post("/api/session/sign-out", headers={"X-CSRF-Token": csrf})
         assert out.status_code == 200
-        browser.cookies.clear()
-        assert (await browser.get("/api/jobs")).status_code == 401
+        # The browser is told to forget the cookie, but a stolen copy must be dead on the server too.
+        await assert_cookie_refused(service, old_cookie, csrf)
+
+
+async def test_an_expired_session_cookie_is_refused(service: RunningServer, pool: asyncpg.Pool, user: NewUser) -> None:
+    async with signed_in(service, pool, user) as (browser, _):
+        cookie = browser.cookies[SESSION_COOKIE]
+        csrf = (await browser.get("/api/session")).json()["csrf_token"]
+        assert (await browser.get("/api/jobs")).status_code == 200
+        # The seven days pass: the row's expiry is moved into the past, the cookie stays as it was.
+        moved = await pool.execute("UPDATE fal_browser_sessions SET expires_at = now() - interval '1 second' "
+                                   "WHERE user_id = $1 AND expires_at > now()", user.user_id)
+        assert moved == "UPDATE 1"
+        await assert_cookie_refused(service, cookie, csrf)
+
+
+async def assert_cookie_refused(service: RunningServer, cookie: str, csrf: str) -> None:
+    """Replays a session cookie from a fresh client: every way in answers 401."""
+    async with httpx.AsyncClient(base_url=service.url, timeout=10, cookies={SESSION_COOKIE: cookie}) as replay:
+        assert (await replay.get("/api/session")).status_code == 401
+        listed = await replay.get("/api/jobs")
+        assert listed.status_code == 401 and listed.json()["error"] == "not_authenticated", listed.text
+        token = await replay.post("/api/stream-tokens", json={"scope": "user"}, headers={"X-CSRF-Token": csrf})
+        assert token.status_code == 401
 
 
 async def test_models_list_names_each_kind(service: RunningServer, http: httpx.AsyncClient) -> None:
