@@ -3,6 +3,7 @@ service, Ctrl-C, and a restart that finds the data still there."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,7 +29,8 @@ def embedded_env() -> dict[str, str]:
     port = sock.getsockname()[1]
     sock.close()
     env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "FAL_KEY", "APP_URL")}
-    env.update(EMBEDDED_PGDATA=str(pgdata), PORT=str(port), LOG_LEVEL="WARNING")
+    # INFO: the request log is written, so the test below can check what it holds.
+    env.update(EMBEDDED_PGDATA=str(pgdata), PORT=str(port), LOG_LEVEL="INFO")
     yield env
     shutil.rmtree(pgdata.parent, ignore_errors=True)
 
@@ -90,6 +92,10 @@ def test_run_command_uses_embedded_postgres_and_keeps_data_across_restarts(embed
             job = httpx.get(f"{url}/api/jobs/{job['request_id']}", headers=auth).json()
         assert job["status"] == "completed" and job["mode"] == "webhook"
         assert httpx.get(job["result"]["images"][0]["url"]).headers["content-type"] == "image/png"
+        # A stream token travels in the query string, as EventSource sends it.
+        stream_token = created.json()["stream_token"]
+        ended = httpx.get(f"{url}/api/jobs/{job['request_id']}/events?token={stream_token}", timeout=30)
+        assert ended.status_code == 200 and "completed" in ended.text
     finally:
         code = stop(service)
     assert code == 0, log.read_text()
@@ -102,4 +108,19 @@ def test_run_command_uses_embedded_postgres_and_keeps_data_across_restarts(embed
         assert response.status_code == 200, "the user made before the restart is still there"
     finally:
         assert stop(service) == 0, log.read_text()
-    assert api_key not in log.read_text(), "a key never reaches a log line"
+    assert_no_secret_logged(log.read_text(), api_key=api_key, sign_in_token=links[0].split("?token=")[1],
+                            stream_token=stream_token, stream_path=f"/api/jobs/{job['request_id']}/events")
+
+
+def assert_no_secret_logged(text: str, *, api_key: str, sign_in_token: str, stream_token: str, stream_path: str) -> None:
+    lines = text.splitlines()
+    requests = [json.loads(line) for line in lines if line.startswith("{") and '"msg":"request"' in line]
+    paths = {entry["path"] for entry in requests}
+    # The requests that carried secrets were logged, each without its query string.
+    assert {"/", stream_path, "/api/jobs"} <= paths, sorted(paths)
+    assert not [p for p in paths if "?" in p or "token" in p], paths
+    assert api_key not in text, "a key never reaches a log line"
+    assert stream_token not in text, "a stream token never reaches a log line"
+    # The sign-in link is printed once, on purpose, for the person who started the service.
+    [printed] = [line for line in lines if sign_in_token in line]
+    assert printed.startswith("fal-jobs: open this one-time link")

@@ -138,6 +138,9 @@ def create_emulator_app(emulator: FalEmulator) -> Litestar:
         # Mounted inside another app, the outer app owns the emulator and closes it; aclose is idempotent.
         on_shutdown=[emulator.aclose],
         openapi_config=None,
+        # Litestar's default logging config would replace the root handler of the app it is
+        # mounted in, turning the service's JSON log lines into plain text without their fields.
+        logging_config=None,
     )
 
 
