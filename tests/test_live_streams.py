@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -198,8 +200,24 @@ async def test_listener_killed_mid_stream_loses_no_event(service: RunningServer,
     assert ready["checks"]["listener"] == "ok"
 
 
+# Every statement a backend runs moves its pg_stat_activity row to `active` and back to `idle`, and
+# each move stamps `state_change`. The backend writes that row into shared memory itself as the
+# statement starts and ends (not through the cumulative statistics that pg_stat_database's counters
+# are, which a backend flushes lazily, up to seconds later). So if the service's backends show the
+# same (pid, backend_start, state_change) before and after a window, and no new backend appeared,
+# not one statement ran in that window: an exact count, where xact_commit could include commits made
+# before the window. The service connects as a role of its own, so the test's own queries (through
+# the `postgres` role) are not in the count.
+BACKENDS = """
+SELECT pid, backend_start, state_change, state, query FROM pg_stat_activity
+WHERE usename = $1 AND datname = $2 AND application_name <> 'fal-jobs-listener' ORDER BY pid
+"""
+
+
 async def test_wait_answers_on_completion_and_at_the_deadline(server_dsn: str, fal: FalEmulator, http: httpx.AsyncClient) -> None:
-    """On a database of its own, so that the transaction counter sees this service alone."""
+    """The service runs on a database and a role of its own, so that its statements can be counted
+    exactly. The LISTEN connection is left out: it reads once per wake-up and once per 30 s per
+    process, however many clients wait, and waking the waiter is its job."""
     from service.app import create_app
     from service.auth.api_keys import create_user
     from service.db.migrations import apply_migrations
@@ -209,30 +227,48 @@ async def test_wait_answers_on_completion_and_at_the_deadline(server_dsn: str, f
     name = f"fal_jobs_wait_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.execute(f'CREATE ROLE "{name}" LOGIN')
     dsn = _with_database(server_dsn, name)
     apply_migrations(dsn)
     pool = await create_pool(dsn, min_size=1, max_size=2)
-    service = await serve(lambda url: create_app(fal_settings(dsn, fal, url, SSE_HEARTBEAT_S="60")))
+    await pool.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{name}"; '
+                       f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{name}"')
+    service_dsn = urlunsplit(urlsplit(dsn)._replace(netloc=f"{name}@{urlsplit(dsn).hostname}:{urlsplit(dsn).port}"))
+    service = await serve(lambda url: create_app(fal_settings(service_dsn, fal, url, SSE_HEARTBEAT_S="60")))
     try:
         user = await create_user(pool, "waiter")
         request_id = await new_job(pool, user)
         url = f"{service.url}/api/jobs/{request_id}"
 
-        async def commits() -> int:
-            return await admin.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name)
+        async def backends() -> list[tuple[object, ...]]:
+            return [tuple(row) for row in await admin.fetch(BACKENDS, name, name)]
 
+        async def settled(condition: Callable[[list[tuple[object, ...]]], bool]) -> list[tuple[object, ...]]:
+            async with asyncio.timeout(30):
+                while not condition(rows := await backends()):
+                    await asyncio.sleep(0.02)
+            return rows
+
+        # The start-up sweep ends by releasing its advisory lock: wait for that, so it is not counted.
+        await settled(lambda rows: any(r[3] == "idle" and "pg_advisory_unlock" in str(r[4]) for r in rows))
+        hub = service.app.state.hub
+        subscribers = hub.subscriber_count
         waiting = asyncio.create_task(http.get(f"{url}?wait=30", headers=bearer(user)))
-        await asyncio.sleep(0.3)
-        before = await commits()
-        await asyncio.sleep(1.0)
-        during = await commits() - before
+        # The waiter subscribes, then reads the job once: wait until that read has ended.
+        async with asyncio.timeout(30):
+            while hub.subscriber_count == subscribers:
+                await asyncio.sleep(0.01)
+        before = await settled(lambda rows: all(r[3] == "idle" for r in rows)
+                               and any("FROM fal_jobs WHERE request_id" in str(r[4]) for r in rows))
+        await asyncio.sleep(1.0)  # the window in which nothing may run (an absence needs a window)
+        after = await backends()
         assert not waiting.done()
-        assert during == 0, f"{during} transactions ran in this database while one client waited"
-        started = time.monotonic()
+        assert [r[:3] for r in after] == [r[:3] for r in before], f"statements ran while one client waited: {after}"
         await change(pool, request_id, "completed", result={"ok": True})
         response = await waiting
+        # A wait that ran out would answer with the state it last knew, `pending`: `completed` means
+        # the change woke it.
         assert response.status_code == 200 and response.json()["status"] == "completed"
-        assert time.monotonic() - started < 5
 
         pending = await new_job(pool, user)
         started = time.monotonic()
@@ -244,6 +280,7 @@ async def test_wait_answers_on_completion_and_at_the_deadline(server_dsn: str, f
         await service.stop()
         await pool.close()
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE "{name}"')
         await admin.close()
 
 
