@@ -179,19 +179,27 @@ def _media(request: Request[Any, Any, Any], size: int, media_type: str,
                   headers={"Cache-Control": "public, max-age=86400", "Content-Length": str(size)})
 
 
+class StreamBroken(Exception):
+    """Raised inside a status stream to cut its connection mid-body (fal_emulator.stream_breaks)."""
+
+
 async def _status_events(emulator: FalEmulator, app_ref: AppRef, request_id: str, with_logs: bool) -> AsyncIterator[bytes]:
     """SSE: one `data:` event per visible change, a `:` heartbeat when quiet, closed after COMPLETED."""
     last: bytes | None = None
+    req = emulator.requests[request_id]
+    breaks = req.stream_breaks > 0
+    req.stream_breaks -= breaks
     while not emulator.closed:
         changed = emulator.changed()  # taken before reading state so no change slips between
-        try:
-            code, view = emulator.status(app_ref, request_id, with_logs=with_logs)
-        except QueueError:
-            return
+        code, view = emulator.current_status(req, with_logs=with_logs)
         encoded = msgspec.json.encode(view)
         if encoded != last:
+            if last is not None and breaks:
+                raise StreamBroken(f"status stream of {request_id} cut (fal_emulator.stream_breaks)")
             yield b"data: " + encoded + b"\n\n"
             last = encoded
+        while req.faults.stream_stall and not emulator.closed:
+            await emulator.changed().wait()  # silent until the client gives up or the emulator closes
         if view.status == "COMPLETED":
             return
         try:

@@ -107,6 +107,12 @@ class EmulatedRequest:
     error: str | None = None
     error_type: str | None = None
     cancelled: bool = False
+    # Counted down by the faults of the same names (see FaultOptions).
+    status_5xx: int = 0
+    result_5xx: int = 0
+    stream_breaks: int = 0
+    released: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))
+    status_calls: int = 0
     # Set once the first webhook attempt is over, or when no webhook will be sent.
     webhook_settled: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -235,6 +241,9 @@ class FalEmulator:
             queue_ms=self.default_queue_ms if faults.queue_ms is None else faults.queue_ms,
             run_ms=self.default_run_ms if faults.run_ms is None else faults.run_ms,
             countdown=faults.queue_position,
+            status_5xx=faults.status_5xx,
+            result_5xx=faults.result_5xx,
+            stream_breaks=faults.stream_breaks,
         )
         self.requests[request_id] = req
         self.submissions.append(SubmitRecord(model_id, 200, request_id, lifecycle_preference))
@@ -255,11 +264,28 @@ class FalEmulator:
         return answer
 
     def status(self, app_ref: AppRef, request_id: str, *, with_logs: bool) -> tuple[int, StatusResponse]:
+        """A status call (a poll, or the opening of a status stream), counted, and failed while a
+        `status_5xx` fault lasts."""
         req = self._find(app_ref, request_id)
+        req.status_calls += 1
+        self._notify()
+        if req.status_5xx:
+            req.status_5xx -= 1
+            raise QueueError(500, {"detail": "Emulated status failure (fal_emulator.status_5xx)"})
+        return self.current_status(req, with_logs=with_logs)
+
+    def current_status(self, req: EmulatedRequest, *, with_logs: bool) -> tuple[int, StatusResponse]:
         return (200 if req.state == "COMPLETED" else 202), self.status_view(req, with_logs=with_logs)
+
+    def release(self, request_id: str) -> None:
+        """Let a held request (`hold`) past its next hold point: out of the queue, then to completion."""
+        self.requests[request_id].released.release()
 
     def result(self, app_ref: AppRef, request_id: str) -> tuple[int, dict[str, Any]]:
         req = self._find(app_ref, request_id)
+        if req.result_5xx and req.state == "COMPLETED":
+            req.result_5xx -= 1
+            raise QueueError(500, {"detail": "Emulated result failure (fal_emulator.result_5xx)"})
         if req.state != "COMPLETED" or req.result_body is None:
             raise QueueError(400, {"detail": "Request is still in progress"})
         return req.result_status, req.result_body
@@ -337,6 +363,8 @@ class FalEmulator:
             req.countdown = remaining
             self._notify()
             await asyncio.sleep(tick)
+        if req.faults.hold:
+            await req.released.acquire()
         req.state = "IN_PROGRESS"
         self._notify()
         lines = req.faults.logs
@@ -348,6 +376,8 @@ class FalEmulator:
             )
             self._notify()
         await asyncio.sleep(interval)
+        if req.faults.hold:
+            await req.released.acquire()
 
     def _finish(self, req: EmulatedRequest) -> None:
         inference_s = req.run_ms / 1000

@@ -43,6 +43,17 @@ class FaultOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     video_bytes: Annotated[int, Meta(ge=1, le=4 * 1024**3)] | None = None
     # Media URLs under this base instead of the emulator's own (a host outside an allow-list).
     media_base_url: Annotated[str, Meta(pattern=r"^https?://")] | None = None
+    # Held: the request stays queued (at position 0) after queue_ms, and stays running after its
+    # logs, each until `FalEmulator.release(request_id)`: a test steps it on its own events, not on time.
+    hold: bool = False
+    # fal having a bad moment with this request: the first N status calls (polls and status-stream
+    # openings) or result calls answer 500 (which fal-client does not retry by itself).
+    status_5xx: Annotated[int, Meta(ge=0, le=1000)] = 0
+    result_5xx: Annotated[int, Meta(ge=0, le=1000)] = 0
+    # The first N status streams of this request break (the connection is cut mid-body) after their
+    # first event; with stream_stall they go silent instead, sending nothing, heartbeats included.
+    stream_breaks: Annotated[int, Meta(ge=0, le=1000)] = 0
+    stream_stall: bool = False
 
 
 class FaultOptionsError(ValueError):

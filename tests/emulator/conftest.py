@@ -176,3 +176,12 @@ def closed_port_url() -> str:
 
 def faults(**options: Any) -> dict[str, Any]:
     return {"fal_emulator": options}
+
+
+async def lifecycle_over(emulator: FalEmulator, request_id: str, timeout: float = 30) -> None:
+    """Wait until a request's lifecycle task has ended: queue, run and every webhook delivery and
+    retry are behind it, so nothing more will be sent for it (an exact point, unlike a sleep)."""
+    task = emulator.requests[request_id].task
+    assert task is not None
+    await asyncio.wait([task], timeout=timeout)
+    assert task.done(), f"request {request_id} still running after {timeout} s"

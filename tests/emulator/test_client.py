@@ -13,7 +13,7 @@ from fal_client import Completed, FalClientHTTPError, InProgress, Queued
 
 from service.emulator import FalEmulator
 
-from .conftest import KEY, WebhookReceiver, auth, fal_against, faults, running_emulator
+from .conftest import KEY, WebhookReceiver, auth, fal_against, faults, lifecycle_over, running_emulator
 
 IMAGE_MODEL = "fal-ai/flux/dev"
 
@@ -225,7 +225,7 @@ async def test_cancel_queued_request(emu: FalEmulator, fal: fal_client.AsyncClie
         await fal.cancel(IMAGE_MODEL, handle.request_id)
     assert again.value.status_code == 400 and "ALREADY_COMPLETED" in str(again.value)
     # No webhook for a cancelled request (fal: removed from the queue, never processed).
-    await asyncio.sleep(0.3)
+    await lifecycle_over(emu, handle.request_id)  # its task is over: nothing more will be sent
     assert receiver.for_request(handle.request_id) == [] and emu.deliveries_for(handle.request_id) == []
 
 
