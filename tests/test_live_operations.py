@@ -112,11 +112,12 @@ async def test_two_processes_a_subscriber_on_a_gets_the_change_b_took(database_u
             token = (await http.post(f"{b}/api/stream-tokens", json={"scope": "user"}, headers=bearer(user))).json()["token"]
             async with SseReader(http, f"{a}/api/events?token={token}") as with_token:
                 assert (await with_token.next()).event == "ready"
-            # Shutdown ends open streams cleanly, so that browsers reconnect elsewhere.
-            started = time.monotonic()
+            # Shutdown ends open streams cleanly, so that browsers reconnect elsewhere: the body ends
+            # with its last chunk. A stream left open would be cut by uvicorn's graceful-shutdown
+            # time-out instead, which httpx reports as an incomplete body (no time bound needed).
             processes[0].send_signal(signal.SIGINT)
-            await on_a.expect_end(timeout=10)
-            assert time.monotonic() - started < 5
+            await on_a.expect_end(timeout=60)
+            assert on_a.error is None, f"the stream was cut, not ended: {on_a.error!r}"
         assert await asyncio.to_thread(processes[0].wait, 30) == 0
     finally:
         for process in processes:

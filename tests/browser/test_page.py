@@ -10,10 +10,13 @@ from typing import Any
 import asyncpg
 import httpx
 
+from service.emulator import FalEmulator
 from tests.browser.conftest import SCREENSHOTS
 from tests.conftest import RunningServer, bearer
 
-SLOW = {"queue_ms": 1500, "run_ms": 1500, "logs": 3}
+# Held by the emulator in each state until the test calls `fal.release(request_id)`: the page must
+# show the state before the job moves on, whatever the machine's speed (no queue timed to be long enough).
+HELD = {"hold": True, "queue_ms": 300, "run_ms": 300, "logs": 3}
 
 # Records every state each job card shows (status and the badge/detail text), from inside the page,
 # so a test can check the order of states even if its own polling would have missed one.
@@ -104,12 +107,16 @@ async def test_signed_out_page_explains_how_to_sign_in(signed_in: Any, service: 
     errors[:] = [e for e in errors if not ("401" in e and "/api/session" in e)]
 
 
-async def test_image_job_goes_queued_running_completed(signed_in: Any) -> None:
+async def test_image_job_goes_queued_running_completed(signed_in: Any, fal: FalEmulator) -> None:
     page = (await signed_in()).page
     await page.evaluate(RECORD_STATES)
     request_id = await submit(page, prompt="a red fox in snow",
-                              extra={"fal_emulator": {**SLOW, "queue_position": 2}}, num_images=2)
+                              extra={"fal_emulator": {**HELD, "queue_position": 2}}, num_images=2)
     job = card(page, request_id)
+    await expect_(job.get_by_test_id("job-status")).to_contain_text("Queued")
+    fal.release(request_id)
+    await expect_(job.locator(".detail")).to_contain_text("Step 3/3")
+    fal.release(request_id)
     await expect_(job).to_have_attribute("data-status", "completed")
     await expect_(job.get_by_test_id("job-status")).to_have_text("✓ Completed")
     images = job.get_by_test_id("job-image")
@@ -162,7 +169,7 @@ async def test_failed_job_shows_its_error(signed_in: Any) -> None:
 
 async def test_cancel_a_slow_job_from_its_card(signed_in: Any) -> None:
     page = (await signed_in()).page
-    request_id = await submit(page, prompt="never mind", extra={"fal_emulator": {"queue_ms": 10_000}})
+    request_id = await submit(page, prompt="never mind", extra={"fal_emulator": {"hold": True}})
     job = card(page, request_id)
     await expect_(job).to_have_attribute("data-status", "pending")
     await job.get_by_test_id("cancel").click()
@@ -171,9 +178,9 @@ async def test_cancel_a_slow_job_from_its_card(signed_in: Any) -> None:
     await expect_(job.get_by_test_id("cancel")).to_be_hidden()
 
 
-async def test_killed_listen_connection_mid_job_still_completes(signed_in: Any, pool: asyncpg.Pool) -> None:
+async def test_killed_listen_connection_mid_job_still_completes(signed_in: Any, pool: asyncpg.Pool, fal: FalEmulator) -> None:
     page = (await signed_in()).page
-    request_id = await submit(page, prompt="survives a dropped LISTEN", extra={"fal_emulator": SLOW})
+    request_id = await submit(page, prompt="survives a dropped LISTEN", extra={"fal_emulator": HELD})
     job = card(page, request_id)
     await expect_(job).to_have_attribute("data-status", "pending")
     killed = await pool.fetchval(
@@ -181,18 +188,22 @@ async def test_killed_listen_connection_mid_job_still_completes(signed_in: Any, 
         "WHERE application_name = 'fal-jobs-listener' AND datname = current_database()"
     )
     assert killed >= 1, "no LISTEN connection to kill: the test would prove nothing"
+    fal.release(request_id)
+    fal.release(request_id)
     await expect_(job).to_have_attribute("data-status", "completed")
     await expect_(job.get_by_test_id("job-image")).to_have_count(1)
 
 
-async def test_reload_mid_job_loses_nothing(signed_in: Any) -> None:
+async def test_reload_mid_job_loses_nothing(signed_in: Any, fal: FalEmulator) -> None:
     page = (await signed_in()).page
     done = await submit(page, prompt="finished before the reload", extra={"fal_emulator": {"queue_ms": 0, "run_ms": 0}})
     await expect_(card(page, done)).to_have_attribute("data-status", "completed")
-    request_id = await submit(page, prompt="outlives a reload", extra={"fal_emulator": {"queue_ms": 1000, "run_ms": 3000, "logs": 2}})
+    request_id = await submit(page, prompt="outlives a reload", extra={"fal_emulator": {**HELD, "logs": 2}})
+    fal.release(request_id)
     await expect_(card(page, request_id)).to_have_attribute("data-status", "in_progress")
     await page.reload()
     await expect_(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    fal.release(request_id)
     await expect_(card(page, request_id)).to_have_attribute("data-status", "completed")
     await expect_(card(page, done)).to_have_attribute("data-status", "completed")
     ids = await page.locator("[data-request-id]").evaluate_all("cards => cards.map(c => c.dataset.requestId)")
