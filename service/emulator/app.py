@@ -191,7 +191,7 @@ async def _status_events(emulator: FalEmulator, app_ref: AppRef, request_id: str
     req.stream_breaks -= breaks
     while not emulator.closed:
         changed = emulator.changed()  # taken before reading state so no change slips between
-        code, view = emulator.current_status(req, with_logs=with_logs)
+        _, view = emulator.current_status(req, with_logs=with_logs)
         encoded = msgspec.json.encode(view)
         if encoded != last:
             if last is not None and breaks:

@@ -108,8 +108,8 @@ class EmulatedRequest:
     error_type: str | None = None
     cancelled: bool = False
     # Counted down by the faults of the same names (see FaultOptions).
-    status_5xx: int = 0
-    result_5xx: int = 0
+    status_failures: int = 0
+    result_failures: int = 0
     stream_breaks: int = 0
     released: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))
     status_calls: int = 0
@@ -241,8 +241,8 @@ class FalEmulator:
             queue_ms=self.default_queue_ms if faults.queue_ms is None else faults.queue_ms,
             run_ms=self.default_run_ms if faults.run_ms is None else faults.run_ms,
             countdown=faults.queue_position,
-            status_5xx=faults.status_5xx,
-            result_5xx=faults.result_5xx,
+            status_failures=faults.status_failures,
+            result_failures=faults.result_failures,
             stream_breaks=faults.stream_breaks,
         )
         self.requests[request_id] = req
@@ -265,13 +265,13 @@ class FalEmulator:
 
     def status(self, app_ref: AppRef, request_id: str, *, with_logs: bool) -> tuple[int, StatusResponse]:
         """A status call (a poll, or the opening of a status stream), counted, and failed while a
-        `status_5xx` fault lasts."""
+        `status_failures` fault lasts."""
         req = self._find(app_ref, request_id)
         req.status_calls += 1
         self._notify()
-        if req.status_5xx:
-            req.status_5xx -= 1
-            raise QueueError(500, {"detail": "Emulated status failure (fal_emulator.status_5xx)"})
+        if req.status_failures:
+            req.status_failures -= 1
+            raise QueueError(req.faults.failure_status, {"detail": "Emulated status failure (fal_emulator.status_failures)"})
         return self.current_status(req, with_logs=with_logs)
 
     def current_status(self, req: EmulatedRequest, *, with_logs: bool) -> tuple[int, StatusResponse]:
@@ -283,9 +283,9 @@ class FalEmulator:
 
     def result(self, app_ref: AppRef, request_id: str) -> tuple[int, dict[str, Any]]:
         req = self._find(app_ref, request_id)
-        if req.result_5xx and req.state == "COMPLETED":
-            req.result_5xx -= 1
-            raise QueueError(500, {"detail": "Emulated result failure (fal_emulator.result_5xx)"})
+        if req.result_failures and req.state == "COMPLETED":
+            req.result_failures -= 1
+            raise QueueError(req.faults.failure_status, {"detail": "Emulated result failure (fal_emulator.result_failures)"})
         if req.state != "COMPLETED" or req.result_body is None:
             raise QueueError(400, {"detail": "Request is still in progress"})
         return req.result_status, req.result_body

@@ -47,9 +47,11 @@ class FaultOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     # logs, each until `FalEmulator.release(request_id)`: a test steps it on its own events, not on time.
     hold: bool = False
     # fal having a bad moment with this request: the first N status calls (polls and status-stream
-    # openings) or result calls answer 500 (which fal-client does not retry by itself).
-    status_5xx: Annotated[int, Meta(ge=0, le=1000)] = 0
-    result_5xx: Annotated[int, Meta(ge=0, le=1000)] = 0
+    # openings), or the first N result calls once it completed, answer `failure_status` (500 by
+    # default, which fal-client does not retry by itself).
+    status_failures: Annotated[int, Meta(ge=0, le=1000)] = 0
+    result_failures: Annotated[int, Meta(ge=0, le=1000)] = 0
+    failure_status: Annotated[int, Meta(ge=400, le=599)] = 500
     # The first N status streams of this request break (the connection is cut mid-body) after their
     # first event; with stream_stall they go silent instead, sending nothing, heartbeats included.
     stream_breaks: Annotated[int, Meta(ge=0, le=1000)] = 0

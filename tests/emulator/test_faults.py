@@ -164,7 +164,7 @@ async def test_no_webhook_without_fal_webhook(emu: FalEmulator, fal: fal_client.
 
 
 async def test_status_and_result_answer_500_for_a_while(emu: FalEmulator, fal: fal_client.AsyncClient) -> None:
-    handle = await fal.submit(MODEL, {"prompt": "x", **faults(status_5xx=2, result_5xx=1, queue_ms=0, run_ms=0)})
+    handle = await fal.submit(MODEL, {"prompt": "x", **faults(status_failures=2, result_failures=1, queue_ms=0, run_ms=0)})
     for _ in range(2):
         with pytest.raises(FalClientHTTPError) as failed:
             await fal.status(MODEL, handle.request_id)
