@@ -8,6 +8,7 @@ creates its own database there and drops it at the end, so two runs at once do n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import tempfile
@@ -192,6 +193,45 @@ async def user(pool: asyncpg.Pool) -> NewUser:
 @pytest_asyncio.fixture(loop_scope="session")
 async def other_user(pool: asyncpg.Pool) -> NewUser:
     return await create_user(pool, f"other-{uuid.uuid4().hex[:10]}")
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_dsn: str) -> AsyncIterator[str]:
+    """A migrated database of the caller's own, dropped at the end: for a test whose service must see
+    no other test's jobs (a sweep would fail them) or whose counts must be its own."""
+    name = f"fal_jobs_scratch_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        dsn = _with_database(server_dsn, name)
+        await asyncio.to_thread(apply_migrations, dsn)
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def scratch_role(dsn: str, *, create: bool = True) -> AsyncIterator[tuple[str, str]]:
+    """A login role of the caller's own on a scratch database: (role, a dsn that connects as it).
+    Its connections are told apart from the test's own in pg_stat_activity by `usename`. With
+    create=False the role does not exist yet: `CREATE ROLE` it when the test wants it to work."""
+    role = f"fal_jobs_role_{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(dsn)
+    role_dsn = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+    admin = await asyncpg.connect(dsn)
+    try:
+        if create:
+            await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        # Granted to PUBLIC (a scratch database has no other users), so the role owns nothing and
+        # holds no grant of its own, and DROP ROLE needs nothing else.
+        await admin.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC; "
+                            "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC")
+        yield role, role_dsn
+    finally:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role)
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
 
 
 def bearer(user: NewUser) -> dict[str, str]:

@@ -4,10 +4,11 @@ losing its connection, out-of-order commits, heartbeats, overflow, waiting witho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -19,7 +20,7 @@ from service.jobs.models import JobChange, LogLine, NewJob
 from service.jobs.status_machine import apply_change, create_job
 from service.emulator import FalEmulator
 from service.realtime.hub import Hub
-from tests.conftest import RunningServer, bearer
+from tests.conftest import RunningServer, bearer, fal_settings, scratch_database, scratch_role, serve
 from tests.sse import SseReader
 
 
@@ -220,28 +221,21 @@ async def test_wait_answers_on_completion_and_at_the_deadline(server_dsn: str, f
     process, however many clients wait, and waking the waiter is its job."""
     from service.app import create_app
     from service.auth.api_keys import create_user
-    from service.db.migrations import apply_migrations
     from service.db.pool import create_pool
-    from tests.conftest import _with_database, fal_settings, serve
 
-    name = f"fal_jobs_wait_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.execute(f'CREATE ROLE "{name}" LOGIN')
-    dsn = _with_database(server_dsn, name)
-    apply_migrations(dsn)
-    pool = await create_pool(dsn, min_size=1, max_size=2)
-    await pool.execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{name}"; '
-                       f'GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO "{name}"')
-    service_dsn = urlunsplit(urlsplit(dsn)._replace(netloc=f"{name}@{urlsplit(dsn).hostname}:{urlsplit(dsn).port}"))
-    service = await serve(lambda url: create_app(fal_settings(service_dsn, fal, url, SSE_HEARTBEAT_S="60")))
-    try:
+    async with scratch_database(server_dsn) as dsn, scratch_role(dsn) as (role, service_dsn), \
+            contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        stack.push_async_callback(pool.close)
+        service = await serve(lambda url: create_app(fal_settings(service_dsn, fal, url, SSE_HEARTBEAT_S="60")))
+        stack.push_async_callback(service.stop)
+        name = urlsplit(dsn).path.lstrip("/")
         user = await create_user(pool, "waiter")
         request_id = await new_job(pool, user)
         url = f"{service.url}/api/jobs/{request_id}"
 
         async def backends() -> list[tuple[object, ...]]:
-            return [tuple(row) for row in await admin.fetch(BACKENDS, name, name)]
+            return [tuple(row) for row in await pool.fetch(BACKENDS, role, name)]
 
         async def settled(condition: Callable[[list[tuple[object, ...]]], bool]) -> list[tuple[object, ...]]:
             async with asyncio.timeout(30):
@@ -276,12 +270,6 @@ async def test_wait_answers_on_completion_and_at_the_deadline(server_dsn: str, f
         assert response.json()["status"] == "pending" and time.monotonic() - started >= 0.45
         too_long = await http.get(f"{service.url}/api/jobs/{pending}?wait=301", headers=bearer(user))
         assert too_long.status_code == 400 and "wait" in too_long.json()["message"]
-    finally:
-        await service.stop()
-        await pool.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE "{name}"')
-        await admin.close()
 
 
 async def test_a_slow_subscriber_is_resynced_with_a_snapshot_not_buffered_forever(pool: asyncpg.Pool, user: NewUser) -> None:
