@@ -1,9 +1,13 @@
 """The one place that talks to fal, through fal-client.
 
-fal-client builds queue URLs from `fal_client.client.QUEUE_URL_FORMAT` at each call, so pointing it
-at another queue (the local emulator) is one assignment, made here from the settings. fal-client's
-`iter_events` polls; for fal's status *stream* we use the authenticated httpx client that
-fal-client itself holds, so credentials stay in one place.
+fal-client builds queue URLs from the module-wide `fal_client.client.QUEUE_URL_FORMAT`, so two
+gateways in one process (the service and the emulator's tests, or two services) would share it by
+accident. Each gateway therefore aims fal-client per call, from its own queue URL: status, result
+and cancel go through request handles built from that URL (no module global read at all); submit,
+which has no such handle, sets the global right before the call, once fal-client's HTTP client
+exists, so that the call builds its URL before its first suspension and no other task can change
+it in between. fal-client's `iter_events` polls; for fal's status *stream* we use the authenticated
+httpx client that fal-client itself holds, so credentials stay in one place.
 """
 
 from __future__ import annotations
@@ -69,11 +73,17 @@ class FalGateway:
         }
         self._client = fal_client.AsyncClient(key=key, default_timeout=timeout_s)
 
-    def _aim(self) -> fal_client.AsyncClient:
-        # fal-client reads this module global when it builds a URL, right after the call starts and
-        # before its first suspension; setting it per call lets several gateways share a process.
+    async def _aimed(self) -> fal_client.AsyncClient:
+        """fal-client, aimed at this gateway's queue for the submit about to be made (see above)."""
+        await self._http()  # resolved (and cached) first: from then on, awaiting it does not suspend
         fal_client.client.QUEUE_URL_FORMAT = self._queue_url + "/"
         return self._client
+
+    async def _handle(self, model_id: str, request_id: str) -> fal_client.AsyncRequestHandle:
+        """fal-client's handle on one request, at this gateway's own URLs."""
+        url = self._request_url(model_id, request_id)
+        return fal_client.AsyncRequestHandle(request_id=request_id, response_url=url, status_url=f"{url}/status",
+                                             cancel_url=f"{url}/cancel", client=await self._http())
 
     async def aclose(self) -> None:
         http = await self._http()
@@ -86,8 +96,8 @@ class FalGateway:
         """Queue a request and return fal's request id; UpstreamError names fal's refusal."""
         app, path = _app_path(model_id)
         try:
-            handle = await self._aim().submit(app, arguments, path=path, webhook_url=webhook_url,
-                                              headers=self._submit_headers)
+            handle = await (await self._aimed()).submit(app, arguments, path=path, webhook_url=webhook_url,
+                                                        headers=self._submit_headers)
         except fal_client.client.FalClientHTTPError as error:
             raise UpstreamError(f"fal refused the submit: {error.status_code} {_detail(error)}") from None
         except httpx.HTTPError as error:
@@ -95,9 +105,8 @@ class FalGateway:
         return handle.request_id
 
     async def status(self, model_id: str, request_id: str) -> FalStatus:
-        app, _ = _app_path(model_id)
         try:
-            status = await self._aim().status(app, request_id, with_logs=True)
+            status = await (await self._handle(model_id, request_id)).status(with_logs=True)
         except fal_client.client.FalClientHTTPError as error:
             raise FalRequestFailed(error.status_code, _detail(error)) from None
         if isinstance(status, fal_client.Queued):
@@ -123,18 +132,16 @@ class FalGateway:
 
     async def result(self, model_id: str, request_id: str) -> Any:
         """The output of a completed request; FalRequestFailed carries a failed one's error body."""
-        app, _ = _app_path(model_id)
         try:
             # fal-client polls the status every 0.1 s until COMPLETED before it fetches: bound it.
             async with asyncio.timeout(RESULT_TIMEOUT_S):
-                return await self._aim().result(app, request_id)
+                return await (await self._handle(model_id, request_id)).get()
         except fal_client.client.FalClientHTTPError as error:
             raise FalRequestFailed(error.status_code, _detail(error)) from None
 
     async def cancel(self, model_id: str, request_id: str) -> CancelOutcome:
-        app, _ = _app_path(model_id)
         try:
-            await self._aim().cancel(app, request_id)
+            await (await self._handle(model_id, request_id)).cancel()
         except fal_client.client.FalClientHTTPError as error:
             if error.status_code == 400:
                 return "already_completed"
