@@ -157,6 +157,19 @@ async def test_a_broken_status_stream_falls_back_to_polls_then_streams_again(pol
     assert fal.requests[request_id].stream_breaks == 0, "both streams were opened and broken"
 
 
+async def test_a_follower_stops_when_fal_no_longer_knows_the_job_and_the_sweep_fails_it(server_dsn: str, fal: FalEmulator, http: httpx.AsyncClient) -> None:
+    async with scratch_database(server_dsn) as dsn, database_pool(dsn) as pool:
+        user = await create_user(pool, "forgotten")
+        async with running_service(dsn, fal, webhooks=False, RECONCILE_INTERVAL_S="0.05", RECONCILE_AFTER_S="0.01") as service:
+            request_id = await created(http, service, user, hold=True)
+            await status_calls_reach(fal, request_id, 1, lambda: job(http, service, user, request_id))
+            fal.forget(request_id)  # its stream ends without COMPLETED; the next call is a 404
+            # The sweep skips a job that is being followed: only a follower that stopped lets it fail.
+            failed = await job(http, service, user, request_id, wait=30)
+            assert (failed["status"], failed["error_type"]) == ("failed", "unknown_to_fal"), failed
+            assert not service.app.state.follower.is_following(request_id)
+
+
 async def test_followers_past_the_limit_wait_their_turn(database_url: str, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser) -> None:
     async with running_service(database_url, fal, webhooks=False, MAX_FOLLOWERS="1") as service:
         first = await created(http, service, user, hold=True)
@@ -284,3 +297,29 @@ async def test_cancel_when_fal_already_completed_the_job(service: RunningServer,
     assert response.status_code == 409 and "already completed at fal" in response.json()["message"], response.text
     assert (await job(http, service, user, request_id))["status"] == "pending"
     assert not fal.requests[request_id].cancelled
+
+
+# 7: a resume too long to replay ----------------------------------------------------------------
+
+
+async def test_a_resume_past_the_replay_limit_gets_each_jobs_latest_state(service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser) -> None:
+    from service.realtime.streams import REPLAY_LIMIT
+
+    busy, quiet = [await record_job(pool, user, str(uuid.uuid4()), mode="webhook") for _ in range(2)]
+    async with SseReader(http, f"{service.url}/api/events", bearer(user)) as stream:
+        ready = await stream.next()
+    async with pool.acquire() as connection:
+        # More changes after the client's last event than a resume replays: fal counting a long queue down.
+        for position in range(REPLAY_LIMIT + 1, 0, -1):
+            assert (await apply_change(connection, busy, JobChange(status="pending", queue_position=position))).accepted
+        await apply_change(connection, quiet, JobChange(status="completed", result={"seed": 1}))
+    async with SseReader(http, f"{service.url}/api/events", {**bearer(user), "Last-Event-ID": str(ready.id)}) as resumed:
+        first_id, first = await resumed.next_job()
+        second_id, second = await resumed.next_job()
+        assert (first["request_id"], first["queue_position"]) == (busy, 1), "the busy job's latest state, not its first change"
+        assert (second["request_id"], second["status"]) == (quiet, "completed") and second_id > first_id
+        # Then it is live again, exactly after what the snapshot covered.
+        async with pool.acquire() as connection:
+            await apply_change(connection, busy, JobChange(status="completed", result={"seed": 2}))
+        live_id, live = await resumed.next_job()
+        assert (live["request_id"], live["status"]) == (busy, "completed") and live_id > second_id

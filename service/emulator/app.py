@@ -189,7 +189,7 @@ async def _status_events(emulator: FalEmulator, app_ref: AppRef, request_id: str
     req = emulator.requests[request_id]
     breaks = req.stream_breaks > 0
     req.stream_breaks -= breaks
-    while not emulator.closed:
+    while not emulator.closed and not req.forgotten:
         changed = emulator.changed()  # taken before reading state so no change slips between
         _, view = emulator.current_status(req, with_logs=with_logs)
         encoded = msgspec.json.encode(view)

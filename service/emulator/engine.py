@@ -113,6 +113,7 @@ class EmulatedRequest:
     stream_breaks: int = 0
     released: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))
     status_calls: int = 0
+    forgotten: bool = False
     # Set once the first webhook attempt is over, or when no webhook will be sent.
     webhook_settled: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -276,6 +277,13 @@ class FalEmulator:
 
     def current_status(self, req: EmulatedRequest, *, with_logs: bool) -> tuple[int, StatusResponse]:
         return (200 if req.state == "COMPLETED" else 202), self.status_view(req, with_logs=with_logs)
+
+    def forget(self, request_id: str) -> None:
+        """fal losing a request (expired, or lost on its side): every later call about it answers
+        404, and its open status streams end without COMPLETED."""
+        req = self.requests.pop(request_id)
+        req.forgotten = True
+        self._notify()
 
     def release(self, request_id: str) -> None:
         """Let a held request (`hold`) past its next hold point: out of the queue, then to completion."""

@@ -230,3 +230,17 @@ async def test_a_stalled_status_stream_sends_nothing(emu: FalEmulator, fal: fal_
     await lifecycle_over(emu, handle.request_id)
     # One event, then silence (no heartbeat either) although the request went on and completed.
     assert [line for line in lines if line] == [lines[0]] and lines[0].startswith("data: ")
+
+
+async def test_a_forgotten_request_ends_its_streams_and_answers_404(emu: FalEmulator, fal: fal_client.AsyncClient, http: httpx.AsyncClient) -> None:
+    handle = await fal.submit(MODEL, {"prompt": "x", **faults(hold=True, queue_ms=0)})
+    seen: list[str] = []
+    got_one = asyncio.Event()
+    streaming = asyncio.create_task(status_stream(http, emu, handle.request_id, seen, got_one))
+    await asyncio.wait_for(got_one.wait(), 10)
+    emu.forget(handle.request_id)
+    await asyncio.wait_for(streaming, 10)  # ended, without COMPLETED
+    assert seen == ["IN_QUEUE"]
+    with pytest.raises(FalClientHTTPError) as lost:
+        await fal.status(MODEL, handle.request_id)
+    assert lost.value.status_code == 404
