@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 
 import asyncpg
 import msgspec
@@ -84,10 +83,18 @@ class JobFollower:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _follow(self, target: FollowTarget) -> None:
-        deadline = time.monotonic() + self._give_up_after_s
+        try:
+            # The deadline bounds the whole follow, an open stream included: a job that fal keeps
+            # open past it would otherwise hold a follower slot forever, and the sweep skips it.
+            async with asyncio.timeout(self._give_up_after_s):
+                await self._follow_until_done(target)
+        except TimeoutError:
+            log.warning("gave up following a job; the sweep settles it", extra={"request_id": target.request_id})
+
+    async def _follow_until_done(self, target: FollowTarget) -> None:
         attempt = 0
         try:
-            while time.monotonic() < deadline:
+            while True:
                 try:
                     async for status in self._gateway.stream_status(target.model_id, target.request_id):
                         if await self._take(target, status):
