@@ -4,6 +4,7 @@ the database refuses a write, and the service must still end every paid job righ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -19,6 +20,8 @@ from service.auth.api_keys import NewUser, create_user
 from service.db.pool import create_pool
 from service.emulator import FalEmulator
 from service.emulator.signing import signed_headers
+from service.fal.follower import FollowTarget, JobFollower
+from service.fal.gateway import FalGateway
 from service.jobs.models import JobChange, NewJob
 from service.jobs.status_machine import apply_change, create_job
 from tests.conftest import (
@@ -170,6 +173,45 @@ async def test_a_follower_stops_when_fal_no_longer_knows_the_job_and_the_sweep_f
             assert not service.app.state.follower.is_following(request_id)
 
 
+@contextlib.asynccontextmanager
+async def follower_of_its_own(pool: asyncpg.Pool, fal: FalEmulator, **options: float) -> AsyncIterator[JobFollower]:
+    """A follower outside any service, for the limits no setting reaches (the stream's read time-out,
+    the give-up deadline): the real gateway, emulator and database, with short bounds."""
+    gateway = FalGateway(key=FAL_KEY, queue_url=fal.base_url, stream_read_timeout_s=options.pop("stream_read_timeout_s", 60.0))
+    follower = JobFollower(pool, gateway, **options)  # type: ignore[arg-type]
+    try:
+        yield follower
+    finally:
+        await follower.aclose()
+        await gateway.aclose()
+
+
+async def follower_done(follower: JobFollower) -> None:
+    async with asyncio.timeout(30):
+        while follower.active:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_stalled_status_stream_times_out_and_polls_see_the_job_through(fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser) -> None:
+    request_id = await record_job(pool, user, await submit_to_fal(http, fal, hold=True, stream_stall=True))
+    async with follower_of_its_own(pool, fal, stream_read_timeout_s=0.5) as follower:
+        follower.follow(FollowTarget(request_id=request_id, model_id=MODEL, mode="polling"))
+        await status_calls_reach(fal, request_id, 1, lambda: pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id))
+        fal.release(request_id)
+        fal.release(request_id)  # done at fal; the stalled stream never says so
+        await follower_done(follower)
+    assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id) == "completed"
+
+
+async def test_a_follower_gives_up_at_its_deadline_even_on_an_open_stream(fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser) -> None:
+    request_id = await record_job(pool, user, await submit_to_fal(http, fal, hold=True))
+    async with follower_of_its_own(pool, fal, give_up_after_s=0.5) as follower:
+        follower.follow(FollowTarget(request_id=request_id, model_id=MODEL, mode="polling"))
+        await follower_done(follower)  # a healthy, quiet stream to a job fal keeps queued
+        assert not follower.is_following(request_id), "the slot is free again; the sweep settles the job"
+    assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id) == "pending"
+
+
 async def test_followers_past_the_limit_wait_their_turn(database_url: str, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser) -> None:
     async with running_service(database_url, fal, webhooks=False, MAX_FOLLOWERS="1") as service:
         first = await created(http, service, user, hold=True)
@@ -194,6 +236,7 @@ async def test_a_payload_error_whose_result_fetch_fails_with_5xx_is_refused_so_f
     request_id = await created(http, service, user, outcome="payload_error", result_failures=1)
     done = await job(http, service, user, request_id, wait=30)
     assert done["status"] == "completed" and done["result"]["seed"] > 2**53
+    await fal.wait_until(lambda: len(fal.deliveries_for(request_id)) >= 2)  # recorded once answered
     assert [d.status_code for d in fal.deliveries_for(request_id)] == [503, 200]
 
 
@@ -201,6 +244,7 @@ async def test_a_payload_error_whose_result_fetch_answers_4xx_fails_the_job(serv
     request_id = await created(http, service, user, outcome="payload_error", result_failures=1000, failure_status=404)
     failed = await job(http, service, user, request_id, wait=30)
     assert failed["status"] == "failed" and "404" in failed["error"], failed
+    await fal.wait_until(lambda: len(fal.deliveries_for(request_id)) >= 1)  # recorded once answered
     assert [d.status_code for d in fal.deliveries_for(request_id)] == [200]
 
 

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 CancelOutcome = Literal["requested", "already_completed", "not_found"]
 RESULT_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 30.0
+"""A status or cancel call ends within this, fal-client's own retries included (it retries a
+time-out up to ten times, at 120 s each)."""
 
 
 class FalRequestFailed(Exception):
@@ -65,12 +68,15 @@ def _detail(error: fal_client.client.FalClientHTTPError) -> Any:
 
 
 class FalGateway:
-    def __init__(self, *, key: str, queue_url: str, timeout_s: float = 30.0, media_expiry_s: int | None = None) -> None:
+    def __init__(self, *, key: str, queue_url: str, timeout_s: float = 30.0, media_expiry_s: int | None = None,
+                 stream_read_timeout_s: float = 60.0) -> None:
         self._queue_url = queue_url.rstrip("/")
         # fal keeps a request's media per this header: once our copy is safe, fal's may go.
         self._submit_headers = {} if media_expiry_s is None else {
             "X-Fal-Object-Lifecycle-Preference": msgspec.json.encode({"expiration_duration_seconds": media_expiry_s}).decode()
         }
+        # fal sends a comment every 15 s on a quiet status stream: a longer silence is a stalled one.
+        self._stream_timeout = httpx.Timeout(30.0, read=stream_read_timeout_s)
         self._client = fal_client.AsyncClient(key=key, default_timeout=timeout_s)
 
     async def _aimed(self) -> fal_client.AsyncClient:
@@ -106,7 +112,8 @@ class FalGateway:
 
     async def status(self, model_id: str, request_id: str) -> FalStatus:
         try:
-            status = await (await self._handle(model_id, request_id)).status(with_logs=True)
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                status = await (await self._handle(model_id, request_id)).status(with_logs=True)
         except fal_client.client.FalClientHTTPError as error:
             raise FalRequestFailed(error.status_code, _detail(error)) from None
         if isinstance(status, fal_client.Queued):
@@ -121,8 +128,7 @@ class FalGateway:
         """fal's status stream: one status per change, ending after COMPLETED."""
         http = await self._http()
         url = f"{self._request_url(model_id, request_id)}/status/stream"
-        timeout = httpx.Timeout(30.0, read=60.0)  # fal sends a comment every 15 s
-        async with aconnect_sse(http, "GET", url, params={"logs": "1"}, timeout=timeout) as source:
+        async with aconnect_sse(http, "GET", url, params={"logs": "1"}, timeout=self._stream_timeout) as source:
             if source.response.status_code >= 400:
                 await source.response.aread()
                 raise FalRequestFailed(source.response.status_code, _body(source.response))
@@ -141,14 +147,15 @@ class FalGateway:
 
     async def cancel(self, model_id: str, request_id: str) -> CancelOutcome:
         try:
-            await (await self._handle(model_id, request_id)).cancel()
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await (await self._handle(model_id, request_id)).cancel()
         except fal_client.client.FalClientHTTPError as error:
             if error.status_code == 400:
                 return "already_completed"
             if error.status_code == 404:
                 return "not_found"
             raise UpstreamError(f"fal refused the cancel: {error.status_code} {_detail(error)}") from None
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, TimeoutError) as error:
             raise UpstreamError(f"fal could not be reached: {type(error).__name__}") from None
         return "requested"
 
