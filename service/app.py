@@ -112,7 +112,8 @@ def create_app(settings: Settings) -> Litestar:
             await listener.wait_connected(timeout=10)  # else /readyz says so, and it keeps trying
         restore_signals = close_streams_on_exit_signal(hub)
         http = httpx.AsyncClient(timeout=10)
-        gateway = FalGateway(key=fal_key, queue_url=queue_url, media_expiry_s=settings.fal_media_expiry_s)
+        gateway = FalGateway(key=fal_key, queue_url=queue_url, media_expiry_s=settings.fal_media_expiry_s,
+                             call_timeout_s=settings.fal_call_timeout_s)
         store = MediaStore.open(settings.media_store_url, settings.media_dir)
         media_policy = SourcePolicy(settings.media_hosts,
                                     emulator_media_base=emulator.media_base if emulator else settings.emulator_media_url)

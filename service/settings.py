@@ -115,6 +115,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Asks fal to delete its copy of a request's media this long after it is made."""
     emulator_media_url: HttpUrl | None = None
     """The local emulator's media base (`run` sets it): copied although it is http on loopback."""
+    fal_call_timeout_s: Seconds = 30.0
+    """A status or cancel call to fal ends within this, fal-client's own retries included."""
 
     def __post_init__(self) -> None:
         # URLs are joined with paths later; one spelling, without the trailing slash.

@@ -131,6 +131,21 @@ async def test_the_sweep_leaves_jobs_open_while_fal_fails_and_fails_only_what_fa
         assert parked == {fresh}, "a parked webhook no job claimed for a day is dropped; a fresh one stays"
 
 
+async def test_the_sweep_leaves_a_job_open_when_fal_times_out(server_dsn: str, fal: FalEmulator, http: httpx.AsyncClient) -> None:
+    async with scratch_database(server_dsn) as dsn, database_pool(dsn) as pool:
+        user = await create_user(pool, "patient")
+        slow = await record_job(pool, user, await submit_to_fal(http, fal, hold=True, status_stalls=2))
+        async with running_service(dsn, fal, webhooks=False, RECONCILE_INTERVAL_S="0.05", RECONCILE_AFTER_S="0.01",
+                                   FAL_CALL_TIMEOUT_S="0.5") as service:
+            # Two sweeps waited for fal in vain and went on; the third got an answer.
+            await status_calls_reach(fal, slow, 3, lambda: job(http, service, user, slow))
+            still = await job(http, service, user, slow)
+            assert still["status"] == "pending", f"a time-out at fal must leave a job open: {still}"
+            fal.release(slow)
+            fal.release(slow)
+            assert (await job(http, service, user, slow, wait=30))["status"] == "completed"
+
+
 async def test_a_restarted_service_follows_the_open_jobs_again(server_dsn: str, fal: FalEmulator, http: httpx.AsyncClient) -> None:
     async with scratch_database(server_dsn) as dsn, database_pool(dsn) as pool:
         user = await create_user(pool, "restarter")

@@ -112,6 +112,8 @@ def create_emulator_app(emulator: FalEmulator) -> Litestar:
             if rest == [] or rest == ["response"]:
                 return _json(*emulator.result(app_ref, request_id))
             if rest == ["status"]:
+                if emulator.stalls(app_ref, request_id):
+                    await emulator.wait_closed()  # no answer: the caller's time-out decides
                 return _json(*emulator.status(app_ref, request_id, with_logs=with_logs))
             if rest == ["status", "stream"]:
                 emulator.status(app_ref, request_id, with_logs=with_logs)  # 404 before the stream opens

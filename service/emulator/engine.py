@@ -110,6 +110,7 @@ class EmulatedRequest:
     # Counted down by the faults of the same names (see FaultOptions).
     status_failures: int = 0
     result_failures: int = 0
+    status_stalls: int = 0
     stream_breaks: int = 0
     released: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))
     status_calls: int = 0
@@ -243,6 +244,7 @@ class FalEmulator:
             run_ms=self.default_run_ms if faults.run_ms is None else faults.run_ms,
             countdown=faults.queue_position,
             status_failures=faults.status_failures,
+            status_stalls=faults.status_stalls,
             result_failures=faults.result_failures,
             stream_breaks=faults.stream_breaks,
         )
@@ -274,6 +276,20 @@ class FalEmulator:
             req.status_failures -= 1
             raise QueueError(req.faults.failure_status, {"detail": "Emulated status failure (fal_emulator.status_failures)"})
         return self.current_status(req, with_logs=with_logs)
+
+    def stalls(self, app_ref: AppRef, request_id: str) -> bool:
+        """Whether this status poll must never answer (`status_stalls`); counted as a status call."""
+        req = self._find(app_ref, request_id)
+        if not req.status_stalls:
+            return False
+        req.status_stalls -= 1
+        req.status_calls += 1
+        self._notify()
+        return True
+
+    async def wait_closed(self) -> None:
+        while not self._closed:
+            await self._changed.wait()
 
     def current_status(self, req: EmulatedRequest, *, with_logs: bool) -> tuple[int, StatusResponse]:
         return (200 if req.state == "COMPLETED" else 202), self.status_view(req, with_logs=with_logs)

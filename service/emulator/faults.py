@@ -52,6 +52,8 @@ class FaultOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     status_failures: Annotated[int, Meta(ge=0, le=1000)] = 0
     result_failures: Annotated[int, Meta(ge=0, le=1000)] = 0
     failure_status: Annotated[int, Meta(ge=400, le=599)] = 500
+    # The first N status polls (not stream openings) never answer: fal timing out.
+    status_stalls: Annotated[int, Meta(ge=0, le=1000)] = 0
     # The first N status streams of this request break (the connection is cut mid-body) after their
     # first event; with stream_stall they go silent instead, sending nothing, heartbeats included.
     stream_breaks: Annotated[int, Meta(ge=0, le=1000)] = 0

@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 
 CancelOutcome = Literal["requested", "already_completed", "not_found"]
 RESULT_TIMEOUT_S = 30.0
-CALL_TIMEOUT_S = 30.0
-"""A status or cancel call ends within this, fal-client's own retries included (it retries a
-time-out up to ten times, at 120 s each)."""
 
 
 class FalRequestFailed(Exception):
@@ -69,12 +66,15 @@ def _detail(error: fal_client.client.FalClientHTTPError) -> Any:
 
 class FalGateway:
     def __init__(self, *, key: str, queue_url: str, timeout_s: float = 30.0, media_expiry_s: int | None = None,
-                 stream_read_timeout_s: float = 60.0) -> None:
+                 call_timeout_s: float = 30.0, stream_read_timeout_s: float = 60.0) -> None:
         self._queue_url = queue_url.rstrip("/")
         # fal keeps a request's media per this header: once our copy is safe, fal's may go.
         self._submit_headers = {} if media_expiry_s is None else {
             "X-Fal-Object-Lifecycle-Preference": msgspec.json.encode({"expiration_duration_seconds": media_expiry_s}).decode()
         }
+        # Bounds a status or cancel call, fal-client's own retries included (it retries a time-out
+        # up to ten times, at 120 s each).
+        self._call_timeout_s = call_timeout_s
         # fal sends a comment every 15 s on a quiet status stream: a longer silence is a stalled one.
         self._stream_timeout = httpx.Timeout(30.0, read=stream_read_timeout_s)
         self._client = fal_client.AsyncClient(key=key, default_timeout=timeout_s)
@@ -112,7 +112,7 @@ class FalGateway:
 
     async def status(self, model_id: str, request_id: str) -> FalStatus:
         try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
+            async with asyncio.timeout(self._call_timeout_s):
                 status = await (await self._handle(model_id, request_id)).status(with_logs=True)
         except fal_client.client.FalClientHTTPError as error:
             raise FalRequestFailed(error.status_code, _detail(error)) from None
@@ -147,7 +147,7 @@ class FalGateway:
 
     async def cancel(self, model_id: str, request_id: str) -> CancelOutcome:
         try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
+            async with asyncio.timeout(self._call_timeout_s):
                 await (await self._handle(model_id, request_id)).cancel()
         except fal_client.client.FalClientHTTPError as error:
             if error.status_code == 400:
