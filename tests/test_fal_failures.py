@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -59,11 +60,11 @@ async def database_pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-async def record_job(pool: asyncpg.Pool, user: NewUser, request_id: str, mode: str = "polling") -> str:
+async def record_job(pool: asyncpg.Pool, user: NewUser, request_id: str, mode: str = "polling", prompt: str = "p") -> str:
     """A job row as the service writes it, for a request the service itself did not submit."""
     async with pool.acquire() as connection:
         await create_job(connection, NewJob(request_id=request_id, user_id=user.user_id, model_id=MODEL, type="image",
-                                            input={"prompt": "p"}, mode=mode))  # type: ignore[arg-type]
+                                            input={"prompt": prompt}, mode=mode))  # type: ignore[arg-type]
     return request_id
 
 
@@ -382,3 +383,40 @@ async def test_a_resume_past_the_replay_limit_gets_each_jobs_latest_state(servic
             await apply_change(connection, busy, JobChange(status="completed", result={"seed": 2}))
         live_id, live = await resumed.next_job()
         assert (live["request_id"], live["status"]) == (busy, "completed") and live_id > second_id
+
+
+async def test_a_subscriber_that_stops_reading_overflows_its_queue_and_gets_a_fresh_snapshot(service: RunningServer, pool: asyncpg.Pool, user: NewUser) -> None:
+    """Through HTTP at the real queue size (256): a client that stops reading fills its socket, the
+    server's writes block, the subscriber's queue overflows, and when the client reads again it
+    gets the jobs' latest states instead of the dropped backlog."""
+    busy = await record_job(pool, user, str(uuid.uuid4()), mode="webhook", prompt="x" * 8000)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    host, port = service.url.removeprefix("http://").split(":")
+    sock.connect((host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        # HTTP/1.0: the body comes unchunked, so SSE messages can be split on blank lines as they are.
+        writer.write(f"GET /api/events HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {user.api_key}\r\n\r\n".encode())
+        await writer.drain()
+        assert b"event: ready" in await asyncio.wait_for(reader.readuntil(b"event: ready"), 10)
+        changes = 1000
+        async with pool.acquire() as connection:
+            for position in range(changes, 0, -1):
+                await apply_change(connection, busy, JobChange(status="pending", queue_position=position))
+        # Read again until the busy job's last state arrives.
+        seen: list[int] = []
+        buffer = b""
+        async with asyncio.timeout(60):
+            while not seen or seen[-1] != 1:
+                buffer += await reader.read(65536)
+                *messages, buffer = buffer.split(b"\n\n")
+                for message in messages:
+                    lines = message.split(b"\n")
+                    if b"event: job" in lines:
+                        [data] = [line for line in lines if line.startswith(b"data: ")]
+                        seen.append(msgspec.json.decode(data[6:])["queue_position"])
+        assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen), "in order, no duplicate"
+        assert len(seen) < changes, f"all {changes} changes were buffered for a client that did not read"
+    finally:
+        writer.close()
