@@ -127,7 +127,7 @@ async def test_disconnects_free_every_subscription(service: RunningServer, http:
     assert hub.subscriber_count == before + 40
     for reader in readers:
         await reader.close()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # generous: a loaded machine may take a while to see the closes
     while hub.subscriber_count != before and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert hub.subscriber_count == before == 0
