@@ -42,6 +42,17 @@ def hub_of(service: RunningServer) -> Hub:
     return service.app.state.hub
 
 
+async def caught_up(service: RunningServer, pool: asyncpg.Pool) -> None:
+    """Wait until the service's listener has published every event committed so far, so that a
+    stream opened now starts after them (its `ready` position): else, on a busy machine, the
+    creation events of the test's own jobs can still arrive live and look like a change."""
+    newest = await pool.fetchval("SELECT coalesce(max(id), 0) FROM fal_job_events")
+    hub = hub_of(service)
+    async with asyncio.timeout(30):
+        while hub.position < newest:
+            await asyncio.sleep(0.01)
+
+
 async def test_job_stream_sends_snapshot_then_changes_then_ends(service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser) -> None:
     request_id = await new_job(pool, user)
     await change(pool, request_id, "pending", queue_position=3)
@@ -136,6 +147,7 @@ async def test_disconnects_free_every_subscription(service: RunningServer, http:
 async def test_a_late_commit_of_a_lower_id_reaches_every_stream_and_every_resume(service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, database_url: str, user: NewUser) -> None:
     """Transaction 1 takes event id N and commits after transaction 2 took and committed N+1."""
     job_1, job_2 = await new_job(pool, user), await new_job(pool, user)
+    await caught_up(service, pool)
     async with SseReader(http, f"{service.url}/api/events", bearer(user)) as stream, \
             SseReader(http, f"{service.url}/api/jobs/{job_1}/events", bearer(user)) as job_1_stream:
         ready = await stream.next()
@@ -163,6 +175,7 @@ async def test_a_late_commit_of_a_lower_id_reaches_every_stream_and_every_resume
 
 async def test_a_rolled_back_id_does_not_hold_the_stream_forever(service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, database_url: str, user: NewUser) -> None:
     job_1, job_2 = await new_job(pool, user), await new_job(pool, user)
+    await caught_up(service, pool)
     async with SseReader(http, f"{service.url}/api/events", bearer(user)) as stream:
         await stream.next()
         slow = await asyncpg.connect(database_url)
