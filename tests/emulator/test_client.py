@@ -13,7 +13,15 @@ from fal_client import Completed, FalClientHTTPError, InProgress, Queued
 
 from service.emulator import FalEmulator
 
-from .conftest import KEY, WebhookReceiver, auth, fal_against, faults, lifecycle_over, running_emulator
+from .conftest import (
+    KEY,
+    WebhookReceiver,
+    auth,
+    fal_against,
+    faults,
+    lifecycle_over,
+    running_emulator,
+)
 
 IMAGE_MODEL = "fal-ai/flux/dev"
 
