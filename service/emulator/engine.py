@@ -297,7 +297,7 @@ class FalEmulator:
     def forget(self, request_id: str) -> None:
         """fal losing a request (expired, or lost on its side): every later call about it answers
         404, and its open status streams end without COMPLETED."""
-        req = self.requests.pop(request_id)
+        req = self.requests[request_id]  # kept, so tests can still look at what was submitted
         req.forgotten = True
         self._notify()
 
@@ -316,7 +316,7 @@ class FalEmulator:
 
     def cancel(self, app_ref: AppRef, request_id: str) -> tuple[int, dict[str, Any]]:
         req = self.requests.get(request_id)
-        if req is None or req.app_ref != app_ref:
+        if req is None or req.app_ref != app_ref or req.forgotten:
             return 404, {"status": "NOT_FOUND"}
         if req.state == "COMPLETED":
             return 400, {"status": "ALREADY_COMPLETED"}
@@ -358,7 +358,7 @@ class FalEmulator:
 
     def _find(self, app_ref: AppRef, request_id: str) -> EmulatedRequest:
         req = self.requests.get(request_id)
-        if req is None or req.app_ref != app_ref:
+        if req is None or req.app_ref != app_ref or req.forgotten:
             raise QueueError(404, {"detail": f"Request {request_id} not found"})
         return req
 
