@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 from litestar import Litestar, asgi, get
@@ -49,3 +52,30 @@ async def test_mounted_under_prefix(http: httpx.AsyncClient, receiver: WebhookRe
         assert (await http.get(f"http://127.0.0.1:{port}{PREFIX}/nope/x/requests/1/status")).status_code == 401
     assert emulator.closed
     await emulator.aclose()  # a second close (e.g. also wired elsewhere) is harmless
+
+
+# In a process of its own: it sets up the root logger as the service does.
+KEEPS_LOGGING = """
+import asyncio, logging
+from litestar.testing import AsyncTestClient
+from service.emulator import FalEmulator, create_emulator_app
+from service.logging import configure_logging
+
+configure_logging("INFO")
+
+async def main():
+    async with AsyncTestClient(create_emulator_app(FalEmulator("http://127.0.0.1:1", "k"))) as client:
+        await client.get("/.well-known/jwks.json")
+
+asyncio.run(main())
+print(",".join(type(handler.formatter).__name__ for handler in logging.getLogger().handlers))
+"""
+
+
+def test_starting_the_emulator_app_keeps_the_services_json_log_handler() -> None:
+    """Mounted inside the service (FAL_EMULATOR=1), its start-up must not replace the root
+    handler with Litestar's default one: every later line would lose its JSON fields."""
+    done = subprocess.run([sys.executable, "-c", KEEPS_LOGGING], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "JsonFormatter", done.stdout
