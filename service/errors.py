@@ -70,3 +70,8 @@ class Gone(DomainError):
     """It was here and was removed for good (a deleted job's media)."""
 
     code = "gone"
+
+
+class DatabaseUnavailable(Unavailable):
+    """Postgres could not serve the call: unreachable, too slow, restarting, or the connection broke.
+    Raised by the pool (`service.db.pool`), never for a query that is merely wrong."""

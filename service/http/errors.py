@@ -13,8 +13,10 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from service.db.pool import is_unavailable
 from service.errors import (
     Conflict,
+    DatabaseUnavailable,
     DomainError,
     Forbidden,
     IdempotencyKeyReused,
@@ -78,6 +80,10 @@ def _status_for(exc: DomainError) -> int:
     return 500
 
 
+RETRY_AFTER_S = "1"
+"""What a 503 tells its caller (fal included) to wait before retrying."""
+
+
 def handle_domain_error(request: Request, exc: DomainError) -> Response[ErrorBody]:
     status = _status_for(exc)
     headers: dict[str, str] = {}
@@ -85,6 +91,10 @@ def handle_domain_error(request: Request, exc: DomainError) -> Response[ErrorBod
         headers["WWW-Authenticate"] = "Bearer"
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, exc.retry_after_s))
+    elif status == 503:
+        headers["Retry-After"] = RETRY_AFTER_S
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("database unavailable", extra={"action": "answer_503", "error": exc.message})
     return error_response(status, exc.code, exc.message, headers or None)
 
 
@@ -109,18 +119,14 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response[Erro
 
 
 def handle_database_unavailable(request: Request, exc: Exception) -> Response[ErrorBody]:
-    log.warning("database unavailable", extra={"error": type(exc).__name__})
-    return error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": "1"})
+    log.warning("database unavailable", extra={"action": "answer_503", "error": type(exc).__name__})
+    return error_response(503, "unavailable", "the database is unavailable; retry later", {"Retry-After": RETRY_AFTER_S})
 
 
-# SQLSTATE classes that mean "the database cannot serve us right now", not "this query is wrong":
-# connection exceptions, insufficient resources, operator intervention (shutdown, restart), and a
-# database that is gone.
-_UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "3D000")
-
-
-def handle_postgres_error(request: Request, exc: asyncpg.PostgresError) -> Response[ErrorBody]:
-    if (exc.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATES):
+def handle_database_error(request: Request, exc: Exception) -> Response[ErrorBody]:
+    """An asyncpg error that escaped the pool's translation (a connection used outside it): a 503
+    when the database or the connection failed, a 500 when the query did."""
+    if is_unavailable(exc):
         return handle_database_unavailable(request, exc)
     return handle_unexpected(request, exc)
 
@@ -134,9 +140,10 @@ EXCEPTION_HANDLERS = {
     DomainError: handle_domain_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_exception,
-    asyncpg.PostgresError: handle_postgres_error,
-    asyncpg.InterfaceError: handle_database_unavailable,
-    ConnectionError: handle_database_unavailable,
-    OSError: handle_database_unavailable,
+    # Only database errors: an OSError or a TimeoutError from anything else is a 500, not "database
+    # unavailable" (the pool turns its own into DatabaseUnavailable, a DomainError).
+    asyncpg.PostgresError: handle_database_error,
+    asyncpg.InterfaceError: handle_database_error,
+    asyncpg.InternalClientError: handle_database_error,
     Exception: handle_unexpected,
 }
