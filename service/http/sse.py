@@ -49,9 +49,10 @@ class EventStreamASGI:
             (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
             *((k.lower().encode(), v.encode()) for k, v in self._headers.items()),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
         watcher = asyncio.create_task(self._close_on_disconnect(receive))
         try:
+            # Inside the try: a client gone before the start still closes the stream and its subscription.
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": f"retry: {self._retry_ms}\n\n".encode(), "more_body": True})
             async for message in self._stream:  # type: ignore[attr-defined]
                 await send({"type": "http.response.body", "body": encode(message), "more_body": True})

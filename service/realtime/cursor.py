@@ -9,48 +9,93 @@ transaction running at detection has ended, and an id still missing then never w
 
 This relies on one property of our writers: the transaction that inserts an event holds a
 transaction id before it draws the event's id (the status machine updates or inserts the job row
-first). Pure logic, no I/O: the listener feeds it reads.
+first). Pure logic, no I/O: the listener feeds it reads, asking for what `read_after`,
+`read_limit` and `wanted_ids` say.
 
 One bound on waiting: xmin is cluster-wide, so a long transaction anywhere (an idle-in-transaction
 session, say) would hold a rolled-back gap open, and every later event with it. A gap older than
-`gap_timeout_s` is skipped and counted in `skipped_by_timeout` (the listener logs it): live
-delivery resumes, at the price that an event committing after that long would reach only the
-streams opened afterwards. Our own writers commit within milliseconds of drawing an id.
+`gap_timeout_s` is skipped, so live delivery resumes, but it is not forgotten: its id stays in
+`wanted_ids`, every read asks for it again, and should its transaction commit after all the event
+comes out of `advance` as *late* (in `late`, for the listener to publish). A skipped id is dropped
+only once xmin passes its horizon, which proves its transaction ended (had it committed, the same
+read would have shown its row). Nothing is lost however long the transaction takes.
+
+The read-ahead is capped too: while a gap is open, at most `max_held` events wait above it; past
+that the reads ask only for the missing ids until the gap closes.
 """
 
 from __future__ import annotations
 
 from service.realtime.events import JobEvent
 
+MAX_SKIPPED = 100_000
+"""Skipped ids remembered at most (a bound on memory should transactions roll back by the thousand
+while something holds xmin back); the oldest are forgotten first, with a count."""
+
 
 class EventCursor:
-    def __init__(self, floor: int, *, gap_timeout_s: float = 30.0) -> None:
+    def __init__(self, floor: int, *, gap_timeout_s: float = 30.0, max_held: int = 10_000, batch: int = 1000) -> None:
         self.floor = floor
+        """Every id <= floor has been released, skipped as never-committed, or skipped by timeout."""
         self.gap_timeout_s = gap_timeout_s
+        self.max_held = max_held
+        self.batch = batch
+        self.read_after = floor
+        """The highest id any read has shown: the next read asks for ids above it."""
         self.skipped_by_timeout = 0
-        """Every id <= floor has been released or skipped as never-committed."""
+        self.late_released = 0
+        self.forgotten = 0
+        self.late: list[JobEvent] = []
+        """Events that committed after their id was skipped; the listener takes them (`take_late`)."""
         self._held: dict[int, JobEvent] = {}
         self._gaps: dict[int, tuple[int, float]] = {}  # missing id -> (horizon, when first missed)
+        self._skipped: dict[int, int] = {}  # id skipped by timeout -> horizon
 
     @property
     def held_ids(self) -> list[int]:
         return sorted(self._held)
 
     @property
+    def skipped_ids(self) -> list[int]:
+        return sorted(self._skipped)
+
+    @property
     def waiting_on_gap(self) -> bool:
         return bool(self._gaps)
 
+    @property
+    def read_limit(self) -> int:
+        """How many new ids the next read may take: none while `max_held` wait above a gap."""
+        return 0 if len(self._held) >= self.max_held else self.batch
+
+    @property
+    def wanted_ids(self) -> list[int]:
+        """Ids at or below `read_after` that the next read must ask for again: the open gaps and
+        the ids skipped by timeout."""
+        return sorted(self._gaps) + sorted(self._skipped)
+
+    def take_late(self) -> list[JobEvent]:
+        late, self.late = self.late, []
+        return late
+
     def advance(self, rows: list[JobEvent], xmin: int, xmax: int, now: float = 0.0) -> list[JobEvent]:
-        """Take one read (every visible event above the floor, minus held ones) and return the
-        events that can now be released, in id order."""
+        """Take one read (new events above `read_after`, and whichever `wanted_ids` are now
+        visible) and return the events that can now be released, in id order. Events of ids
+        skipped earlier go to `late`."""
+        top = self.read_after
         for event in rows:
-            if event.id > self.floor:
+            if event.id in self._skipped:
+                del self._skipped[event.id]
+                self.late.append(event)
+                self.late_released += 1
+            elif event.id > self.floor and event.id not in self._held:
                 self._held[event.id] = event
                 self._gaps.pop(event.id, None)
-        top = max(self._held, default=self.floor)
-        for missing in range(self.floor + 1, top):
+            top = max(top, event.id)
+        for missing in range(self.read_after + 1, top):
             if missing not in self._held:
                 self._gaps.setdefault(missing, (xmax, now))
+        self.read_after = top
         released: list[JobEvent] = []
         while True:
             following = self.floor + 1
@@ -59,9 +104,16 @@ class EventCursor:
             elif following in self._gaps and xmin >= self._gaps[following][0]:
                 del self._gaps[following]  # its transaction ended without committing it
             elif following in self._gaps and now - self._gaps[following][1] > self.gap_timeout_s:
-                del self._gaps[following]
+                horizon, _ = self._gaps.pop(following)
+                self._skipped[following] = horizon
                 self.skipped_by_timeout += 1
             else:
                 break
             self.floor = following
+        for skipped, horizon in list(self._skipped.items()):
+            if xmin >= horizon:
+                del self._skipped[skipped]  # ended; had it committed, this read would have shown it
+        while len(self._skipped) > MAX_SKIPPED:
+            del self._skipped[next(iter(self._skipped))]
+            self.forgotten += 1
         return released

@@ -5,6 +5,13 @@ subscriber that asked for it: the work does not grow with the number of subscrib
 other jobs. A subscriber that falls behind does not block the others or grow without bound: its
 queue is capped, and on overflow the backlog is dropped and the subscriber is told to resync
 (its stream then sends a fresh snapshot from the database).
+
+Late events (committed after the listener skipped their id, see `cursor`) are offered to every
+subscription that wants them even though their id is below its position: a job's subscription
+takes an event when its version is newer than the one it sent (within a job, versions and ids
+grow together), a user's subscription takes it unless its resume replay already held it. The hub
+also remembers the recent late events with the position at which they came, so a user stream
+resumed from below that position gets them in its replay.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import asyncio
 import collections
 import enum
 from collections.abc import Callable, Collection, Iterable
+
+import msgspec
 
 from service.realtime.events import JobEvent
 
@@ -23,9 +32,31 @@ class Signal(enum.Enum):
     CLOSED = "closed"
 
 
+class Late(msgspec.Struct, frozen=True):
+    """An event delivered after the position passed its id (see the module docstring)."""
+
+    event: JobEvent
+
+
+LATE_REMEMBERED = 1000
+
+
 class Subscription:
-    __slots__ = ("user_id", "request_id", "statuses", "types", "last_id", "_queue", "_capacity", "_wakeup", "_overflowed",
-                 "_closed", "_heartbeat_due")
+    __slots__ = (
+        "_capacity",
+        "_closed",
+        "_heartbeat_due",
+        "_overflowed",
+        "_queue",
+        "_wakeup",
+        "last_id",
+        "replayed",
+        "request_id",
+        "statuses",
+        "types",
+        "user_id",
+        "version",
+    )
 
     def __init__(self, *, user_id: str, request_id: str | None, statuses: Collection[str] | None,
                  types: Collection[str] | None, after: int, capacity: int) -> None:
@@ -35,7 +66,11 @@ class Subscription:
         self.types = frozenset(types) if types else None
         self.last_id = after
         """Events with an id at or below this one were delivered (or are covered by a snapshot)."""
-        self._queue: collections.deque[JobEvent] = collections.deque()
+        self.version = 0
+        """A job's subscription: the newest version its stream sent."""
+        self.replayed: frozenset[int] = frozenset()
+        """A user's subscription: ids its resume replay sent (a late event among them is not sent twice)."""
+        self._queue: collections.deque[JobEvent | Late] = collections.deque()
         self._capacity = capacity
         self._wakeup = asyncio.Event()
         self._overflowed = False
@@ -49,7 +84,22 @@ class Subscription:
             return event.request_id == self.request_id
         return (self.statuses is None or event.status in self.statuses) and (self.types is None or event.type in self.types)
 
-    def offer(self, event: JobEvent) -> None:
+    def sent(self, event: JobEvent) -> None:
+        """The stream sent `event` (a snapshot, a replay, a live change)."""
+        if event.version > self.version and self.request_id is not None:
+            self.version = event.version
+
+    def _fresh(self, event: JobEvent) -> bool:
+        if self.request_id is not None:
+            return event.version > self.version and event.id > self.last_id
+        return event.id > self.last_id
+
+    def _fresh_late(self, event: JobEvent) -> bool:
+        if self.request_id is not None:
+            return event.version > self.version
+        return event.id not in self.replayed
+
+    def offer(self, event: JobEvent | Late) -> None:
         if self._overflowed or self._closed:
             return
         if len(self._queue) >= self._capacity:
@@ -80,7 +130,7 @@ class Subscription:
         self._overflowed = False
         self.last_id = max(self.last_id, position)
 
-    async def next(self, timeout: float | None = None) -> JobEvent | Signal:
+    async def next(self, timeout: float | None = None) -> JobEvent | Late | Signal:
         """The next event, or a signal. Without `timeout` it waits for an event or the hub's shared
         heartbeat tick (no timer per subscriber: 10,000 idle streams cost no timer re-arms)."""
         while True:
@@ -89,10 +139,15 @@ class Subscription:
             if self._overflowed:
                 return Signal.RESYNC
             while self._queue:
-                event = self._queue.popleft()
-                if event.id > self.last_id:  # a snapshot or a resumed replay may already cover it
-                    self.last_id = event.id
-                    return event
+                item = self._queue.popleft()
+                if isinstance(item, Late):
+                    if self._fresh_late(item.event):
+                        self.sent(item.event)
+                        return item
+                elif self._fresh(item):  # a snapshot or a resumed replay may already cover it
+                    self.last_id = item.id
+                    self.sent(item)
+                    return item
             if self._heartbeat_due:
                 self._heartbeat_due = False
                 return Signal.TIMEOUT
@@ -117,7 +172,13 @@ class Hub:
         """Every event with an id at or below this one has been published (or never committed)."""
         self.ready = False
         """Set once the listener has placed `position`; streams opened before would miss events."""
+        self.live = False
+        """The listener is connected right now (events arrive as they commit)."""
         self.published = 0
+        self.closing = False
+        """Set by `shut_down`: every stream, open or opened from now on, ends."""
+        self.recent_late: collections.deque[tuple[int, JobEvent]] = collections.deque(maxlen=LATE_REMEMBERED)
+        """(position when it came, event) of the latest late events."""
         self._observers: list[Callable[[JobEvent], None]] = []
 
     def observe(self, observer: Callable[[JobEvent], None]) -> None:
@@ -137,6 +198,8 @@ class Hub:
                                     after=after, capacity=self._capacity)
         index = self._by_request if request_id is not None else self._by_user
         index.setdefault(request_id if request_id is not None else user_id, set()).add(subscription)
+        if self.closing:
+            subscription.close()  # opened during shutdown: it ends at once, the client reconnects elsewhere
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -148,7 +211,19 @@ class Hub:
             if not subs:
                 del index[key]
 
-    def publish(self, events: Iterable[JobEvent], position: int) -> None:
+    def publish(self, events: Iterable[JobEvent], position: int, *, late: Iterable[JobEvent] = ()) -> None:
+        for event in late:
+            self.recent_late.append((max(self.position, position), event))
+            wrapped = Late(event)
+            for subscription in self._by_request.get(event.request_id, ()):
+                if subscription.wants(event):
+                    subscription.offer(wrapped)
+            for subscription in self._by_user.get(event.user_id, ()):
+                if subscription.wants(event):
+                    subscription.offer(wrapped)
+            self.published += 1
+            for observer in self._observers:
+                observer(event)
         for event in events:
             for subscription in self._by_request.get(event.request_id, ()):
                 if subscription.wants(event):
@@ -161,6 +236,11 @@ class Hub:
                 observer(event)
         self.position = max(self.position, position)
         self.ready = True
+
+    def late_since(self, after: int) -> list[JobEvent]:
+        """Late events that came once the position had passed `after`, with ids at or below it:
+        a replay "after `after`" does not read them, yet the client never had them."""
+        return [event for position, event in self.recent_late if position > after and event.id <= after]
 
     def start_heartbeats(self, interval_s: float) -> None:
         """One timer for the whole process: every `interval_s`, each stream sends a comment."""
@@ -179,8 +259,14 @@ class Hub:
         if self._ticker is not None:
             self._ticker.cancel()
 
+    def shut_down(self) -> None:
+        """Shutdown: end every open stream, and every stream opened from now on (uvicorn keeps
+        serving until the open responses end, and a browser may reconnect here meanwhile)."""
+        self.closing = True
+        self.close_all()
+
     def close_all(self) -> None:
-        """End every open stream (shutdown; clients reconnect with their Last-Event-ID)."""
+        """End every open stream (clients reconnect with their Last-Event-ID)."""
         for index in (self._by_request, self._by_user):
             for subs in index.values():
                 for subscription in subs:

@@ -8,8 +8,10 @@ carry ids only, so nothing is ever known only from a notification.
 
 When the connection drops (pg_terminate_backend, a Postgres restart), the loop reconnects with
 capped backoff and reads from where the cursor stands: open streams stay open meanwhile and miss
-nothing. While the cursor waits on a gap (a transaction that took an id but has not committed) the
-loop re-reads on a short timer, because a rollback sends no notification.
+nothing. The backoff resets only after a read succeeds, so a connection that opens and then fails
+at once does not spin. While the cursor waits on a gap (a transaction that took an id but has not
+committed) the loop re-reads on a short timer, because a rollback sends no notification. An event
+that commits after its gap was skipped (see `cursor`) is published as late.
 """
 
 from __future__ import annotations
@@ -42,19 +44,28 @@ SELECT s.xmin, s.xmax, e.*
 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
              pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) s
 LEFT JOIN LATERAL (
-    SELECT {EVENT_COLUMNS} FROM fal_job_events
-    WHERE id > $1 AND NOT (id = ANY($2::bigint[]))
-    ORDER BY id LIMIT $3
+    (SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE id > $1 ORDER BY id LIMIT $2)
+    UNION ALL
+    (SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE id = ANY($3::bigint[]) AND id <= $1)
 ) e ON true
 """
+"""New rows above what was read, and the ids still wanted below it (open gaps, ids skipped by the
+gap timeout), with the snapshot's xmin and xmax, in one statement and so one snapshot."""
 
 
 class EventListener:
-    def __init__(self, dsn: str, hub: Hub, *, idle_check_s: float = 30.0, max_backoff_s: float = 5.0) -> None:
+    def __init__(self, dsn: str, hub: Hub, *, idle_check_s: float = 30.0, max_backoff_s: float = 1.0,
+                 connect_timeout_s: float = 2.0, read_timeout_s: float = READ_TIMEOUT_S,
+                 gap_timeout_s: float = 30.0, max_held: int = 10_000) -> None:
         self._dsn = dsn
         self._hub = hub
         self._idle_check_s = idle_check_s
         self._max_backoff_s = max_backoff_s
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._gap_timeout_s = gap_timeout_s
+        self._max_held = max_held
+        self._failures = 0
         self._wake = asyncio.Event()
         self._cursor: EventCursor | None = None
         self._connection: asyncpg.Connection | None = None
@@ -85,11 +96,9 @@ class EventListener:
             await asyncio.sleep(0.01)
 
     async def _run(self) -> None:
-        attempt = 0
         while True:
             try:
                 await self._connect()
-                attempt = 0
                 await self._listen()
             except asyncio.CancelledError:
                 raise
@@ -97,26 +106,33 @@ class EventListener:
                 if self.connected:
                     log.warning("listener connection lost; reconnecting", extra={"error": type(error).__name__})
             except Exception:
-                log.exception("listener failed; reconnecting")
-            self.connected = False
+                log.exception("listener failed; reconnecting", extra={"action": "listener_reconnect"})
+            self._set_connected(False)
             await self._disconnect()
-            await asyncio.sleep(min(self._max_backoff_s, 0.05 * 2**attempt))
-            attempt += 1
+            await asyncio.sleep(min(self._max_backoff_s, 0.05 * 2 ** min(self._failures, 10)))
+            self._failures += 1
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        self._hub.live = connected
 
     async def _connect(self) -> None:
-        connection = await asyncpg.connect(self._dsn, server_settings={"application_name": APPLICATION_NAME}, timeout=10)
+        connection = await asyncpg.connect(self._dsn, server_settings={"application_name": APPLICATION_NAME},
+                                           timeout=self._connect_timeout_s)
         self._connection = connection
         connection.add_termination_listener(lambda _: self._wake.set())
         await connection.add_listener(CHANNEL, self._on_notify)
         if self._cursor is None:
-            newest = await connection.fetchval("SELECT coalesce(max(id), 0) FROM fal_job_events")
-            self._cursor = EventCursor(floor=max(0, newest - STARTUP_LOOKBACK))
+            newest = await connection.fetchval("SELECT coalesce(max(id), 0) FROM fal_job_events",
+                                               timeout=self._read_timeout_s)
+            self._cursor = EventCursor(floor=max(0, newest - STARTUP_LOOKBACK), gap_timeout_s=self._gap_timeout_s,
+                                       max_held=self._max_held, batch=BATCH)
             # Streams opened from now on read their snapshot up to here; the catch-up read that
             # follows publishes everything above it, so nothing falls in between.
             self._hub.publish((), self._cursor.floor)
         else:
             self.reconnects += 1
-        self.connected = True
+        self._set_connected(True)
         self._wake.set()  # catch up on whatever was committed while we were away
 
     async def _disconnect(self) -> None:
@@ -147,16 +163,25 @@ class EventListener:
             gap_wait = min(0.2, gap_wait * 2) if self._cursor.waiting_on_gap else 0.005
 
     async def _read_once(self) -> bool:
-        """One query: new rows above the cursor. True when the batch was full (read again)."""
+        """One query: new rows above the cursor, and the ids it still waits for. True when the
+        batch was full (read again)."""
         assert self._connection is not None and self._cursor is not None
-        rows = await self._connection.fetch(_READ, self._cursor.floor, self._cursor.held_ids, BATCH, timeout=READ_TIMEOUT_S)
+        cursor = self._cursor
+        after, limit = cursor.read_after, cursor.read_limit
+        rows = await self._connection.fetch(_READ, after, limit, cursor.wanted_ids, timeout=self._read_timeout_s)
         self.reads += 1
+        self._failures = 0  # a read went through: the connection works
         xmin, xmax = rows[0]["xmin"], rows[0]["xmax"]
         events: list[JobEvent] = [event_from_row(row) for row in rows if row["id"] is not None]
-        skipped = self._cursor.skipped_by_timeout
-        released = self._cursor.advance(events, xmin, xmax, time.monotonic())
-        if self._cursor.skipped_by_timeout > skipped:
-            log.warning("skipped an event id held open past the gap timeout (a long transaction elsewhere?)",
-                        extra={"position": self._cursor.floor})
-        self._hub.publish(released, self._cursor.floor)
-        return len(events) >= BATCH
+        skipped = cursor.skipped_by_timeout
+        released = cursor.advance(events, xmin, xmax, time.monotonic())
+        if cursor.skipped_by_timeout > skipped:
+            log.warning("an event id held open past the gap timeout is skipped for now and read again until its "
+                        "transaction ends (a long transaction elsewhere?)",
+                        extra={"action": "gap_skipped", "position": cursor.floor, "skipped": cursor.skipped_ids[-5:]})
+        late = cursor.take_late()
+        for event in late:
+            log.warning("late event published: it committed after its id was skipped",
+                        extra={"action": "late_event", "event_id": event.id, "request_id": event.request_id})
+        self._hub.publish(released, cursor.floor, late=late)
+        return limit > 0 and sum(1 for event in events if event.id > after) >= limit

@@ -24,7 +24,7 @@ def close_streams_on_exit_signal(hub: Hub) -> Callable[[], None]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(sig: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(hub.close_all)
+        loop.call_soon_threadsafe(hub.shut_down)
         chained = previous.get(sig)
         if callable(chained):
             chained(sig, frame)

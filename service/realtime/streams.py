@@ -5,6 +5,14 @@ terminal state. A user stream: a `ready` message carrying the current position, 
 of the user's jobs (optionally filtered). Both resume exactly after a given event id, with no loss
 and no duplicate: the subscription is attached to the hub *before* the database is read up to the
 hub's position, and everything above that position reaches the subscription.
+
+A job stream resumed after event N sends the job's latest state when it is newer than N (one
+message, not every change since). A user stream resumed after N replays the changes above N (or
+each changed job's latest state past `REPLAY_LIMIT`). Late events (committed after their id was
+skipped, see `cursor`) reach open streams as they are read: on a job stream with their id (a job's
+ids grow with its versions), on a user stream without an `id:` line, so the client's resume
+position stays where it was; a user stream resumed from below the position at which a late event
+came gets it in its replay.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import msgspec
 
 from service.errors import NotFound, Unavailable
 from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
-from service.realtime.hub import Hub, Signal, Subscription
+from service.realtime.hub import Hub, Late, Signal, Subscription
 
 REPLAY_LIMIT = 1000
 """A resume that would replay more events than this sends each job's latest state instead."""
@@ -32,21 +40,23 @@ class Outgoing(msgspec.Struct, frozen=True):
 HEARTBEAT = Outgoing(comment="heartbeat")
 
 
-def job_message(event: JobEvent) -> Outgoing:
-    return Outgoing(event="job", id=event.id, data=event.data)
+def job_message(event: JobEvent, *, with_id: bool = True) -> Outgoing:
+    return Outgoing(event="job", id=event.id if with_id else None, data=event.data)
 
 
 class LiveStream:
     """An async iterator of `Outgoing` messages; `close()` ends it from outside (a disconnect)."""
 
     def __init__(self, hub: Hub, pool: asyncpg.Pool, subscription: Subscription, *, preamble: list[Outgoing],
-                 initial: list[JobEvent], ends_on_terminal: bool) -> None:
+                 initial: list[JobEvent], ends_on_terminal: bool, resumed_after: int = 0) -> None:
         self._hub = hub
         self._pool = pool
         self._subscription = subscription
         self._preamble = preamble
         self._initial = initial
         self._ends_on_terminal = ends_on_terminal
+        self._resumed_after = resumed_after
+        """Initial events at or below this id are late ones a resume replays: sent without an id."""
 
     def close(self) -> None:
         """End the stream and release its subscription (also when it never started)."""
@@ -59,7 +69,8 @@ class LiveStream:
             for message in self._preamble:
                 yield message
             for event in self._initial:
-                yield job_message(event)
+                subscription.sent(event)
+                yield job_message(event, with_id=event.id > self._resumed_after or self._ends_on_terminal)
                 if self._ends_on_terminal and event.is_terminal:
                     return
             while True:
@@ -75,13 +86,17 @@ class LiveStream:
                     subscription.resynced(position)
                     events = await _latest_per_job(self._pool, subscription, after, position)
                     for event in events:
+                        subscription.sent(event)
                         yield job_message(event)
                     if self._ends_on_terminal and events and events[-1].is_terminal:
                         return
                 else:
-                    assert isinstance(item, JobEvent)
-                    yield job_message(item)
-                    if self._ends_on_terminal and item.is_terminal:
+                    late = isinstance(item, Late)
+                    event = item.event if isinstance(item, Late) else item
+                    assert isinstance(event, JobEvent)
+                    # A late event on a user stream carries no id: the resume position stays put.
+                    yield job_message(event, with_id=self._ends_on_terminal or not late)
+                    if self._ends_on_terminal and event.is_terminal:
                         return
         finally:
             self._hub.unsubscribe(subscription)
@@ -117,16 +132,11 @@ async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request
             request_id, position,
         )
         latest = event_from_row(latest_row) if latest_row is not None else None
-        if last_event_id is None:
-            events = [latest] if latest is not None else []
-        elif latest is not None and latest.id <= last_event_id:
-            events = []
-        else:
-            rows = await pool.fetch(
-                f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE request_id = $1 AND id > $2 AND id <= $3 ORDER BY id",
-                request_id, last_event_id, position,
-            )
-            events = [event_from_row(row) for row in rows]
+        # Fresh or resumed, the job's latest state is all a client needs (each event carries the
+        # whole job): one message, not every change since.
+        events = [latest] if latest is not None and (last_event_id is None or latest.id > last_event_id) else []
+        if latest is not None and not events:
+            subscription.version = latest.version  # the client has this state already
     except BaseException:
         hub.unsubscribe(subscription)
         raise
@@ -153,21 +163,27 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, status
             events = [e for e in map(event_from_row, rows) if subscription.wants(e)]
             if len(rows) > REPLAY_LIMIT:
                 events = await _latest_per_job(pool, subscription, last_event_id, position)
+            # Late events that came after the client's position: below it, so no replay reads them.
+            late = [e for e in hub.late_since(last_event_id) if subscription.wants(e)]
+            events = late + events
+            subscription.replayed = frozenset(e.id for e in events)
     except BaseException:
         hub.unsubscribe(subscription)
         raise
     subscription.last_id = max(subscription.last_id, position)
-    return LiveStream(hub, pool, subscription, preamble=preamble, initial=events, ends_on_terminal=False)
+    return LiveStream(hub, pool, subscription, preamble=preamble, initial=events, ends_on_terminal=False,
+                      resumed_after=last_event_id or 0)
 
 
 async def _latest_per_job(pool: asyncpg.Pool, subscription: Subscription, after: int, position: int) -> list[JobEvent]:
     """A fresh snapshot: the latest state of every job that changed after what the subscriber has."""
     if subscription.request_id is not None:
+        # By version, not id: a late event of this job may sit below `after`.
         rows = await pool.fetch(
-            f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE request_id = $1 AND id > $2 AND id <= $3 "
-            "ORDER BY id DESC LIMIT 1",
-            subscription.request_id, after, position,
+            f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE request_id = $1 AND id <= $2 ORDER BY id DESC LIMIT 1",
+            subscription.request_id, position,
         )
+        return [e for e in map(event_from_row, rows) if e.version > subscription.version]
     else:
         rows = await pool.fetch(
             f"SELECT * FROM (SELECT DISTINCT ON (request_id) {EVENT_COLUMNS} FROM fal_job_events "

@@ -1,7 +1,9 @@
 """Waiting for a job to finish without polling: the seed's `waitForFalJob`, pushed.
 
 The subscription is attached before the job is read, so a change that lands in between still
-arrives; while waiting, no query runs: the listener's events wake the waiter.
+arrives; while waiting, no query runs: the listener's events wake the waiter. At the deadline the
+job is read once more, so the answer is never staler than the database. Without a connected
+listener nothing would wake the waiter, so the call answers 503 at once instead.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from service.errors import Unavailable
 from service.jobs import queries
 from service.jobs.models import Job
 from service.realtime.events import JobEvent
-from service.realtime.hub import Hub, Signal
+from service.realtime.hub import Hub, Late, Signal
 
 
 async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str, timeout_s: float) -> Job:
     """The job once terminal, or its latest known state when `timeout_s` runs out."""
-    if not hub.ready:
-        raise Unavailable("live updates are starting (the listener has not connected yet); retry shortly")
+    if not hub.ready or not hub.live:
+        raise Unavailable("live updates are down (the listener is reconnecting to the database); retry shortly")
     subscription = hub.subscribe(user_id=user_id, request_id=request_id)
     try:
         job = await queries.get_job(pool, user_id, request_id)
@@ -32,6 +34,8 @@ async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id
             if remaining <= 0:
                 break
             item = await subscription.next(remaining)
+            if isinstance(item, Late):
+                item = item.event
             if isinstance(item, JobEvent):
                 if item.version > job.version:
                     job = msgspec.json.decode(item.data, type=Job)
@@ -40,6 +44,8 @@ async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id
                 job = await queries.get_job(pool, user_id, request_id)
             elif item is Signal.CLOSED:
                 break
+        if not job.is_terminal:
+            job = await queries.get_job(pool, user_id, request_id)  # the deadline: the freshest state
         return job
     finally:
         hub.unsubscribe(subscription)
