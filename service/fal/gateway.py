@@ -23,6 +23,7 @@ import httpx
 import msgspec
 from httpx_sse import aconnect_sse
 
+from service.db.storable import storable_json
 from service.errors import UpstreamError
 from service.jobs.models import JobChange, LogLine
 
@@ -134,7 +135,7 @@ class FalGateway:
                 raise FalRequestFailed(source.response.status_code, _body(source.response))
             async for event in source.aiter_sse():
                 if event.data:
-                    yield msgspec.convert(msgspec.json.decode(event.data), FalStatus)
+                    yield msgspec.json.decode(storable_json(event.data.encode()), type=FalStatus)
 
     async def result(self, model_id: str, request_id: str) -> Any:
         """The output of a completed request; FalRequestFailed carries a failed one's error body."""
@@ -161,11 +162,15 @@ class FalGateway:
 
     async def completion_change(self, model_id: str, request_id: str, status: FalStatus) -> JobChange:
         """The terminal change for a COMPLETED status: fetch its result, or record its error."""
+        if was_cancelled(status.error, None):
+            return JobChange(status="cancelled", error=status.error, error_type=status.error_type, logs=status.logs)
         try:
             output = await self.result(model_id, request_id)
         except FalRequestFailed as failure:
             if failure.status_code >= 500 and status.error is None:
                 raise
+            if was_cancelled(status.error, failure.detail):
+                return JobChange(status="cancelled", error=CANCELLED_ERROR, error_type=status.error_type, logs=status.logs)
             return JobChange(
                 status="failed",
                 error=describe_error(status.error or f"fal answered {failure.status_code}", failure.detail),
@@ -181,6 +186,17 @@ class FalGateway:
     def _request_url(self, model_id: str, request_id: str) -> str:
         app, _ = _app_path(model_id)
         return f"{self._queue_url}/{app}/requests/{request_id}"
+
+
+CANCELLED_ERROR = "Request was cancelled"
+"""fal's error text for a request cancelled at fal (by us, or by its owner elsewhere)."""
+
+
+def was_cancelled(error: str | None, detail: Any) -> bool:
+    """fal reports a cancelled request as COMPLETED with this error (its result: 400 with it as the
+    detail): our `cancelled`, not `failed`."""
+    return error == CANCELLED_ERROR or detail == CANCELLED_ERROR or (
+        isinstance(detail, dict) and detail.get("detail") == CANCELLED_ERROR)
 
 
 def describe_error(error: str | None, detail: Any) -> str:

@@ -15,8 +15,9 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
+from service.db.storable import storable_json
 from service.errors import InvalidRequest, NotAuthenticated, Unavailable
-from service.fal.gateway import FalGateway, FalRequestFailed, describe_error
+from service.fal.gateway import CANCELLED_ERROR, FalGateway, FalRequestFailed, describe_error, was_cancelled
 from service.fal.signatures import JwksUnavailable, WebhookSignatureError, WebhookVerifier
 from service.jobs.models import JobChange
 from service.jobs.status_machine import Applied, apply_change, lock_request
@@ -35,7 +36,8 @@ class FalWebhook(msgspec.Struct, kw_only=True):
 
 def parse_webhook(body: bytes, signed_request_id: str) -> FalWebhook:
     try:
-        webhook = msgspec.json.decode(body, type=FalWebhook)
+        # After the signature check, which covers the raw bytes: NUL and lone surrogates escaped.
+        webhook = msgspec.json.decode(storable_json(body), type=FalWebhook)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise InvalidRequest(f"body: not a fal webhook ({error})") from None
     if webhook.request_id != signed_request_id and webhook.gateway_request_id != signed_request_id:
@@ -114,6 +116,8 @@ class WebhookIntake:
 def _change_from_payload(webhook: FalWebhook) -> JobChange | None:
     """The change a webhook carries, or None when fal left the output out (`payload_error`)."""
     if webhook.status == "ERROR":
+        if was_cancelled(webhook.error, webhook.payload):
+            return JobChange(status="cancelled", error=CANCELLED_ERROR)
         return JobChange(status="failed", error=describe_error(webhook.error, webhook.payload), result=webhook.payload)
     if webhook.payload is None and webhook.payload_error is not None:
         return None

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
+from service.db.storable import storable_struct
 from service.jobs.media import media_files, pending_outputs
 from service.jobs.models import (
     LOG_LINES_KEPT,
@@ -108,6 +109,7 @@ async def lock_request(connection: asyncpg.Connection, request_id: str) -> None:
 
 async def create_job(connection: asyncpg.Connection, new: NewJob) -> Job:
     """Insert a `pending` job (version 1) and its first event."""
+    new = storable_struct(new)
     now = datetime.now(UTC)
     job = Job(
         request_id=new.request_id,
@@ -148,6 +150,7 @@ async def apply_change(connection: asyncpg.Connection, request_id: str, change: 
     again and the change decided anew, so a change is never applied on a stale view. Works in the
     caller's transaction too.
     """
+    change = storable_struct(change)  # fal's text may hold NUL or lone surrogates: escaped, never refused
     for _ in range(_MAX_ATTEMPTS):
         row = await connection.fetchrow(f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1", request_id)
         if row is None:
