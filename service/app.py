@@ -166,7 +166,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             restore_signals()
-            hub.close_all()
+            hub.shut_down()
             hub.stop_heartbeats()
             for task in (sweeping, revalidating):
                 task.cancel()
