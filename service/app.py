@@ -9,6 +9,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 import httpx
 from litestar import Litestar, asgi
 from litestar.datastructures import State
@@ -16,6 +17,8 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Receive, Scope, Send
 
+from service.auth.callers import revoked_among
+from service.auth.stream_tokens import StreamTokens
 from service.db.embedded import start_embedded_postgres
 from service.db.pool import create_pool
 from service.emulator import FalEmulator, create_emulator_app
@@ -24,9 +27,12 @@ from service.fal.gateway import FalGateway
 from service.fal.reconcile import Reconciler
 from service.fal.signatures import JwksKeyring, WebhookVerifier
 from service.fal.webhooks import WebhookIntake, WebhookReceiver
-from service.auth.callers import revoked_among
-from service.auth.stream_tokens import StreamTokens
-from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
+from service.http.dependencies import (
+    provide_caller,
+    provide_pool,
+    provide_settings,
+    provide_user_id,
+)
 from service.http.errors import EXCEPTION_HANDLERS
 from service.http.events import EventsController
 from service.http.health import healthz, readyz
@@ -50,7 +56,12 @@ from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
 from service.realtime.shutdown import close_streams_on_exit_signal
 from service.serving import check_can_serve
-from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, load_settings
+from service.settings import (
+    FAL_JWKS_URL_DEFAULT,
+    FAL_QUEUE_URL_DEFAULT,
+    Settings,
+    load_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,11 @@ WEBHOOK_PATH = "/api/webhooks/fal"
 CREDENTIAL_CHECK_S = 2.0
 """How often each process looks for revoked keys, ended sessions and disabled users among those
 holding streams open: a revocation closes them everywhere within this."""
+
+
+DB_CONNECT_TIMEOUT_S = 2.0
+LISTENER_START_WAIT_S = 3.0
+"""Start-up waits this long for the LISTEN connection, then serves without it (not ready)."""
 
 
 def _from_state(name: str) -> Provide:
@@ -109,7 +125,8 @@ def create_app(settings: Settings) -> Litestar:
         listener = EventListener(settings.listen_database_url or dsn, hub)
         await listener.start()
         with contextlib.suppress(TimeoutError):
-            await listener.wait_connected(timeout=10)  # else /readyz says so, and it keeps trying
+            # Postgres may be down: serve anyway (/readyz says what is missing) and keep trying.
+            await listener.wait_connected(timeout=LISTENER_START_WAIT_S)
         restore_signals = close_streams_on_exit_signal(hub)
         http = httpx.AsyncClient(timeout=10)
         gateway = FalGateway(key=fal_key, queue_url=queue_url, media_expiry_s=settings.fal_media_expiry_s,
@@ -126,6 +143,8 @@ def create_app(settings: Settings) -> Litestar:
         follower = JobFollower(pool, gateway, max_followers=settings.max_followers)
         reconciler = Reconciler(
             pool, gateway, follower, intake,
+            connect_lock=lambda: asyncpg.connect(dsn, timeout=DB_CONNECT_TIMEOUT_S,
+                                                 server_settings={"application_name": "fal-jobs-sweep"}),
             overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
         )
         app.state.update(

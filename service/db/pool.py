@@ -114,9 +114,12 @@ async def create_pool(
     dsn: str, *, min_size: int = 0, max_size: int = 10,
     connect_timeout_s: float = 2.0, acquire_timeout_s: float = 2.0, statement_timeout_s: float = 3.0,
 ) -> DatabasePool:
-    """A pool that opens its connections lazily (min_size 0): the service starts with Postgres down."""
+    """A pool that opens its connections on first use (none at creation), so the service starts with
+    Postgres down. `min_size` is accepted for the callers' sake and ignored: asyncpg would connect
+    that many at creation; an idle connection stays open 300 s, which keeps a busy pool warm."""
+    del min_size
     pool = DatabasePool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection, reset=_keep_session,
+        dsn, init_size=0, min_size=0, max_size=max_size, init=init_connection, reset=_keep_session,
         connection_class=asyncpg.Connection, record_class=asyncpg.Record,
         max_queries=50000, max_inactive_connection_lifetime=300.0, connect=None, setup=None, loop=None,
         acquire_timeout_s=acquire_timeout_s, timeout=connect_timeout_s, command_timeout=statement_timeout_s,

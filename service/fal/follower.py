@@ -17,7 +17,14 @@ import logging
 import asyncpg
 import msgspec
 
-from service.fal.gateway import FalGateway, FalRequestFailed, FalStatus, change_from_status, sleep_backoff
+from service.errors import DatabaseUnavailable
+from service.fal.gateway import (
+    FalGateway,
+    FalRequestFailed,
+    FalStatus,
+    change_from_status,
+    sleep_backoff,
+)
 from service.jobs.models import JobChange, JobMode
 from service.jobs.status_machine import apply_change
 
@@ -54,6 +61,10 @@ class JobFollower:
     def is_streaming(self, request_id: str) -> bool:
         """Followed right now (a job waiting for a slot is not: the sweep still checks it)."""
         return request_id in self._running
+
+    def streaming_ids(self) -> list[str]:
+        """The request ids followed right now (the sweep leaves them out)."""
+        return list(self._running)
 
     def follow(self, target: FollowTarget) -> None:
         if self._closed or self.is_following(target.request_id):
@@ -108,7 +119,7 @@ class JobFollower:
                         log.warning("fal does not know a followed job; the sweep settles it", extra={"request_id": target.request_id})
                         return
                     await self._poll_once(target)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                except (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                     log.info("follow interrupted; retrying", extra={"request_id": target.request_id, "error": type(error).__name__})
                 except Exception as error:  # httpx errors and the like: poll, back off, stream again
                     log.info("status stream failed; polling", extra={"request_id": target.request_id, "error": type(error).__name__})

@@ -1,19 +1,32 @@
 """The reconciliation sweep: asks fal about jobs that stay open past a deadline, and applies what it
-says. A job fal does not know becomes `failed` with a clear error. It also applies parked early
-webhooks whose job has appeared (should the adoption right after creation have failed) and drops
-parked webhooks that no job claimed within a day.
+says. Only a 404 from fal fails an open job (fal does not know it); any other failure leaves it
+for the next sweep. It also applies parked early webhooks whose job has appeared (should the
+adoption right after creation have failed) and drops parked webhooks that no job claimed within a
+day.
 
-One process sweeps at a time (a session advisory lock), so several service processes are safe.
+Background work that never wedges:
+- Each job is isolated: whatever fails for one (fal, the database, a change Postgres rejects) is
+  logged with its request id and the sweep moves on to the next.
+- A sweep pages through every overdue job (keyset on `(updated_at, request_id)`, up to a cut-off
+  taken at its start), not the same oldest page again and again; jobs a follower streams right
+  now are left out in the query itself.
+- No pooled connection is held across a call to fal: each read and each change takes one for its
+  own statement. One process sweeps at a time through a session advisory lock, held on a
+  connection of its own (not the pool's); should that connection drop, the sweep stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import asyncpg
 import msgspec
 
+from service.errors import DatabaseUnavailable
 from service.fal.follower import FollowTarget, JobFollower
 from service.fal.gateway import FalGateway, FalRequestFailed, change_from_status
 from service.fal.webhooks import WebhookIntake
@@ -23,7 +36,18 @@ from service.jobs.status_machine import apply_change
 log = logging.getLogger(__name__)
 
 SWEEP_LOCK_KEY = 0x66616C6A6F6273  # "faljobs"
-BATCH = 100
+PAGE = 100
+
+_OVERDUE_PAGE = """
+SELECT request_id, model_id, mode, updated_at FROM fal_jobs
+WHERE status IN ('pending', 'in_progress') AND updated_at < $1
+  AND (updated_at, request_id) > ($2, $3)
+  AND NOT (request_id = ANY($4::text[]))
+ORDER BY updated_at, request_id
+LIMIT $5
+"""
+
+LockConnector = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 class SweepReport(msgspec.Struct):
@@ -31,18 +55,21 @@ class SweepReport(msgspec.Struct):
     checked: int = 0
     changed: int = 0
     unknown_to_fal: int = 0
+    failed: int = 0
+    """Jobs whose check failed this time (logged one by one); the next sweep tries them again."""
     adopted_webhooks: int = 0
 
 
 class Reconciler:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, follower: JobFollower, intake: WebhookIntake,
-        *, overdue_after_s: float, interval_s: float,
+        *, connect_lock: LockConnector, overdue_after_s: float, interval_s: float,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
         self._follower = follower
         self._intake = intake
+        self._connect_lock = connect_lock
         self._overdue_after_s = overdue_after_s
         self._interval_s = interval_s
 
@@ -50,60 +77,94 @@ class Reconciler:
         while True:
             try:
                 report = await self.sweep_once()
-                if report.changed or report.unknown_to_fal or report.adopted_webhooks:
-                    log.info("reconciliation sweep", extra=msgspec.structs.asdict(report))
+                if report.changed or report.unknown_to_fal or report.adopted_webhooks or report.failed:
+                    log.info("reconciliation sweep", extra={"action": "sweep", **msgspec.structs.asdict(report)})
             except asyncio.CancelledError:
                 raise
+            except (DatabaseUnavailable, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("reconciliation sweep skipped: the database is unavailable",
+                            extra={"action": "sweep", "error": type(error).__name__})
             except Exception:
-                log.exception("reconciliation sweep failed; next one in %ss", self._interval_s)
+                log.exception("reconciliation sweep failed; next one in %ss", self._interval_s, extra={"action": "sweep"})
             await asyncio.sleep(self._interval_s)
 
     async def sweep_once(self) -> SweepReport:
-        async with self._pool.acquire() as connection:
-            if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK_KEY):
+        lock = await self._connect_lock()
+        try:
+            if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK_KEY):
                 return SweepReport(ran=False)
-            try:
-                return await self._sweep(connection)
-            finally:
-                await connection.execute("SELECT pg_advisory_unlock($1)", SWEEP_LOCK_KEY)
+            return await self._sweep(lock)
+        finally:
+            # Closing the session releases its advisory lock.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lock.close(), timeout=2)
+            if not lock.is_closed():
+                lock.terminate()
 
-    async def _sweep(self, connection: asyncpg.Connection) -> SweepReport:
+    async def _sweep(self, lock: asyncpg.Connection) -> SweepReport:
         report = SweepReport(ran=True)
-        rows = await connection.fetch(
-            "SELECT request_id, model_id, mode FROM fal_jobs "
-            "WHERE status IN ('pending', 'in_progress') AND updated_at < now() - make_interval(secs => $1) "
-            "ORDER BY updated_at LIMIT $2",
-            self._overdue_after_s, BATCH,
-        )
-        for row in rows:
-            target = FollowTarget(request_id=row["request_id"], model_id=row["model_id"], mode=row["mode"])
-            if self._follower.is_streaming(target.request_id):
-                continue
-            report.checked += 1
-            try:
-                change = await self._ask_fal(target)
-            except Exception as error:
-                log.warning("sweep could not ask fal", extra={"request_id": target.request_id, "error": type(error).__name__})
-                continue
+        cutoff: datetime = await self._pool.fetchval("SELECT now() - make_interval(secs => $1)", self._overdue_after_s)
+        after: tuple[datetime, str] = (datetime.min.replace(tzinfo=cutoff.tzinfo), "")
+        while not lock.is_closed():
+            followed = self._follower.streaming_ids()
+            rows = await self._pool.fetch(_OVERDUE_PAGE, cutoff, after[0], after[1], followed, PAGE)
+            for row in rows:
+                await self._reconcile_one(FollowTarget(request_id=row["request_id"], model_id=row["model_id"],
+                                                       mode=row["mode"]), report)
+            if len(rows) < PAGE:
+                break
+            after = (rows[-1]["updated_at"], rows[-1]["request_id"])
+        if lock.is_closed():
+            log.warning("the sweep lost its lock connection; stopping here", extra={"action": "sweep"})
+            return report
+        await self._adopt_parked(report)
+        try:
+            await self._pool.execute(
+                "DELETE FROM fal_early_webhooks e WHERE received_at < now() - interval '1 day' "
+                "AND NOT EXISTS (SELECT 1 FROM fal_jobs j WHERE j.request_id = e.request_id)"
+            )
+        except Exception as error:  # the next sweep tries again
+            log.warning("could not drop stale parked webhooks", extra={"action": "sweep", "error": type(error).__name__})
+        return report
+
+    async def _reconcile_one(self, target: FollowTarget, report: SweepReport) -> None:
+        if self._follower.is_streaming(target.request_id):
+            return  # started following since the page was read
+        report.checked += 1
+        try:
+            change = await self._ask_fal(target)  # no connection held meanwhile
             if change.status == "failed" and change.error_type == "unknown_to_fal":
                 report.unknown_to_fal += 1
-            applied = await apply_change(connection, target.request_id, change)
-            report.changed += applied.accepted
-            if applied.job is not None and not applied.job.is_terminal:
-                self._follower.follow(target)
-        parked = await connection.fetch(
-            "SELECT DISTINCT e.request_id, j.model_id FROM fal_early_webhooks e JOIN fal_jobs j USING (request_id)"
-        )
+            async with self._pool.acquire() as connection:
+                applied = await apply_change(connection, target.request_id, change)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # one job's failure never stops the others
+            report.failed += 1
+            log.warning("sweep could not reconcile a job; moving on",
+                        extra={"action": "sweep_job", "request_id": target.request_id, "error": type(error).__name__,
+                               "detail": str(error)[:300]})
+            return
+        report.changed += applied.accepted
+        if applied.job is not None and not applied.job.is_terminal:
+            self._follower.follow(target)
+
+    async def _adopt_parked(self, report: SweepReport) -> None:
+        try:
+            parked = await self._pool.fetch(
+                "SELECT DISTINCT e.request_id, j.model_id FROM fal_early_webhooks e JOIN fal_jobs j USING (request_id)"
+            )
+        except Exception as error:
+            log.warning("could not list parked webhooks", extra={"action": "sweep", "error": type(error).__name__})
+            return
         for row in parked:
             try:
                 report.adopted_webhooks += await self._intake.adopt_early(row["request_id"], row["model_id"])
+            except asyncio.CancelledError:
+                raise
             except Exception as error:  # stays parked; the next sweep tries again
-                log.warning("could not adopt a parked webhook", extra={"request_id": row["request_id"], "error": type(error).__name__})
-        await connection.execute(
-            "DELETE FROM fal_early_webhooks e WHERE received_at < now() - interval '1 day' "
-            "AND NOT EXISTS (SELECT 1 FROM fal_jobs j WHERE j.request_id = e.request_id)"
-        )
-        return report
+                log.warning("could not adopt a parked webhook",
+                            extra={"action": "sweep_adopt", "request_id": row["request_id"], "error": type(error).__name__})
 
     async def _ask_fal(self, target: FollowTarget) -> JobChange:
         try:
