@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -26,12 +27,38 @@ def _database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.embedded_pgdata)
 
 
-def _migrated_database_url(settings: Settings) -> str:
-    from service.db.migrations import apply_migrations
+MIGRATE_WAIT_S = 60.0
+"""How long `migrate` (the Procfile's release step) and the CLI wait for a database that is down."""
+
+
+def _migrated_database_url(settings: Settings, *, wait_s: float = MIGRATE_WAIT_S) -> str:
+    from service.db.migrations import apply_migrations, wait_for_database
 
     dsn = _database_url(settings)
+    wait_for_database(dsn, wait_s=wait_s, on_wait=lambda: print(
+        f"fal-jobs: waiting up to {wait_s:g} s for the database to answer", file=sys.stderr, flush=True))
     apply_migrations(dsn)
     return dsn
+
+
+def _migrate_in_background(settings: Settings, dsn: str) -> None:
+    """`run` with its database down: serve at once (not ready, /readyz names the database), and
+    apply the migrations, then print the sign-in link, the moment the database answers."""
+    import threading
+
+    from service.db.migrations import MigrationError
+
+    def work() -> None:
+        while True:
+            try:
+                _migrated_database_url(settings, wait_s=365 * 24 * 3600)
+                asyncio.run(_welcome(settings, dsn))
+                return
+            except MigrationError as error:
+                print(f"fal-jobs: {error}; trying again", file=sys.stderr, flush=True)
+                time.sleep(1)
+
+    threading.Thread(target=work, name="migrate-when-reachable", daemon=True).start()
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -40,8 +67,16 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from service.logging import configure_logging
 
     configure_logging(settings.log_level)
-    dsn = _migrated_database_url(settings)
-    asyncio.run(_welcome(settings, dsn))
+    from service.db.migrations import database_reachable
+
+    dsn = _database_url(settings)
+    if asyncio.run(database_reachable(dsn)):
+        _migrated_database_url(settings)
+        asyncio.run(_welcome(settings, dsn))
+    else:
+        print("fal-jobs: the database does not answer: serving anyway (not ready); migrations run once it does",
+              file=sys.stderr, flush=True)
+        _migrate_in_background(settings, dsn)
     # The app factory reads its settings from the environment; hand it the server we resolved.
     os.environ["DATABASE_URL"] = dsn
     where = "embedded PostgreSQL in " + settings.embedded_pgdata if not settings.database_url else "DATABASE_URL"
@@ -71,8 +106,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def _fit_processes(settings: Settings, dsn: str) -> int:
     """The process count, with each process's pool shrunk (DATABASE_POOL_MAX) so that all of them
     fit under Postgres's max_connections."""
+    from service.db.pool import is_unavailable
+
     processes = process_count(settings)
-    pool_max = asyncio.run(pool_size_for(dsn, processes, settings.database_pool_max))
+    try:
+        pool_max = asyncio.run(pool_size_for(dsn, processes, settings.database_pool_max))
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
+        # Postgres is down: serve anyway (not ready until it answers) with the configured pools.
+        print(f"fal-jobs: the database does not answer ({type(error).__name__}); each pool may hold "
+              f"{settings.database_pool_max} connections", file=sys.stderr, flush=True)
+        pool_max = settings.database_pool_max
     if pool_max < settings.database_pool_max:
         print(f"fal-jobs: {processes} processes: each pool holds at most {pool_max} connections "
               "to stay under Postgres's max_connections", file=sys.stderr)

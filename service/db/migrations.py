@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -59,3 +62,26 @@ async def missing_migrations(connection: asyncpg.Connection) -> frozenset[str]:
         rows = await connection.fetch("SELECT name FROM migration WHERE app_name = $1", APP_NAME)
         ran = {row["name"] for row in rows}
     return expected_migration_ids() - ran
+
+
+async def database_reachable(dsn: str, *, timeout_s: float = 2.0) -> bool:
+    try:
+        connection = await asyncpg.connect(dsn, timeout=timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    await connection.close()
+    return True
+
+
+def wait_for_database(dsn: str, *, wait_s: float, every_s: float = 0.5, on_wait: Callable[[], None] | None = None) -> None:
+    """Return once Postgres at `dsn` takes a connection; MigrationError after `wait_s` without one.
+    Migrations wait for the database rather than fail a deploy that starts with it."""
+    deadline = time.monotonic() + wait_s
+    told = False
+    while not asyncio.run(database_reachable(dsn)):
+        if time.monotonic() > deadline:
+            raise MigrationError(f"the database did not answer within {wait_s:g} s")
+        if not told and on_wait is not None:
+            on_wait()
+            told = True
+        time.sleep(every_s)

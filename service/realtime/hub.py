@@ -11,7 +11,7 @@ subscription that wants them even though their id is below its position: a job's
 takes an event when its version is newer than the one it sent (within a job, versions and ids
 grow together), a user's subscription takes it unless its resume replay already held it. The hub
 also remembers the recent late events with the position at which they came, so a user stream
-resumed from below that position gets them in its replay.
+resumed from that position or below gets them in its replay.
 """
 
 from __future__ import annotations
@@ -238,9 +238,11 @@ class Hub:
         self.ready = True
 
     def late_since(self, after: int) -> list[JobEvent]:
-        """Late events that came once the position had passed `after`, with ids at or below it:
-        a replay "after `after`" does not read them, yet the client never had them."""
-        return [event for position, event in self.recent_late if position > after and event.id <= after]
+        """Late events that came once the position had reached `after`, with ids at or below it: a
+        replay "after `after`" does not read them, and a client at `after` may not have had them
+        (a late event carries no id, so its Last-Event-ID cannot tell). Such a client may get one
+        twice; it never misses one."""
+        return [event for position, event in self.recent_late if position >= after and event.id <= after]
 
     def start_heartbeats(self, interval_s: float) -> None:
         """One timer for the whole process: every `interval_s`, each stream sends a comment."""

@@ -23,6 +23,7 @@ import time
 
 import asyncpg
 
+from service.db.pool import is_unavailable
 from service.realtime.cursor import EventCursor
 from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
 from service.realtime.hub import Hub
@@ -102,11 +103,11 @@ class EventListener:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
-                if self.connected:
+            except Exception as error:
+                if not is_unavailable(error):
+                    log.exception("listener failed; reconnecting", extra={"action": "listener_reconnect"})
+                elif self.connected:
                     log.warning("listener connection lost; reconnecting", extra={"error": type(error).__name__})
-            except Exception:
-                log.exception("listener failed; reconnecting", extra={"action": "listener_reconnect"})
             self._set_connected(False)
             await self._disconnect()
             await asyncio.sleep(min(self._max_backoff_s, 0.05 * 2 ** min(self._failures, 10)))

@@ -11,8 +11,8 @@ message, not every change since). A user stream resumed after N replays the chan
 each changed job's latest state past `REPLAY_LIMIT`). Late events (committed after their id was
 skipped, see `cursor`) reach open streams as they are read: on a job stream with their id (a job's
 ids grow with its versions), on a user stream without an `id:` line, so the client's resume
-position stays where it was; a user stream resumed from below the position at which a late event
-came gets it in its replay.
+position stays where it was; a user stream resumed from the position at which a late event came,
+or from below it, gets it in its replay (possibly a second time: a job's `version` tells).
 """
 
 from __future__ import annotations

@@ -1,0 +1,403 @@
+"""The fault suite: real Postgres, real HTTP, real processes, and the faults a deployment meets.
+
+- a partition (a TCP proxy in front of Postgres stops forwarding): reads, creates, webhooks and
+  /readyz answer 503 instead of hanging, and everything works again once it forwards;
+- Postgres down at start-up: the service starts, says not-ready naming the database, and becomes
+  ready once it answers; `migrate` waits for it;
+- a storm of pg_terminate_backend on every service backend while 100 jobs run: every job ends,
+  a reader resuming by Last-Event-ID sees each end exactly once, and no answer is a 5xx but 503;
+- a transaction holding an event id past the gap time-out, then committing: its event still
+  reaches the open streams and a resume;
+- the sweep with one poisoned job (Postgres rejects its change) among 300 overdue ones.
+
+Each test runs on a database of its own (`fault_db`), so killing backends or poisoning a table
+touches no other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+import pytest_asyncio
+
+from service.auth.api_keys import create_user
+from service.db.migrations import apply_migrations
+from service.db.pool import create_pool, init_connection
+from service.emulator import FalEmulator
+from service.jobs.models import JobChange, NewJob
+from service.jobs.status_machine import apply_change, create_job
+from service.realtime.hub import Hub
+from service.realtime.listener import EventListener
+from service.realtime.streams import open_job_stream, open_user_stream
+from service.settings import PROJECT_ROOT
+from tests.conftest import _with_database, bearer, fal_settings, serve
+from tests.proxy import TcpProxy
+from tests.test_webhook_endpoint import signed, webhook
+
+SERVICE_APPLICATIONS = ("fal-jobs", "fal-jobs-listener", "fal-jobs-sweep")
+
+
+@pytest.fixture
+def fault_db(server_dsn: str) -> Iterator[str]:
+    """A migrated database of this test's own, dropped afterwards."""
+    name = f"fal_jobs_fault_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(server_dsn)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    dsn = _with_database(server_dsn, name)
+    apply_migrations(dsn)
+    try:
+        yield dsn
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def direct(fault_db: str) -> AsyncIterator[asyncpg.Pool]:
+    """The test's own connections to the fault database (not named like the service's)."""
+    pool = await asyncpg.create_pool(fault_db, min_size=1, max_size=4, init=init_connection,
+                                     server_settings={"application_name": "fault-test"})
+    yield pool
+    await pool.close()
+
+
+def proxy_for(dsn: str) -> TcpProxy:
+    parts = urlsplit(dsn)
+    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within_s: float, what: str) -> None:
+    """Wait for `check` to hold, asking every 50 ms; fail naming `what` after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within_s} s")
+        await asyncio.sleep(0.05)
+
+
+async def new_job(pool: asyncpg.Pool, user_id: str, request_id: str | None = None) -> str:
+    request_id = request_id or str(uuid.uuid4())
+    async with pool.acquire() as connection:
+        await create_job(connection, NewJob(request_id=request_id, user_id=user_id, model_id="fal-ai/flux/dev",
+                                            type="image", input={"prompt": "p"}, mode="webhook"))
+    return request_id
+
+
+async def test_a_partitioned_database_answers_503_and_recovers(
+    fault_db: str, direct: asyncpg.Pool, fal: FalEmulator,
+) -> None:
+    proxy = proxy_for(fault_db)
+    await proxy.start()
+    user = await create_user(direct, f"partition-{uuid.uuid4().hex[:8]}")
+    request_id = await new_job(direct, user.user_id)
+    service = await serve(lambda url: create_app_for(proxy.url_for(fault_db), fal, url))
+    # A hang fails the test: every answer must come back, well inside fal's 15 s webhook time-out.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(12)) as http:
+        try:
+            assert (await http.get(f"{service.url}/readyz")).status_code == 200
+            assert (await http.get(f"{service.url}/api/jobs", headers=bearer(user))).status_code == 200
+            proxy.partition()
+            body = webhook(request_id)
+            answers = await asyncio.gather(
+                http.get(f"{service.url}/api/jobs", headers=bearer(user)),
+                http.get(f"{service.url}/api/jobs/{request_id}", headers=bearer(user)),
+                http.post(f"{service.url}/api/jobs", headers=bearer(user),
+                          json={"type": "image", "model_id": "fal-ai/flux/dev", "input": {"prompt": "partitioned"}}),
+                http.post(f"{service.url}/api/webhooks/fal", content=body,
+                          headers={**signed(fal.keyset.current, request_id, body), "content-type": "application/json"}),
+                http.get(f"{service.url}/readyz"),
+            )
+            for answer in answers:
+                assert answer.status_code == 503, (answer.request.url, answer.status_code, answer.text)
+            for answer in answers[:4]:
+                assert answer.json()["error"] == "unavailable" and answer.headers["retry-after"], answer.text
+            assert "database" in answers[4].json()["checks"] and answers[4].json()["checks"]["database"] != "ok"
+            proxy.heal()
+
+            async def ready() -> bool:
+                return (await http.get(f"{service.url}/readyz")).status_code == 200
+
+            await eventually(ready, within_s=10, what="ready again after the partition healed")
+            assert (await http.get(f"{service.url}/api/jobs", headers=bearer(user))).status_code == 200
+            again = await http.post(f"{service.url}/api/webhooks/fal", content=body,
+                                    headers={**signed(fal.keyset.current, request_id, body), "content-type": "application/json"})
+            assert again.status_code == 200, again.text
+        finally:
+            proxy.heal()
+            await service.stop()
+            await proxy.stop()
+
+
+def create_app_for(dsn: str, fal: FalEmulator, url: str, **overrides: str) -> Any:
+    from service.app import create_app
+
+    return create_app(fal_settings(dsn, fal, url, **overrides))
+
+
+async def test_postgres_down_at_start_then_up(fault_db: str, direct: asyncpg.Pool, fal: FalEmulator) -> None:
+    proxy = proxy_for(fault_db)  # not started: nobody listens on its port yet
+    user = await create_user(direct, f"down-{uuid.uuid4().hex[:8]}")
+    service = await serve(lambda url: create_app_for(proxy.url_for(fault_db), fal, url))
+    async with httpx.AsyncClient(timeout=httpx.Timeout(12)) as http:
+        try:
+            down = await http.get(f"{service.url}/readyz")
+            assert down.status_code == 503
+            checks = down.json()["checks"]
+            assert checks["database"].startswith("unreachable") and checks["listener"] != "ok", checks
+            listed = await http.get(f"{service.url}/api/jobs", headers=bearer(user))
+            assert listed.status_code == 503 and listed.headers["retry-after"]
+            await proxy.start()  # the database comes back
+
+            async def ready() -> bool:
+                return (await http.get(f"{service.url}/readyz")).status_code == 200
+
+            await eventually(ready, within_s=10, what="ready once the database answers")
+            assert (await http.get(f"{service.url}/api/jobs", headers=bearer(user))).status_code == 200
+        finally:
+            await service.stop()
+            await proxy.stop()
+
+
+async def test_migrate_waits_for_a_database_that_is_down(fault_db: str) -> None:
+    proxy = proxy_for(fault_db)
+    env = {**os.environ, "DATABASE_URL": proxy.url_for(fault_db), "FAL_JOBS_NO_VENV": "1"}
+    migrate = subprocess.Popen([sys.executable, "-m", "service", "migrate"], cwd=PROJECT_ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert migrate.stderr is not None
+        line = await asyncio.to_thread(migrate.stderr.readline)
+        assert "waiting" in line, line
+        await proxy.start()
+        returncode = await asyncio.to_thread(migrate.wait, 60)
+        rest = migrate.stderr.read()
+        assert returncode == 0, rest
+        assert "migrations applied" in rest
+    finally:
+        if migrate.poll() is None:
+            migrate.kill()
+        await proxy.stop()
+
+
+async def test_a_terminate_storm_while_100_jobs_run_loses_nothing(
+    fault_db: str, direct: asyncpg.Pool, fal: FalEmulator,
+) -> None:
+    user = await create_user(direct, f"storm-{uuid.uuid4().hex[:8]}")
+    # The sweep is the backstop for webhooks fal gave up on (the emulator's retries are compressed).
+    service = await serve(lambda url: create_app_for(fault_db, fal, url, RECONCILE_INTERVAL_S="1", RECONCILE_AFTER_S="2",
+                                                    MAX_OPEN_JOBS_PER_USER="1000", MAX_JOBS_PER_MINUTE="100000"))
+    statuses: list[int] = []
+    kills = 0
+    storming = True
+
+    async def storm() -> None:
+        nonlocal kills
+        while storming:
+            kills += await direct.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = ANY($1::text[])",
+                list(SERVICE_APPLICATIONS),
+            )
+            await asyncio.sleep(0.15)
+
+    terminal_seen: dict[str, list[int]] = {}
+    reader_done = asyncio.Event()
+
+    async def read_events(http: httpx.AsyncClient) -> None:
+        """One user stream, dropped on purpose every 20 messages and resumed by Last-Event-ID."""
+        last_id: str | None = None
+        while not reader_done.is_set():
+            headers = {**bearer(user), **({"Last-Event-ID": last_id} if last_id else {})}
+            try:
+                async with http.stream("GET", f"{service.url}/api/events", headers=headers,
+                                       timeout=httpx.Timeout(10, read=2)) as response:
+                    statuses.append(response.status_code)
+                    if response.status_code != 200:
+                        await asyncio.sleep(0.1)
+                        continue
+                    taken = 0
+                    event: dict[str, str] = {}
+                    async for line in response.aiter_lines():
+                        if line:
+                            field, _, value = line.partition(": ")
+                            event[field] = value
+                            continue
+                        if event.get("id"):
+                            last_id = event["id"]
+                        if event.get("event") == "job":
+                            job = msgspec.json.decode(event["data"])
+                            if job["status"] in ("completed", "failed", "cancelled"):
+                                terminal_seen.setdefault(job["request_id"], []).append(int(event.get("id") or 0))
+                            taken += 1
+                        event = {}
+                        if taken >= 20 or reader_done.is_set():
+                            break
+            except httpx.ReadTimeout:
+                continue  # quiet for 2 s: reconnect with the same Last-Event-ID
+
+    async def create(http: httpx.AsyncClient, n: int) -> None:
+        body = {"type": "image", "model_id": "fal-ai/flux/dev",
+                "input": {"prompt": f"storm {n}", "fal_emulator": {"queue_ms": 100, "run_ms": 300}}}
+        for _ in range(50):
+            response = await http.post(f"{service.url}/api/jobs", headers=bearer(user), json=body)
+            statuses.append(response.status_code)
+            if response.status_code != 503:
+                assert response.status_code == 202, response.text
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("a job could not be created in 50 tries")
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(15)) as http:
+        reader = asyncio.create_task(read_events(http))
+        stormer = asyncio.create_task(storm())
+        try:
+            gate = asyncio.Semaphore(8)
+
+            async def gated(n: int) -> None:
+                async with gate:
+                    await create(http, n)
+
+            await asyncio.gather(*(gated(n) for n in range(100)))
+            await asyncio.sleep(1)  # keep killing while the jobs run
+            storming = False
+            await stormer
+
+            async def all_terminal() -> bool:
+                return not await direct.fetchval(
+                    "SELECT count(*) FROM fal_jobs WHERE user_id = $1 AND status IN ('pending', 'in_progress')",
+                    user.user_id)
+
+            await eventually(all_terminal, within_s=60, what="every job terminal")
+            jobs = {row["request_id"] for row in await direct.fetch(
+                "SELECT request_id FROM fal_jobs WHERE user_id = $1", user.user_id)}
+
+            async def all_seen() -> bool:
+                return jobs <= set(terminal_seen)
+
+            await eventually(all_seen, within_s=30, what="the reader saw every job's end")
+        finally:
+            storming = False
+            reader_done.set()
+            await asyncio.gather(stormer, return_exceptions=True)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await service.stop()
+    assert len(jobs) >= 100
+    assert kills > 0
+    repeated = {request_id: ids for request_id, ids in terminal_seen.items() if len(ids) != 1}
+    assert not repeated, repeated
+    assert set(statuses) <= {200, 202, 503}, sorted(set(statuses))
+
+
+async def test_an_event_committed_after_its_gap_was_skipped_still_reaches_streams(
+    fault_db: str, direct: asyncpg.Pool,
+) -> None:
+    hub = Hub()
+    listener = EventListener(fault_db, hub, gap_timeout_s=0.3)
+    pool = await create_pool(fault_db, max_size=4)
+    await listener.start()
+    holder = await asyncpg.connect(fault_db, server_settings={"application_name": "fault-test"})
+    await init_connection(holder)
+    try:
+        await listener.wait_connected(timeout=10)
+        user_id = f"gap-{uuid.uuid4().hex[:8]}"
+        slow, quick = await new_job(direct, user_id), await new_job(direct, user_id)
+
+        async def caught_up() -> bool:
+            return hub.position >= await direct.fetchval("SELECT max(id) FROM fal_job_events")
+
+        await eventually(caught_up, within_s=10, what="the listener caught up")
+        job_stream = await open_job_stream(hub, pool, user_id=user_id, request_id=slow, last_event_id=None)
+        user_stream = await open_user_stream(hub, pool, user_id=user_id, statuses=None, types=None, last_event_id=None)
+        job_messages, user_messages = aiter(job_stream), aiter(user_stream)
+        assert (await anext(job_messages)).event == "job"  # the snapshot
+        ready = await anext(user_messages)
+        assert ready.event == "ready"
+
+        # A transaction takes an event id for `slow` and holds it open past the gap time-out...
+        transaction = holder.transaction()
+        await transaction.start()
+        await apply_change(holder, slow, JobChange(status="completed", result={"late": True}))
+        held_id = await holder.fetchval("SELECT max(id) FROM fal_job_events")
+        async with pool.acquire() as connection:  # ...while a later id commits at once.
+            await apply_change(connection, quick, JobChange(status="completed"))
+        quick_message = await asyncio.wait_for(anext(user_messages), 10)
+        assert msgspec.json.decode(quick_message.data)["request_id"] == quick  # released past the skipped gap
+        assert listener._cursor is not None and listener._cursor.skipped_by_timeout >= 1
+        assert held_id in listener._cursor.skipped_ids
+        await transaction.commit()  # the late commit
+
+        late_on_user_stream = await asyncio.wait_for(anext(user_messages), 10)
+        late_job = msgspec.json.decode(late_on_user_stream.data)
+        assert (late_job["request_id"], late_job["status"]) == (slow, "completed")
+        assert late_on_user_stream.id is None  # the resume position stays where it was
+        late_on_job_stream = await asyncio.wait_for(anext(job_messages), 10)
+        assert msgspec.json.decode(late_on_job_stream.data)["status"] == "completed"
+        assert late_on_job_stream.id == held_id
+        with pytest.raises(StopAsyncIteration):  # the job's stream ends after its terminal event
+            await asyncio.wait_for(anext(job_messages), 10)
+
+        # A client that had reached `quick`'s event when the late commit came resumes from there:
+        # it still gets the late event, which sits below its position.
+        resumed = await open_user_stream(hub, pool, user_id=user_id, statuses=None, types=None,
+                                         last_event_id=quick_message.id)
+        first = await asyncio.wait_for(anext(aiter(resumed)), 10)
+        assert msgspec.json.decode(first.data)["request_id"] == slow and first.id is None
+        resumed.close()
+        user_stream.close()
+    finally:
+        await holder.close()
+        await listener.aclose()
+        await pool.close()
+
+
+async def test_the_sweep_survives_a_poisoned_job_among_300_overdue(
+    fault_db: str, direct: asyncpg.Pool, fal: FalEmulator,
+) -> None:
+    # Postgres rejects any change of the poisoned job, as it rejected fal's NUL bytes before.
+    await direct.execute("""
+        CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'poisoned row %', NEW.request_id; END $$;
+        CREATE TRIGGER poison BEFORE UPDATE ON fal_jobs FOR EACH ROW
+            WHEN (NEW.request_id LIKE 'poison-%' AND NEW.status IS DISTINCT FROM OLD.status) EXECUTE FUNCTION poison();
+    """)
+    service = await serve(lambda url: create_app_for(fault_db, fal, url))
+    try:
+        reconciler = service.app.state.reconciler
+
+        async def swept() -> bool:  # the start-up sweep (on an empty table) has ended
+            return (await reconciler.sweep_once()).ran
+
+        await eventually(swept, within_s=10, what="a sweep of our own")
+        poisoned = await new_job(direct, "sweep", f"poison-{uuid.uuid4()}")
+        others = [await new_job(direct, "sweep") for _ in range(300)]
+        await direct.execute("UPDATE fal_jobs SET updated_at = now() - interval '1 hour' WHERE user_id = 'sweep'")
+        await direct.execute("UPDATE fal_jobs SET updated_at = now() - interval '2 hours' WHERE request_id = $1", poisoned)
+        report = await reconciler.sweep_once()
+        assert report.ran and report.failed == 1 and report.checked == 301, report
+        assert report.unknown_to_fal == 301 and report.changed == 300, report
+        statuses = await direct.fetch("SELECT status, count(*) FROM fal_jobs WHERE user_id = 'sweep' GROUP BY status")
+        assert {row["status"]: row["count"] for row in statuses} == {"failed": 300, "pending": 1}
+        assert await direct.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", poisoned) == "pending"
+        again = await reconciler.sweep_once()  # the poisoned job does not wedge later sweeps either
+        assert again.ran and again.checked == 1 and again.failed == 1, again
+    finally:
+        await service.stop()
+    assert len(others) == 300
