@@ -20,7 +20,7 @@ from litestar.types import Receive, Scope, Send
 from service.auth.callers import revoked_among
 from service.auth.stream_tokens import StreamTokens
 from service.db.embedded import start_embedded_postgres
-from service.db.pool import create_pool
+from service.db.pool import CONNECT_TIMEOUT_S, create_pool
 from service.emulator import FalEmulator, create_emulator_app
 from service.fal.follower import JobFollower
 from service.fal.gateway import FalGateway
@@ -72,7 +72,6 @@ CREDENTIAL_CHECK_S = 2.0
 holding streams open: a revocation closes them everywhere within this."""
 
 
-DB_CONNECT_TIMEOUT_S = 2.0
 LISTENER_START_WAIT_S = 3.0
 """Start-up waits this long for the LISTEN connection, then serves without it (not ready)."""
 
@@ -122,7 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         hub = Hub()
         hub.start_heartbeats(settings.sse_heartbeat_s)
         admission = Admission(max_per_credential=settings.max_streams_per_user)
-        listener = EventListener(settings.listen_database_url or dsn, hub)
+        listener = EventListener(settings.listen_database_url or dsn, hub, connect_timeout_s=CONNECT_TIMEOUT_S)
         await listener.start()
         with contextlib.suppress(TimeoutError):
             # Postgres may be down: serve anyway (/readyz says what is missing) and keep trying.
@@ -143,7 +142,7 @@ def create_app(settings: Settings) -> Litestar:
         follower = JobFollower(pool, gateway, max_followers=settings.max_followers)
         reconciler = Reconciler(
             pool, gateway, follower, intake,
-            connect_lock=lambda: asyncpg.connect(dsn, timeout=DB_CONNECT_TIMEOUT_S,
+            connect_lock=lambda: asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S,
                                                  server_settings={"application_name": "fal-jobs-sweep"}),
             overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
         )

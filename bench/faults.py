@@ -1,0 +1,337 @@
+"""What the service does under the faults a deployment meets, in one table.
+
+The service runs as its own process (`python -m service serve`, the Procfile's command, one
+worker) in webhook mode against an in-process fal emulator, with Postgres behind a TCP proxy the
+bench controls. A load of API clients (list, read, create) runs through every phase, and one SSE
+reader follows the user's jobs on /api/events, dropping its connection every 25 messages and
+resuming by Last-Event-ID. Phases, one after the other:
+
+  baseline       no fault
+  kill storm     pg_terminate_backend on every service backend every 150 ms
+  partition      the proxy stops forwarding (connections stay open, nothing comes back)
+  down at start  the service is restarted while nothing listens on the database's address,
+                 then the database comes back
+
+Per phase: requests sent, answers by status (`timeout` = no answer within 20 s), p99 time to
+answer, and seconds from the end of the fault to /readyz answering 200. At the end, after every
+job has had time to finish: jobs lost (a job answered 202 that never reached a terminal state),
+and terminal events the reader missed or saw twice.
+
+    .venv/bin/python bench/faults.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+
+A script that prints a table, not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+import msgspec  # noqa: E402
+import uvicorn  # noqa: E402
+
+from bench.harness import (  # noqa: E402
+    BenchFailure,
+    admin_execute,
+    free_port,
+    listening_socket,
+    open_server,
+    percentile,
+    with_database,
+)
+from service.auth.api_keys import NewUser, create_user  # noqa: E402
+from service.db.migrations import apply_migrations  # noqa: E402
+from service.db.pool import init_connection  # noqa: E402
+from service.emulator import FalEmulator, create_emulator_app  # noqa: E402
+from tests.proxy import TcpProxy  # noqa: E402
+
+TERMINAL = ("completed", "failed", "cancelled")
+REQUEST_TIMEOUT_S = 20.0
+SERVICE_APPLICATIONS = ["fal-jobs", "fal-jobs-listener", "fal-jobs-sweep"]
+MODEL = "fal-ai/flux/dev"
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Phase:
+    name: str
+    statuses: collections.Counter[str] = field(default_factory=collections.Counter)
+    latencies: list[float] = field(default_factory=list)
+    recovery_s: float | None = None
+
+    def record(self, status: str, seconds: float) -> None:
+        self.statuses[status] += 1
+        self.latencies.append(seconds)
+
+
+class Bench:
+    def __init__(self, dsn: str, proxy: TcpProxy, emulator: FalEmulator, fal_key: str, user: NewUser, logs: Path) -> None:
+        self.dsn = dsn
+        self.proxy = proxy
+        self.emulator = emulator
+        self.fal_key = fal_key
+        self.user = user
+        self.logs = logs
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.phase = Phase("baseline")
+        self.phases: list[Phase] = []
+        self.created: set[str] = set()
+        self.terminal_seen: dict[str, int] = collections.Counter()
+        self.running = True
+        self.reading = True
+
+    # ---- the service process -------------------------------------------------------------
+
+    def start_service(self) -> None:
+        env = {
+            **os.environ, "DATABASE_URL": self.proxy.url_for(self.dsn), "FAL_KEY": self.fal_key,
+            "FAL_QUEUE_URL": self.emulator.base_url, "FAL_JWKS_URL": self.emulator.jwks_url, "APP_URL": self.url,
+            "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": "1",
+            "RECONCILE_INTERVAL_S": "2", "RECONCILE_AFTER_S": "5", "MAX_OPEN_JOBS_PER_USER": "100000",
+            "MAX_JOBS_PER_MINUTE": "100000", "MAX_STREAMS_PER_USER": "1000", "FAL_JOBS_NO_VENV": "1",
+            "STREAM_TOKEN_SECRET": secrets.token_urlsafe(32),
+        }
+        env.pop("LISTEN_DATABASE_URL", None)
+        with open(self.logs / "service.log", "ab") as log_file:
+            self.process = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env,
+                                            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    async def stop_service(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+
+    async def wait_ready(self, http: httpx.AsyncClient, within_s: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < within_s:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{self.url}/readyz", timeout=3)).status_code == 200:
+                    return time.monotonic() - started
+            await asyncio.sleep(0.05)
+        raise BenchFailure(f"not ready within {within_s} s; see {self.logs / 'service.log'}")
+
+    # ---- load ----------------------------------------------------------------------------
+
+    async def client(self, http: httpx.AsyncClient, n: int) -> None:
+        headers = {"Authorization": f"Bearer {self.user.api_key}"}
+        turn = 0
+        while self.running:
+            turn += 1
+            started = time.monotonic()
+            try:
+                if turn % 3 == 0:
+                    body = {"type": "image", "model_id": MODEL,
+                            "input": {"prompt": f"fault {n}-{turn}", "fal_emulator": {"queue_ms": 200, "run_ms": 500}}}
+                    response = await http.post(f"{self.url}/api/jobs", headers=headers, json=body)
+                    if response.status_code == 202:
+                        self.created.add(response.json()["request_id"])
+                elif turn % 3 == 1 and self.created:
+                    request_id = next(iter(self.created))
+                    response = await http.get(f"{self.url}/api/jobs/{request_id}", headers=headers)
+                else:
+                    response = await http.get(f"{self.url}/api/jobs?limit=20", headers=headers)
+                status = str(response.status_code)
+            except httpx.TimeoutException:
+                status = "timeout"
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)  # the process is restarting: nothing was answered
+                continue
+            self.phase.record(status, time.monotonic() - started)  # the phase it was answered in
+            await asyncio.sleep(0.02)
+
+    async def reader(self, http: httpx.AsyncClient) -> None:
+        headers = {"Authorization": f"Bearer {self.user.api_key}"}
+        last_id: str | None = None
+        while self.reading:
+            try:
+                async with http.stream("GET", f"{self.url}/api/events",
+                                       headers={**headers, **({"Last-Event-ID": last_id} if last_id else {})},
+                                       timeout=httpx.Timeout(10, read=3)) as response:
+                    if response.status_code != 200:
+                        await asyncio.sleep(0.1)
+                        continue
+                    taken = 0
+                    event: dict[str, str] = {}
+                    async for line in response.aiter_lines():
+                        if line:
+                            name, _, value = line.partition(": ")
+                            event[name] = value
+                            continue
+                        if event.get("id"):
+                            last_id = event["id"]
+                        if event.get("event") == "job":
+                            job = msgspec.json.decode(event["data"])
+                            if job["status"] in TERMINAL:
+                                self.terminal_seen[job["request_id"]] += 1
+                            taken += 1
+                        event = {}
+                        if taken >= 25 or not self.reading:
+                            break
+            except (httpx.TimeoutException, httpx.TransportError):
+                await asyncio.sleep(0.1)
+
+    def begin(self, name: str) -> Phase:
+        self.phase = Phase(name)
+        self.phases.append(self.phase)
+        return self.phase
+
+
+async def run(args: argparse.Namespace) -> None:
+    server_dsn, embedded = open_server(args.database_url)
+    name = f"fal_jobs_faults_{uuid.uuid4().hex[:10]}"
+    await admin_execute(server_dsn, f'CREATE DATABASE "{name}"')
+    dsn = with_database(server_dsn, name)
+    logs = Path(tempfile.mkdtemp(prefix="fal-jobs-faults-"))
+    try:
+        apply_migrations(dsn)
+        direct = await asyncpg.connect(dsn, server_settings={"application_name": "bench"})
+        await init_connection(direct)
+        users = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+        user = await create_user(users, f"faults-{uuid.uuid4().hex[:6]}")
+        await users.close()
+        fal_key = "bench:" + secrets.token_urlsafe(16)
+        sock = listening_socket()
+        host, port = sock.getsockname()
+        emulator = FalEmulator(f"http://{host}:{port}", fal_key, retry_schedule_s=(0.5, 1, 2, 4, 8, 16))
+        fal_server = uvicorn.Server(uvicorn.Config(create_emulator_app(emulator), log_config=None, access_log=False))
+        fal_task = asyncio.create_task(fal_server.serve(sockets=[sock]))
+        parts = urlsplit(dsn)
+        proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+        await proxy.start()
+        bench = Bench(dsn, proxy, emulator, fal_key, user, logs)
+        bench.start_service()
+        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=64)) as http:
+            await bench.wait_ready(http, 60)
+            bench.begin("baseline")
+            workers = [asyncio.create_task(bench.client(http, n)) for n in range(args.clients)]
+            reader = asyncio.create_task(bench.reader(http))
+            await asyncio.sleep(args.phase_s)
+
+            phase = bench.begin("kill storm")
+            log(f"{phase.name}: pg_terminate_backend every 150 ms for {args.phase_s} s")
+            kills = 0
+            until = time.monotonic() + args.phase_s
+            while time.monotonic() < until:
+                kills += await direct.fetchval(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = ANY($1::text[])", SERVICE_APPLICATIONS)
+                await asyncio.sleep(0.15)
+            phase.recovery_s = await bench.wait_ready(http, 60)
+            log(f"{phase.name}: {kills} backends killed")
+
+            phase = bench.begin("partition")
+            log(f"{phase.name}: the proxy holds every byte for {args.phase_s} s")
+            proxy.partition()
+            await asyncio.sleep(args.phase_s)
+            proxy.heal()
+            phase.recovery_s = await bench.wait_ready(http, 60)
+
+            phase = bench.begin("down at start")
+            log(f"{phase.name}: restart the service with nothing listening on the database's address")
+            await bench.stop_service()
+            await proxy.stop()
+            bench.start_service()
+            await asyncio.sleep(args.phase_s)  # the clients meet a service whose database is down
+            await proxy.start()
+            phase.recovery_s = await bench.wait_ready(http, 60)
+
+            bench.begin("after")
+            await asyncio.sleep(2)
+            bench.running = False
+            await asyncio.gather(*workers, return_exceptions=True)
+            log("waiting for every job to end (the sweep settles what a given-up webhook left)")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                open_jobs = await direct.fetchval(
+                    "SELECT count(*) FROM fal_jobs WHERE user_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled')",
+                    user.user_id)
+                if not open_jobs:
+                    break
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(4)  # the reader catches up on the last ends
+            bench.reading = False
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        await bench.stop_service()
+        rows = await direct.fetch("SELECT request_id, status FROM fal_jobs WHERE user_id = $1", user.user_id)
+        await direct.close()
+        await proxy.stop()
+        fal_server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(fal_task, 10)
+        with contextlib.suppress(Exception):
+            await emulator.aclose()
+        report(bench, rows, args)
+    finally:
+        with contextlib.suppress(Exception):
+            await admin_execute(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if embedded is not None:
+            embedded.cleanup()
+
+
+def report(bench: Bench, rows: list[Any], args: argparse.Namespace) -> None:
+    statuses = {row["request_id"]: row["status"] for row in rows}
+    lost_jobs = sum(1 for request_id in bench.created if statuses.get(request_id) not in TERMINAL)
+    terminal = {request_id for request_id, status in statuses.items() if status in TERMINAL}
+    missed = sum(1 for request_id in terminal if bench.terminal_seen.get(request_id, 0) == 0)
+    doubled = sum(1 for request_id in terminal if bench.terminal_seen.get(request_id, 0) > 1)
+    print(f"{args.clients} API clients (list, read, create) + 1 SSE reader resuming by Last-Event-ID; "
+          f"{args.phase_s:g} s per fault; service: 'python -m service serve', 1 process, webhooks from the emulator")
+    print(f"{'fault':<15}{'requests':>9}  {'answers by status':<34}{'p99 s':>7}{'recovery s':>12}")
+    for phase in bench.phases:
+        if phase.name == "after":
+            continue
+        answers = ", ".join(f"{status}: {count}" for status, count in sorted(phase.statuses.items()))
+        p99 = percentile(sorted(phase.latencies), 99)
+        recovery = "-" if phase.recovery_s is None else f"{phase.recovery_s:.2f}"
+        print(f"{phase.name:<15}{sum(phase.statuses.values()):>9}  {answers:<34}{p99:>7.2f}{recovery:>12}")
+    others = sum(count for phase in bench.phases for status, count in phase.statuses.items()
+                 if not (status.startswith("2") or status == "503"))
+    print(f"jobs answered 202: {len(bench.created)}; jobs lost: {lost_jobs}; jobs terminal: {len(terminal)} of {len(statuses)}")
+    print(f"terminal events: missed by the reader {missed}, seen twice {doubled}; answers other than 2xx/503: {others}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", help="a Postgres server (its 'postgres' database); else DATABASE_URL, else embedded")
+    parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--phase-s", type=float, default=5.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
