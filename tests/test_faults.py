@@ -401,3 +401,45 @@ async def test_the_sweep_survives_a_poisoned_job_among_300_overdue(
     finally:
         await service.stop()
     assert len(others) == 300
+
+
+async def test_wait_answers_503_at_once_without_a_listener_and_rereads_at_its_deadline(
+    fault_db: str, direct: asyncpg.Pool, fal: FalEmulator,
+) -> None:
+    listen = proxy_for(fault_db)  # only the LISTEN connection goes through it
+    await listen.start()
+    user = await create_user(direct, f"wait-{uuid.uuid4().hex[:8]}")
+    request_id = await new_job(direct, user.user_id)
+    service = await serve(lambda url: create_app_for(fault_db, fal, url, LISTEN_DATABASE_URL=listen.url_for(fault_db)))
+    url = f"{service.url}/api/jobs/{request_id}"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(12)) as http:
+
+        async def listener(state: str) -> bool:
+            return (await http.get(f"{service.url}/readyz")).json()["checks"]["listener"].startswith(state)
+
+        try:
+            await eventually(lambda: listener("ok"), within_s=10, what="the listener connected")
+            await listen.stop()  # the LISTEN connection drops and cannot come back
+            await eventually(lambda: listener("disconnected"), within_s=10, what="the listener noticed")
+            # Nothing would wake a wait: 503 at once, not after 30 s (the client gives up at 12).
+            waited = await http.get(f"{url}?wait=30", headers=bearer(user))
+            assert waited.status_code == 503 and waited.headers["retry-after"], waited.text
+            await listen.start()
+            await eventually(lambda: listener("ok"), within_s=10, what="the listener reconnected")
+            listen.partition()  # connected, yet it hears nothing: the wait must not answer stale
+            hub = service.app.state.hub
+            waiting = asyncio.create_task(http.get(f"{url}?wait=3", headers=bearer(user)))
+
+            async def subscribed() -> bool:
+                return hub.subscriber_count > 0
+
+            await eventually(subscribed, within_s=10, what="the wait subscribed")
+            await asyncio.sleep(0.5)  # its one read of the job follows the subscription at once
+            async with direct.acquire() as connection:
+                await apply_change(connection, request_id, JobChange(status="in_progress"))
+            answer = await waiting
+            assert answer.status_code == 200 and answer.json()["status"] == "in_progress", answer.text
+        finally:
+            listen.heal()
+            await service.stop()
+            await listen.stop()
