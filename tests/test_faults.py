@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,7 +44,7 @@ from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
 from service.realtime.streams import open_job_stream, open_user_stream
 from service.settings import PROJECT_ROOT
-from tests.conftest import _with_database, bearer, fal_settings, serve
+from tests.conftest import FAL_KEY, _with_database, bearer, fal_settings, serve
 from tests.proxy import TcpProxy
 from tests.test_webhook_endpoint import signed, webhook
 
@@ -173,6 +175,40 @@ async def test_postgres_down_at_start_then_up(fault_db: str, direct: asyncpg.Poo
             assert (await http.get(f"{service.url}/api/jobs", headers=bearer(user))).status_code == 200
         finally:
             await service.stop()
+            await proxy.stop()
+
+
+async def test_the_procfile_command_starts_with_postgres_down(fault_db: str, fal: FalEmulator) -> None:
+    """`python -m service serve` as its own process, its database not listening yet."""
+    proxy = proxy_for(fault_db)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DATABASE_URL": proxy.url_for(fault_db), "FAL_JOBS_NO_VENV": "1", "WEB_CONCURRENCY": "1",
+           "HOST": "127.0.0.1", "PORT": str(port), "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url,
+           "FAL_JWKS_URL": fal.jwks_url, "APP_URL": url, "LOG_LEVEL": "WARNING"}
+    env.pop("LISTEN_DATABASE_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=PROJECT_ROOT, env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5)) as http:
+
+        async def readyz(status: int) -> bool:
+            assert process.poll() is None, "the service exited"
+            try:
+                return (await http.get(f"{url}/readyz")).status_code == status
+            except httpx.TransportError:
+                return False  # not listening yet
+
+        try:
+            await eventually(lambda: readyz(503), within_s=30, what="serving, not ready, with the database down")
+            checks = (await http.get(f"{url}/readyz")).json()["checks"]
+            assert checks["database"].startswith("unreachable"), checks
+            await proxy.start()
+            await eventually(lambda: readyz(200), within_s=10, what="ready once the database answers")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(process.wait, 20)
             await proxy.stop()
 
 
