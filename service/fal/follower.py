@@ -24,6 +24,7 @@ from service.fal.gateway import (
     FalStatus,
     change_from_status,
     sleep_backoff,
+    was_cancelled,
 )
 from service.jobs.models import JobChange, JobMode
 from service.jobs.status_machine import apply_change
@@ -143,8 +144,8 @@ class JobFollower:
         """Apply what fal said; True when there is nothing more to follow."""
         change: JobChange | None = change_from_status(status)
         if change is None:
-            if target.mode == "webhook":
-                return True  # the webhook carries the result
+            if target.mode == "webhook" and not was_cancelled(status.error, None):
+                return True  # the webhook carries the result (fal sends none for a cancelled request)
             change = await self._gateway.completion_change(target.model_id, target.request_id, status)
         async with self._pool.acquire() as connection:
             applied = await apply_change(connection, target.request_id, change)
