@@ -479,3 +479,25 @@ async def test_wait_answers_503_at_once_without_a_listener_and_rereads_at_its_de
             listen.heal()
             await service.stop()
             await listen.stop()
+
+
+async def test_a_stream_opened_while_the_process_shuts_down_ends_at_once(
+    fault_db: str, direct: asyncpg.Pool, fal: FalEmulator,
+) -> None:
+    user = await create_user(direct, f"shutdown-{uuid.uuid4().hex[:8]}")
+    service = await serve(lambda url: create_app_for(fault_db, fal, url))
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10)) as http:
+            async with http.stream("GET", f"{service.url}/api/events", headers=bearer(user)) as before:
+                assert before.status_code == 200
+                # What SIGTERM does first: uvicorn then waits for open responses, and a browser may
+                # reconnect here meanwhile; that stream must end too, or shutdown waits on it.
+                service.app.state.hub.shut_down()
+                assert [line async for line in before.aiter_lines() if line.startswith("event:")] == ["event: ready"]
+            async with http.stream("GET", f"{service.url}/api/events", headers=bearer(user)) as during:
+                assert during.status_code == 200
+                async with asyncio.timeout(10):  # heartbeats would keep a stream that never ends alive
+                    lines = [line async for line in during.aiter_lines()]
+                assert "event: ready" in lines
+    finally:
+        await service.stop()
