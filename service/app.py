@@ -46,12 +46,12 @@ from service.http.webhooks import fal_webhook
 from service.jobs.commands import JobCommands
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
-from service.realtime.admission import Admission
 from service.outputs.access import MediaAccess
 from service.outputs.copier import Copier
 from service.outputs.sources import SourcePolicy
 from service.outputs.store import MediaStore
 from service.outputs.workers import OutputWorkers
+from service.realtime.admission import Admission
 from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
 from service.realtime.shutdown import close_streams_on_exit_signal
