@@ -15,7 +15,7 @@ resuming by Last-Event-ID. Phases, one after the other:
 Per phase: requests sent, answers by status (`timeout` = no answer within 20 s), p99 time to
 answer, and seconds from the end of the fault to /readyz answering 200. At the end, after every
 job has had time to finish: jobs lost (a job answered 202 that never reached a terminal state),
-and terminal events the reader missed or saw twice.
+jobs whose end the reader never saw, and job states (request id, version) it saw twice.
 
     .venv/bin/python bench/faults.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -103,6 +103,7 @@ class Bench:
         self.phases: list[Phase] = []
         self.created: set[str] = set()
         self.terminal_seen: dict[str, int] = collections.Counter()
+        self.seen: collections.Counter[tuple[str, int]] = collections.Counter()
         self.running = True
         self.reading = True
 
@@ -193,6 +194,8 @@ class Bench:
                             last_id = event["id"]
                         if event.get("event") == "job":
                             job = msgspec.json.decode(event["data"])
+                            # A completed job may change again (its outputs stored): count states.
+                            self.seen[(job["request_id"], job["version"])] += 1
                             if job["status"] in TERMINAL:
                                 self.terminal_seen[job["request_id"]] += 1
                             taken += 1
@@ -306,7 +309,7 @@ def report(bench: Bench, rows: list[Any], args: argparse.Namespace) -> None:
     lost_jobs = sum(1 for request_id in bench.created if statuses.get(request_id) not in TERMINAL)
     terminal = {request_id for request_id, status in statuses.items() if status in TERMINAL}
     missed = sum(1 for request_id in terminal if bench.terminal_seen.get(request_id, 0) == 0)
-    doubled = sum(1 for request_id in terminal if bench.terminal_seen.get(request_id, 0) > 1)
+    doubled = sum(1 for count in bench.seen.values() if count > 1)
     print(f"{args.clients} API clients (list, read, create) + 1 SSE reader resuming by Last-Event-ID; "
           f"{args.phase_s:g} s per fault; service: 'python -m service serve', 1 process, webhooks from the emulator")
     print(f"{'fault':<15}{'requests':>9}  {'answers by status':<34}{'p99 s':>7}{'recovery s':>12}")
@@ -320,7 +323,8 @@ def report(bench: Bench, rows: list[Any], args: argparse.Namespace) -> None:
     others = sum(count for phase in bench.phases for status, count in phase.statuses.items()
                  if not (status.startswith("2") or status == "503"))
     print(f"jobs answered 202: {len(bench.created)}; jobs lost: {lost_jobs}; jobs terminal: {len(terminal)} of {len(statuses)}")
-    print(f"terminal events: missed by the reader {missed}, seen twice {doubled}; answers other than 2xx/503: {others}")
+    print(f"terminal events missed by the reader: {missed}; job states seen twice: {doubled}; "
+          f"answers other than 2xx/503: {others}")
 
 
 def main() -> None:

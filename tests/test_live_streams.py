@@ -78,10 +78,7 @@ async def test_resume_after_a_dropped_client_loses_nothing_and_repeats_nothing(s
     # While the client is away:
     await change(pool, request_id, "pending", queue_position=1)
     await change(pool, request_id, "in_progress")
-    newest = await pool.fetchval("SELECT max(id) FROM fal_job_events")
-    async with asyncio.timeout(10):  # this process has published both changes
-        while hub_of(service).position < newest:
-            await asyncio.sleep(0.01)
+    await caught_up(service, pool)  # this process has published both changes
     async with SseReader(http, url, {**bearer(user), "Last-Event-ID": str(seen_id)}) as stream:
         # The job's latest state, not every change since (each event carries the whole job).
         resumed_id, resumed = await stream.next_job()
