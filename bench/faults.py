@@ -152,6 +152,7 @@ class Bench:
             turn += 1
             started = time.monotonic()
             try:
+                kind = ("create", "read", "list")[turn % 3]
                 if turn % 3 == 0:
                     body = {"type": "image", "model_id": MODEL,
                             "input": {"prompt": f"fault {n}-{turn}", "fal_emulator": {"queue_ms": 200, "run_ms": 500}}}
@@ -169,7 +170,10 @@ class Bench:
             except httpx.TransportError:
                 await asyncio.sleep(0.1)  # the process is restarting: nothing was answered
                 continue
-            self.phase.record(status, time.monotonic() - started)  # the phase it was answered in
+            took = time.monotonic() - started
+            self.phase.record(status, took)  # the phase it was answered in
+            if took > 3:
+                log(f"{self.phase.name}: {kind} answered {status} after {took:.2f} s")
             await asyncio.sleep(0.02)
 
     async def reader(self, http: httpx.AsyncClient) -> None:

@@ -33,8 +33,8 @@ UNAVAILABLE_SQLSTATES = ("08", "53", "57", "3D000")
 
 CONNECT_TIMEOUT_S = 1.5
 ACQUIRE_TIMEOUT_S = 1.5
-STATEMENT_TIMEOUT_S = 2.5
-"""Together at most 4 s: a request that waits for a connection, then meets a database that stopped
+STATEMENT_TIMEOUT_S = 2.0
+"""Together at most 3.5 s: a request that waits for a connection, then meets a database that stopped
 answering, gets its 503 within 5 s (fal's webhook waits 15 s)."""
 
 
