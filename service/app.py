@@ -17,8 +17,6 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Receive, Scope, Send
 
-from service.auth.callers import revoked_among
-from service.auth.stream_tokens import StreamTokens
 from service.db.embedded import start_embedded_postgres
 from service.db.pool import CONNECT_TIMEOUT_S, create_pool
 from service.emulator import FalEmulator, create_emulator_app
@@ -27,12 +25,9 @@ from service.fal.gateway import FalGateway
 from service.fal.reconcile import Reconciler
 from service.fal.signatures import JwksKeyring, WebhookVerifier
 from service.fal.webhooks import WebhookIntake, WebhookReceiver
-from service.http.dependencies import (
-    provide_caller,
-    provide_pool,
-    provide_settings,
-    provide_user_id,
-)
+from service.auth.callers import revoked_among
+from service.auth.stream_tokens import StreamTokens
+from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
 from service.http.errors import EXCEPTION_HANDLERS
 from service.http.events import EventsController
 from service.http.health import healthz, readyz
@@ -46,22 +41,17 @@ from service.http.webhooks import fal_webhook
 from service.jobs.commands import JobCommands
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
+from service.realtime.admission import Admission
 from service.outputs.access import MediaAccess
 from service.outputs.copier import Copier
 from service.outputs.sources import SourcePolicy
 from service.outputs.store import MediaStore
 from service.outputs.workers import OutputWorkers
-from service.realtime.admission import Admission
 from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
 from service.realtime.shutdown import close_streams_on_exit_signal
 from service.serving import check_can_serve
-from service.settings import (
-    FAL_JWKS_URL_DEFAULT,
-    FAL_QUEUE_URL_DEFAULT,
-    Settings,
-    load_settings,
-)
+from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, load_settings
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,7 @@ import asyncpg
 import msgspec
 
 from service.errors import DatabaseUnavailable
-from service.fal.gateway import (
-    FalGateway,
-    FalRequestFailed,
-    FalStatus,
-    change_from_status,
-    sleep_backoff,
-    was_cancelled,
-)
+from service.fal.gateway import FalGateway, FalRequestFailed, FalStatus, change_from_status, sleep_backoff, was_cancelled
 from service.jobs.models import JobChange, JobMode
 from service.jobs.status_machine import apply_change
 
