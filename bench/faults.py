@@ -3,7 +3,7 @@
 The service runs as its own process (`python -m service serve`, the Procfile's command, one
 worker) in webhook mode against an in-process fal emulator, with Postgres behind a TCP proxy the
 bench controls. A load of API clients (list, read, create) runs through every phase, and one SSE
-reader follows the user's jobs on /api/events, dropping its connection every 25 messages and
+reader follows the user's jobs on /api/events, dropping its connection every second and
 resuming by Last-Event-ID. Phases, one after the other:
 
   baseline       no fault
@@ -11,6 +11,9 @@ resuming by Last-Event-ID. Phases, one after the other:
   partition      the proxy stops forwarding (connections stay open, nothing comes back)
   down at start  the service is restarted while nothing listens on the database's address,
                  then the database comes back
+  late commit    a transaction takes a job's terminal event id and commits only after 35 s,
+                 past the listener's 30 s gap time-out ("recovery": from its commit until the
+                 reader has the job's end)
 
 Per phase: requests sent, answers by status (`timeout` = no answer within 20 s), p99 time to
 answer, and seconds from the end of the fault to /readyz answering 200. At the end, after every
@@ -64,6 +67,8 @@ from service.auth.api_keys import NewUser, create_user  # noqa: E402
 from service.db.migrations import apply_migrations  # noqa: E402
 from service.db.pool import init_connection  # noqa: E402
 from service.emulator import FalEmulator, create_emulator_app  # noqa: E402
+from service.jobs.models import JobChange, NewJob  # noqa: E402
+from service.jobs.status_machine import apply_change, create_job  # noqa: E402
 from tests.proxy import TcpProxy  # noqa: E402
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -106,6 +111,8 @@ class Bench:
         self.seen: collections.Counter[tuple[str, int]] = collections.Counter()
         self.running = True
         self.reading = True
+        self.last_id: str | None = None
+        self.newest_event_id = 0
 
     # ---- the service process -------------------------------------------------------------
 
@@ -116,7 +123,7 @@ class Bench:
             "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": "1",
             "RECONCILE_INTERVAL_S": "2", "RECONCILE_AFTER_S": "5", "MAX_OPEN_JOBS_PER_USER": "100000",
             "MAX_JOBS_PER_MINUTE": "100000", "MAX_STREAMS_PER_USER": "1000", "FAL_JOBS_NO_VENV": "1",
-            "STREAM_TOKEN_SECRET": secrets.token_urlsafe(32),
+            "STREAM_TOKEN_SECRET": secrets.token_urlsafe(32), "PYTHONUNBUFFERED": "1",
         }
         env.pop("LISTEN_DATABASE_URL", None)
         with open(self.logs / "service.log", "ab") as log_file:
@@ -187,7 +194,7 @@ class Bench:
                     if response.status_code != 200:
                         await asyncio.sleep(0.1)
                         continue
-                    taken = 0
+                    opened = time.monotonic()
                     event: dict[str, str] = {}
                     async for line in response.aiter_lines():
                         if line:
@@ -195,19 +202,35 @@ class Bench:
                             event[name] = value
                             continue
                         if event.get("id"):
-                            last_id = event["id"]
+                            last_id = self.last_id = event["id"]
                         if event.get("event") == "job":
                             job = msgspec.json.decode(event["data"])
                             # A completed job may change again (its outputs stored): count states.
                             self.seen[(job["request_id"], job["version"])] += 1
                             if job["status"] in TERMINAL:
                                 self.terminal_seen[job["request_id"]] += 1
-                            taken += 1
                         event = {}
-                        if taken >= 25 or not self.reading:
+                        if time.monotonic() - opened > 1 or not self.reading:
                             break
             except (httpx.TimeoutException, httpx.TransportError):
                 await asyncio.sleep(0.1)
+
+    async def hold_then_commit(self, hold_s: float) -> str:
+        """A job of the user completed in a transaction that stays open `hold_s`: its event id is
+        taken at once and committed late. Returns the job's request id."""
+        request_id = f"late-{uuid.uuid4()}"
+        connection = await asyncpg.connect(self.dsn, server_settings={"application_name": "bench-late"})
+        try:
+            await init_connection(connection)
+            await create_job(connection, NewJob(request_id=request_id, user_id=self.user.user_id, model_id=MODEL,
+                                                type="image", input={"prompt": "late"}, mode="webhook"))
+            self.created.add(request_id)
+            async with connection.transaction():
+                await apply_change(connection, request_id, JobChange(status="completed", result={"late": True}))
+                await asyncio.sleep(hold_s)
+        finally:
+            await connection.close()
+        return request_id
 
     def begin(self, name: str) -> Phase:
         self.phase = Phase(name)
@@ -274,6 +297,17 @@ async def run(args: argparse.Namespace) -> None:
             await proxy.start()
             phase.recovery_s = await bench.wait_ready(http, 60)
 
+            phase = bench.begin("late commit")
+            log(f"{phase.name}: a transaction holds a job's terminal event {args.hold_s:g} s (past the 30 s gap "
+                "time-out), then commits")
+            held = await bench.hold_then_commit(args.hold_s)
+            seen = time.monotonic()
+            while held not in bench.terminal_seen and time.monotonic() - seen < 30:
+                await asyncio.sleep(0.02)
+            phase.recovery_s = time.monotonic() - seen if held in bench.terminal_seen else None
+            log(f"{phase.name}: the reader saw the late terminal event: {held in bench.terminal_seen}; it saw "
+                f"{sorted(version for (request_id, version) in bench.seen if request_id == held)} of its versions")
+
             bench.begin("after")
             await asyncio.sleep(2)
             bench.running = False
@@ -293,6 +327,7 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.gather(reader, return_exceptions=True)
         await bench.stop_service()
         rows = await direct.fetch("SELECT request_id, status FROM fal_jobs WHERE user_id = $1", user.user_id)
+        bench.newest_event_id = await direct.fetchval("SELECT max(id) FROM fal_job_events")
         await direct.close()
         await proxy.stop()
         fal_server.should_exit = True
@@ -314,7 +349,11 @@ def report(bench: Bench, rows: list[Any], args: argparse.Namespace) -> None:
     terminal = {request_id for request_id, status in statuses.items() if status in TERMINAL}
     missed = sum(1 for request_id in terminal if bench.terminal_seen.get(request_id, 0) == 0)
     doubled = sum(1 for count in bench.seen.values() if count > 1)
-    print(f"{args.clients} API clients (list, read, create) + 1 SSE reader resuming by Last-Event-ID; "
+    for (request_id, version), count in bench.seen.items():
+        if count > 1:
+            log(f"state seen {count} times: {request_id} version {version}"
+                f"{' (the late event)' if request_id.startswith('late-') else ''}")
+    print(f"{args.clients} API clients (list, read, create) + 1 SSE reader resuming by Last-Event-ID every second; "
           f"{args.phase_s:g} s per fault; service: 'python -m service serve', 1 process, webhooks from the emulator")
     print(f"{'fault':<15}{'requests':>9}  {'answers by status':<34}{'p99 s':>7}{'recovery s':>12}")
     for phase in bench.phases:
@@ -327,6 +366,7 @@ def report(bench: Bench, rows: list[Any], args: argparse.Namespace) -> None:
     others = sum(count for phase in bench.phases for status, count in phase.statuses.items()
                  if not (status.startswith("2") or status == "503"))
     print(f"jobs answered 202: {len(bench.created)}; jobs lost: {lost_jobs}; jobs terminal: {len(terminal)} of {len(statuses)}")
+    print(f"the reader's last id at the end: {bench.last_id}; newest event id: {bench.newest_event_id}")
     print(f"terminal events missed by the reader: {missed}; job states seen twice: {doubled}; "
           f"answers other than 2xx/503: {others}")
 
@@ -336,6 +376,7 @@ def main() -> None:
     parser.add_argument("--database-url", help="a Postgres server (its 'postgres' database); else DATABASE_URL, else embedded")
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--phase-s", type=float, default=5.0)
+    parser.add_argument("--hold-s", type=float, default=35.0, help="how long the late transaction stays open")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     asyncio.run(run(args))

@@ -41,7 +41,7 @@ from service.db.pool import create_pool, init_connection
 from service.emulator import FalEmulator
 from service.jobs.models import JobChange, NewJob
 from service.jobs.status_machine import apply_change, create_job
-from service.realtime.hub import Hub
+from service.realtime.hub import Hub, ResumePoint
 from service.realtime.listener import EventListener
 from service.realtime.streams import open_job_stream, open_user_stream
 from service.settings import PROJECT_ROOT
@@ -387,7 +387,10 @@ async def test_an_event_committed_after_its_gap_was_skipped_still_reaches_stream
         late_on_user_stream = await asyncio.wait_for(anext(user_messages), 10)
         late_job = msgspec.json.decode(late_on_user_stream.data)
         assert (late_job["request_id"], late_job["status"]) == (slow, "completed")
-        assert late_on_user_stream.id is None  # the resume position stays where it was
+        # Its id on a user stream is a resume token, `<position>.<seq>`, placing it after everything
+        # the stream had sent: a resume from it neither misses nor repeats anything.
+        position, _, seq = str(late_on_user_stream.id).partition(".")
+        assert int(position) >= int(quick_message.id) and seq.isdigit(), late_on_user_stream.id
         late_on_job_stream = await asyncio.wait_for(anext(job_messages), 10)
         assert msgspec.json.decode(late_on_job_stream.data)["status"] == "completed"
         assert late_on_job_stream.id == held_id
@@ -399,8 +402,15 @@ async def test_an_event_committed_after_its_gap_was_skipped_still_reaches_stream
         resumed = await open_user_stream(hub, pool, user_id=user_id, statuses=None, types=None,
                                          last_event_id=quick_message.id)
         first = await asyncio.wait_for(anext(aiter(resumed)), 10)
-        assert msgspec.json.decode(first.data)["request_id"] == slow and first.id is None
+        assert msgspec.json.decode(first.data)["request_id"] == slow and "." in str(first.id)
         resumed.close()
+        # A client that had the late event resumes from its token: nothing is sent again.
+        position, _, seq = str(late_on_user_stream.id).partition(".")
+        after_late = await open_user_stream(hub, pool, user_id=user_id, statuses=None, types=None,
+                                            last_event_id=ResumePoint(int(position), int(seq)))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(aiter(after_late)), 0.5)
+        after_late.close()
         user_stream.close()
     finally:
         await holder.close()

@@ -18,7 +18,7 @@ from service.http.sse import EventStreamResponse
 from service.jobs import queries
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
 from service.realtime.admission import Admission, Ticket
-from service.realtime.hub import Hub
+from service.realtime.hub import Hub, ResumePoint
 from service.realtime.streams import JobAlreadyFinished, LiveStream, open_job_stream, open_user_stream
 
 
@@ -53,16 +53,18 @@ class AdmittedStream:
         self._ticket.release()
 
 
-_EVENT_ID = re.compile(r"[0-9]{1,18}")
+_EVENT_ID = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,18}))?")
 
 
-def last_event_id(request: Request, query_value: str | None) -> int | None:
+def last_event_id(request: Request, query_value: str | None) -> ResumePoint | None:
+    """Where a stream resumes: an event id, or a late event's token `<position>.<seq>`."""
     raw = request.headers.get("last-event-id") or query_value
     if raw is None or raw == "":
         return None
-    if not _EVENT_ID.fullmatch(raw):
-        raise InvalidRequest("last_event_id: must be the integer id of an event this API sent")
-    return int(raw)
+    match = _EVENT_ID.fullmatch(raw)
+    if match is None:
+        raise InvalidRequest("last_event_id: must be the id of an event this API sent")
+    return ResumePoint(int(match[1]), int(match[2]) if match[2] else None)
 
 
 def _split(values: str | None, allowed: tuple[str, ...], name: str) -> list[str] | None:

@@ -9,9 +9,11 @@ queue is capped, and on overflow the backlog is dropped and the subscriber is to
 Late events (committed after the listener skipped their id, see `cursor`) are offered to every
 subscription that wants them even though their id is below its position: a job's subscription
 takes an event when its version is newer than the one it sent (within a job, versions and ids
-grow together), a user's subscription takes it unless its resume replay already held it. The hub
-also remembers the recent late events with the position at which they came, so a user stream
-resumed from that position or below gets them in its replay.
+grow together), a user's subscription takes it unless its resume replay already held it. Each
+late event gets a place in the stream after every event up to the position at which it came: the
+resume token `<position>.<seq>` (seq counts this hub's late events). The hub remembers the recent
+late events with their place, so a resume from a position, or from such a token, gets exactly
+the late events that came after it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import time
 from collections.abc import Callable, Collection, Iterable
 
 import msgspec
@@ -36,6 +39,22 @@ class Late(msgspec.Struct, frozen=True):
     """An event delivered after the position passed its id (see the module docstring)."""
 
     event: JobEvent
+    position: int
+    """The hub's position when it came: every event up to here was published before it."""
+    seq: int
+    """Its number among this hub's late events (`Hub.late_base` + a count)."""
+
+    @property
+    def token(self) -> str:
+        """Its resume token (a stream's `id:`): after `position`, and after this late event."""
+        return f"{self.position}.{self.seq}"
+
+
+class ResumePoint(msgspec.Struct, frozen=True):
+    """A Last-Event-ID: an event id, or a late event's token `<position>.<seq>`."""
+
+    position: int
+    seq: int | None = None
 
 
 LATE_REMEMBERED = 1000
@@ -51,6 +70,7 @@ class Subscription:
         "_wakeup",
         "last_id",
         "replayed",
+        "replayed_late",
         "request_id",
         "statuses",
         "types",
@@ -70,6 +90,8 @@ class Subscription:
         """A job's subscription: the newest version its stream sent."""
         self.replayed: frozenset[int] = frozenset()
         """A user's subscription: ids its resume replay sent (a late event among them is not sent twice)."""
+        self.replayed_late: frozenset[int] = frozenset()
+        """A user's subscription: the seqs of the late events its resume replay sent."""
         self._queue: collections.deque[JobEvent | Late] = collections.deque()
         self._capacity = capacity
         self._wakeup = asyncio.Event()
@@ -94,10 +116,10 @@ class Subscription:
             return event.version > self.version and event.id > self.last_id
         return event.id > self.last_id
 
-    def _fresh_late(self, event: JobEvent) -> bool:
+    def _fresh_late(self, late: Late) -> bool:
         if self.request_id is not None:
-            return event.version > self.version
-        return event.id not in self.replayed
+            return late.event.version > self.version
+        return late.event.id not in self.replayed and late.seq not in self.replayed_late
 
     def offer(self, event: JobEvent | Late) -> None:
         if self._overflowed or self._closed:
@@ -141,7 +163,7 @@ class Subscription:
             while self._queue:
                 item = self._queue.popleft()
                 if isinstance(item, Late):
-                    if self._fresh_late(item.event):
+                    if self._fresh_late(item):
                         self.sent(item.event)
                         return item
                 elif self._fresh(item):  # a snapshot or a resumed replay may already cover it
@@ -177,8 +199,12 @@ class Hub:
         self.published = 0
         self.closing = False
         """Set by `shut_down`: every stream, open or opened from now on, ends."""
-        self.recent_late: collections.deque[tuple[int, JobEvent]] = collections.deque(maxlen=LATE_REMEMBERED)
-        """(position when it came, event) of the latest late events."""
+        self.recent_late: collections.deque[Late] = collections.deque(maxlen=LATE_REMEMBERED)
+        """The latest late events, with their place in the streams."""
+        self.late_base = int(time.time()) * 1_000_000
+        """Seqs of this hub's late events start here: a token from another process (or an earlier
+        run of this one) is told apart by it."""
+        self._late_count = 0
         self._observers: list[Callable[[JobEvent], None]] = []
 
     def observe(self, observer: Callable[[JobEvent], None]) -> None:
@@ -212,18 +238,6 @@ class Hub:
                 del index[key]
 
     def publish(self, events: Iterable[JobEvent], position: int, *, late: Iterable[JobEvent] = ()) -> None:
-        for event in late:
-            self.recent_late.append((max(self.position, position), event))
-            wrapped = Late(event)
-            for subscription in self._by_request.get(event.request_id, ()):
-                if subscription.wants(event):
-                    subscription.offer(wrapped)
-            for subscription in self._by_user.get(event.user_id, ()):
-                if subscription.wants(event):
-                    subscription.offer(wrapped)
-            self.published += 1
-            for observer in self._observers:
-                observer(event)
         for event in events:
             for subscription in self._by_request.get(event.request_id, ()):
                 if subscription.wants(event):
@@ -236,13 +250,41 @@ class Hub:
                 observer(event)
         self.position = max(self.position, position)
         self.ready = True
+        # After the events released with them: a late event's token says "everything up to the
+        # position, and this", so whoever receives it has had every event up to the position.
+        for event in late:
+            self._late_count += 1
+            wrapped = Late(event, self.position, self.late_base + self._late_count)
+            self.recent_late.append(wrapped)
+            for subscription in self._by_request.get(event.request_id, ()):
+                if subscription.wants(event):
+                    subscription.offer(wrapped)
+            for subscription in self._by_user.get(event.user_id, ()):
+                if subscription.wants(event):
+                    subscription.offer(wrapped)
+            self.published += 1
+            for observer in self._observers:
+                observer(event)
 
-    def late_since(self, after: int) -> list[JobEvent]:
-        """Late events that came once the position had reached `after`, with ids at or below it: a
-        replay "after `after`" does not read them, and a client at `after` may not have had them
-        (a late event carries no id, so its Last-Event-ID cannot tell). Such a client may get one
-        twice; it never misses one."""
-        return [event for position, event in self.recent_late if position >= after and event.id <= after]
+    def late_since(self, resume: ResumePoint) -> list[Late]:
+        """The late events a client resuming from `resume` has not had: with ids at or below its
+        position (a replay "after the position" does not read them) and placed after it. A plain
+        position P: those that came at P or later (one received would have left its token, not
+        P, as the Last-Event-ID). A token of this hub: those placed after it. A token of another
+        process: those that came at its position or later (each process finds late events on its
+        own, so their tokens cannot be compared; a late event may come twice then, never not at
+        all)."""
+        own = resume.seq is not None and resume.seq // 1_000_000 == self.late_base // 1_000_000
+        found = []
+        for late in self.recent_late:
+            if late.event.id > resume.position:
+                continue  # a replay after the position reads it
+            if own and resume.seq is not None:
+                if late.position > resume.position or (late.position == resume.position and late.seq > resume.seq):
+                    found.append(late)
+            elif late.position >= resume.position:
+                found.append(late)
+        return found
 
     def start_heartbeats(self, interval_s: float) -> None:
         """One timer for the whole process: every `interval_s`, each stream sends a comment."""

@@ -10,9 +10,9 @@ A job stream resumed after event N sends the job's latest state when it is newer
 message, not every change since). A user stream resumed after N replays the changes above N (or
 each changed job's latest state past `REPLAY_LIMIT`). Late events (committed after their id was
 skipped, see `cursor`) reach open streams as they are read: on a job stream with their id (a job's
-ids grow with its versions), on a user stream without an `id:` line, so the client's resume
-position stays where it was; a user stream resumed from the position at which a late event came,
-or from below it, gets it in its replay (possibly a second time: a job's `version` tells).
+ids grow with its versions), on a user stream with a resume token `<position>.<seq>` as its id
+(see `hub`), after every event up to that position; a resume from a position or a token gets the
+late events placed after it, after its replay.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import msgspec
 
 from service.errors import NotFound, Unavailable
 from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
-from service.realtime.hub import Hub, Late, Signal, Subscription
+from service.realtime.hub import Hub, Late, ResumePoint, Signal, Subscription
 
 REPLAY_LIMIT = 1000
 """A resume that would replay more events than this sends each job's latest state instead."""
@@ -32,7 +32,7 @@ REPLAY_LIMIT = 1000
 
 class Outgoing(msgspec.Struct, frozen=True):
     event: str | None = None
-    id: int | None = None
+    id: int | str | None = None
     data: str | None = None
     comment: str | None = None
 
@@ -40,23 +40,23 @@ class Outgoing(msgspec.Struct, frozen=True):
 HEARTBEAT = Outgoing(comment="heartbeat")
 
 
-def job_message(event: JobEvent, *, with_id: bool = True) -> Outgoing:
-    return Outgoing(event="job", id=event.id if with_id else None, data=event.data)
+def job_message(event: JobEvent, *, id: int | str | None = None) -> Outgoing:
+    return Outgoing(event="job", id=event.id if id is None else id, data=event.data)
 
 
 class LiveStream:
     """An async iterator of `Outgoing` messages; `close()` ends it from outside (a disconnect)."""
 
     def __init__(self, hub: Hub, pool: asyncpg.Pool, subscription: Subscription, *, preamble: list[Outgoing],
-                 initial: list[JobEvent], ends_on_terminal: bool, resumed_after: int = 0) -> None:
+                 initial: list[JobEvent | Late], ends_on_terminal: bool, position: int = 0) -> None:
         self._hub = hub
         self._pool = pool
         self._subscription = subscription
         self._preamble = preamble
         self._initial = initial
         self._ends_on_terminal = ends_on_terminal
-        self._resumed_after = resumed_after
-        """Initial events at or below this id are late ones a resume replays: sent without an id."""
+        self._position = position
+        """The hub's position the initial events were read up to (late ones among them are placed there)."""
 
     def close(self) -> None:
         """End the stream and release its subscription (also when it never started)."""
@@ -68,10 +68,14 @@ class LiveStream:
         try:
             for message in self._preamble:
                 yield message
-            for event in self._initial:
-                subscription.sent(event)
-                yield job_message(event, with_id=event.id > self._resumed_after or self._ends_on_terminal)
-                if self._ends_on_terminal and event.is_terminal:
+            for item in self._initial:
+                if isinstance(item, Late):  # a user stream's resume: after every event up to its position
+                    subscription.sent(item.event)
+                    yield job_message(item.event, id=f"{self._position}.{item.seq}")
+                    continue
+                subscription.sent(item)
+                yield job_message(item)
+                if self._ends_on_terminal and item.is_terminal:
                     return
             while True:
                 item = await subscription.next()
@@ -90,13 +94,19 @@ class LiveStream:
                         yield job_message(event)
                     if self._ends_on_terminal and events and events[-1].is_terminal:
                         return
+                    if not self._ends_on_terminal:  # late events dropped with the backlog
+                        for late in self._hub.late_since(ResumePoint(after)):
+                            if subscription.wants(late.event):
+                                yield job_message(late.event, id=f"{position}.{late.seq}")
+                elif isinstance(item, Late):
+                    # On a job stream its own id (a job's ids grow with its versions); on a user
+                    # stream its token, which a resume from it understands.
+                    yield job_message(item.event, id=None if self._ends_on_terminal else item.token)
+                    if self._ends_on_terminal and item.event.is_terminal:
+                        return
                 else:
-                    late = isinstance(item, Late)
-                    event = item.event if isinstance(item, Late) else item
-                    assert isinstance(event, JobEvent)
-                    # A late event on a user stream carries no id: the resume position stays put.
-                    yield job_message(event, with_id=self._ends_on_terminal or not late)
-                    if self._ends_on_terminal and event.is_terminal:
+                    yield job_message(item)
+                    if self._ends_on_terminal and item.is_terminal:
                         return
         finally:
             self._hub.unsubscribe(subscription)
@@ -112,8 +122,10 @@ def _require_live(hub: Hub) -> None:
 
 
 async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str,
-                          last_event_id: int | None) -> LiveStream:
+                          last_event_id: int | ResumePoint | None) -> LiveStream:
     _require_live(hub)
+    if isinstance(last_event_id, ResumePoint):
+        last_event_id = last_event_id.position
     owner = await pool.fetchval("SELECT user_id FROM fal_jobs WHERE request_id = $1", request_id)
     if owner != user_id:
         raise NotFound(f"job {request_id!r} not found")
@@ -145,13 +157,15 @@ async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request
 
 
 async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, statuses: Collection[str] | None,
-                           types: Collection[str] | None, last_event_id: int | None) -> LiveStream:
+                           types: Collection[str] | None, last_event_id: int | ResumePoint | None) -> LiveStream:
     _require_live(hub)
+    resume = ResumePoint(last_event_id) if isinstance(last_event_id, int) else last_event_id
+    last_event_id = resume.position if resume is not None else None
     subscription = hub.subscribe(user_id=user_id, statuses=statuses, types=types, after=last_event_id or 0)
     position = hub.position
     try:
         preamble: list[Outgoing] = []
-        events: list[JobEvent] = []
+        events: list[JobEvent | Late] = []
         if last_event_id is None:
             preamble = [Outgoing(event="ready", id=position, data=msgspec.json.encode({"position": position}).decode())]
         else:
@@ -160,19 +174,22 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, status
                 "ORDER BY id LIMIT $4",
                 user_id, last_event_id, position, REPLAY_LIMIT + 1,
             )
-            events = [e for e in map(event_from_row, rows) if subscription.wants(e)]
+            replay = [e for e in map(event_from_row, rows) if subscription.wants(e)]
             if len(rows) > REPLAY_LIMIT:
-                events = await _latest_per_job(pool, subscription, last_event_id, position)
-            # Late events that came after the client's position: below it, so no replay reads them.
-            late = [e for e in hub.late_since(last_event_id) if subscription.wants(e)]
-            events = late + events
-            subscription.replayed = frozenset(e.id for e in events)
+                replay = await _latest_per_job(pool, subscription, last_event_id, position)
+            # Late events placed after the client's resume point: below its position, so no replay
+            # reads them. They go after the replay, placed at `position`.
+            assert resume is not None
+            late = [item for item in hub.late_since(resume) if subscription.wants(item.event)]
+            events = [*replay, *late]
+            subscription.replayed = frozenset(e.id for e in replay)
+            subscription.replayed_late = frozenset(item.seq for item in late)
     except BaseException:
         hub.unsubscribe(subscription)
         raise
     subscription.last_id = max(subscription.last_id, position)
     return LiveStream(hub, pool, subscription, preamble=preamble, initial=events, ends_on_terminal=False,
-                      resumed_after=last_event_id or 0)
+                      position=position)
 
 
 async def _latest_per_job(pool: asyncpg.Pool, subscription: Subscription, after: int, position: int) -> list[JobEvent]:
