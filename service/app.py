@@ -18,7 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import Receive, Scope, Send
 
 from service.db.embedded import start_embedded_postgres
-from service.db.pool import CONNECT_TIMEOUT_S, create_pool
+from service.db.pool import create_pool
 from service.emulator import FalEmulator, create_emulator_app
 from service.fal.follower import JobFollower
 from service.fal.gateway import FalGateway
@@ -107,11 +107,16 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         dsn = settings.database_url or start_embedded_postgres(settings.embedded_pgdata)
-        pool = await create_pool(dsn, min_size=min(2, settings.database_pool_max), max_size=settings.database_pool_max)
+        pool = await create_pool(
+            dsn, min_size=min(2, settings.database_pool_max), max_size=settings.database_pool_max,
+            connect_timeout_s=settings.db_connect_timeout_s, acquire_timeout_s=settings.db_acquire_timeout_s,
+            statement_timeout_s=settings.db_statement_timeout_s,
+        )
         hub = Hub()
         hub.start_heartbeats(settings.sse_heartbeat_s)
         admission = Admission(max_per_credential=settings.max_streams_per_user)
-        listener = EventListener(settings.listen_database_url or dsn, hub, connect_timeout_s=CONNECT_TIMEOUT_S)
+        listener = EventListener(settings.listen_database_url or dsn, hub, connect_timeout_s=settings.db_connect_timeout_s,
+                                 gap_timeout_s=settings.gap_timeout_s)
         await listener.start()
         with contextlib.suppress(TimeoutError):
             # Postgres may be down: serve anyway (/readyz says what is missing) and keep trying.
@@ -132,7 +137,7 @@ def create_app(settings: Settings) -> Litestar:
         follower = JobFollower(pool, gateway, max_followers=settings.max_followers)
         reconciler = Reconciler(
             pool, gateway, follower, intake,
-            connect_lock=lambda: asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S,
+            connect_lock=lambda: asyncpg.connect(dsn, timeout=settings.db_connect_timeout_s,
                                                  server_settings={"application_name": "fal-jobs-sweep"}),
             overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
         )

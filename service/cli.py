@@ -27,13 +27,11 @@ def _database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.embedded_pgdata)
 
 
-MIGRATE_WAIT_S = 60.0
-"""How long `migrate` (the Procfile's release step) and the CLI wait for a database that is down."""
-
-
-def _migrated_database_url(settings: Settings, *, wait_s: float = MIGRATE_WAIT_S) -> str:
+def _migrated_database_url(settings: Settings, *, wait_s: float | None = None) -> str:
+    """The database's DSN once it answers (within MIGRATE_WAIT_S) and has every migration."""
     from service.db.migrations import apply_migrations, wait_for_database
 
+    wait_s = settings.migrate_wait_s if wait_s is None else wait_s
     dsn = _database_url(settings)
     wait_for_database(dsn, wait_s=wait_s, on_wait=lambda: print(
         f"fal-jobs: waiting up to {wait_s:g} s for the database to answer", file=sys.stderr, flush=True))

@@ -117,6 +117,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The local emulator's media base (`run` sets it): copied although it is http on loopback."""
     fal_call_timeout_s: Seconds = 30.0
     """A status or cancel call to fal ends within this, fal-client's own retries included."""
+    db_connect_timeout_s: Seconds = 1.5
+    """Opening a connection to Postgres ends within this (the pool's, the LISTEN one, the sweep's)."""
+    db_acquire_timeout_s: Seconds = 1.5
+    """A request waits this long for a pooled connection, then answers 503."""
+    db_statement_timeout_s: Seconds = 2.0
+    """Every statement on a pooled connection ends within this, else 503 and the connection is dropped."""
+    gap_timeout_s: Seconds = 30.0
+    """An event id missing this long stops holding back later ones; it is read again until its
+    transaction ends, and its event is delivered late should it commit."""
+    migrate_wait_s: Seconds = 60.0
+    """How long `migrate` (and the CLI) waits for a database that does not answer yet."""
 
     def __post_init__(self) -> None:
         # URLs are joined with paths later; one spelling, without the trailing slash.

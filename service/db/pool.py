@@ -34,8 +34,10 @@ UNAVAILABLE_SQLSTATES = ("08", "53", "57", "3D000")
 CONNECT_TIMEOUT_S = 1.5
 ACQUIRE_TIMEOUT_S = 1.5
 STATEMENT_TIMEOUT_S = 2.0
-"""Together at most 3.5 s: a request that waits for a connection, then meets a database that stopped
-answering, gets its 503 within 5 s (fal's webhook waits 15 s)."""
+"""The defaults of DB_CONNECT_TIMEOUT_S, DB_ACQUIRE_TIMEOUT_S and DB_STATEMENT_TIMEOUT_S (the service
+passes its settings; the CLI and the tests take these). Acquire and statement together, 3.5 s: a
+request that waits for a connection, then meets a database that stopped answering, gets its 503
+within 5 s (fal's webhook waits 15 s)."""
 
 
 def is_unavailable(error: BaseException) -> bool:
