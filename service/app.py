@@ -18,6 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import Receive, Scope, Send
 
 from service.db.embedded import start_embedded_postgres
+from service import metrics
 from service.db.pool import create_pool
 from service.emulator import FalEmulator, create_emulator_app
 from service.fal.follower import JobFollower
@@ -112,6 +113,7 @@ def create_app(settings: Settings) -> Litestar:
             connect_timeout_s=settings.db_connect_timeout_s, acquire_timeout_s=settings.db_acquire_timeout_s,
             statement_timeout_s=settings.db_statement_timeout_s,
         )
+        metrics.watch_pool(pool)
         hub = Hub()
         hub.start_heartbeats(settings.sse_heartbeat_s)
         admission = Admission(max_per_credential=settings.max_streams_per_user)

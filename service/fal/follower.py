@@ -17,6 +17,7 @@ import logging
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.errors import DatabaseUnavailable
 from service.fal.gateway import FalGateway, FalRequestFailed, FalStatus, change_from_status, sleep_backoff, was_cancelled
 from service.jobs.models import JobChange, JobMode
@@ -67,6 +68,7 @@ class JobFollower:
             self._start(target)
         else:
             self._waiting[target.request_id] = target
+        metrics.followers(self.active, self.waiting)
 
     def _start(self, target: FollowTarget) -> None:
         task = asyncio.create_task(self._follow(target), name=f"follow:{target.request_id}")
@@ -78,6 +80,7 @@ class JobFollower:
         while self._waiting and len(self._running) < self._max and not self._closed:
             _, target = self._waiting.popitem(last=False)
             self._start(target)
+        metrics.followers(self.active, self.waiting)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -23,6 +23,7 @@ import httpx
 import msgspec
 from httpx_sse import aconnect_sse
 
+from service import metrics
 from service.db.storable import storable_json
 from service.errors import UpstreamError
 from service.jobs.models import JobChange, LogLine
@@ -99,6 +100,7 @@ class FalGateway:
     async def _http(self) -> httpx.AsyncClient:
         return await self._client._client  # fal-client's own client, with our credentials
 
+    @metrics.fal_call("submit")
     async def submit(self, model_id: str, arguments: dict[str, Any], webhook_url: str | None) -> str:
         """Queue a request and return fal's request id; UpstreamError names fal's refusal."""
         app, path = _app_path(model_id)
@@ -111,6 +113,7 @@ class FalGateway:
             raise UpstreamError(f"fal could not be reached: {type(error).__name__}") from None
         return handle.request_id
 
+    @metrics.fal_call("status")
     async def status(self, model_id: str, request_id: str) -> FalStatus:
         try:
             async with asyncio.timeout(self._call_timeout_s):
@@ -137,6 +140,7 @@ class FalGateway:
                 if event.data:
                     yield msgspec.json.decode(storable_json(event.data.encode()), type=FalStatus)
 
+    @metrics.fal_call("result")
     async def result(self, model_id: str, request_id: str) -> Any:
         """The output of a completed request; FalRequestFailed carries a failed one's error body."""
         try:
@@ -146,6 +150,7 @@ class FalGateway:
         except fal_client.client.FalClientHTTPError as error:
             raise FalRequestFailed(error.status_code, _detail(error)) from None
 
+    @metrics.fal_call("cancel")
     async def cancel(self, model_id: str, request_id: str) -> CancelOutcome:
         try:
             async with asyncio.timeout(self._call_timeout_s):

@@ -26,6 +26,7 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.errors import DatabaseUnavailable
 from service.fal.follower import FollowTarget, JobFollower
 from service.fal.gateway import FalGateway, FalRequestFailed, change_from_status
@@ -85,6 +86,7 @@ class Reconciler:
                 log.warning("reconciliation sweep skipped: the database is unavailable",
                             extra={"action": "sweep", "error": type(error).__name__})
             except Exception:
+                metrics.sweep_ran("failed")
                 log.exception("reconciliation sweep failed; next one in %ss", self._interval_s, extra={"action": "sweep"})
             await asyncio.sleep(self._interval_s)
 
@@ -92,8 +94,11 @@ class Reconciler:
         lock = await self._connect_lock()
         try:
             if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", SWEEP_LOCK_KEY):
+                metrics.sweep_ran("skipped")
                 return SweepReport(ran=False)
-            return await self._sweep(lock)
+            report = await self._sweep(lock)
+            metrics.sweep_ran("swept", report.changed)
+            return report
         finally:
             # Closing the session releases its advisory lock.
             with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.db.storable import storable_json
 from service.errors import InvalidRequest, NotAuthenticated, Unavailable
 from service.fal.gateway import CANCELLED_ERROR, FalGateway, FalRequestFailed, describe_error, was_cancelled
@@ -144,11 +145,18 @@ class WebhookReceiver:
         try:
             verified = await self._verifier.verify(headers, body)
         except WebhookSignatureError as error:
+            metrics.webhook("rejected", "signature")
             raise NotAuthenticated(f"signature: {error.reason}") from None
         except JwksUnavailable:
+            metrics.webhook("rejected", "keys_unavailable")
             raise Unavailable("fal's signing keys could not be fetched; retry later") from None
-        webhook = parse_webhook(body, verified.request_id)
-        applied = await self._intake.receive(webhook)
-        if applied is None:
-            return WebhookReceipt(request_id=webhook.request_id, outcome="parked")
-        return WebhookReceipt(request_id=webhook.request_id, outcome="applied" if applied.accepted else "duplicate")
+        try:
+            webhook = parse_webhook(body, verified.request_id)
+        except InvalidRequest:
+            metrics.webhook("rejected", "body")
+            raise
+        applied = await self._intake.receive(webhook)  # a failing database is a 503 (see http_requests_total)
+        receipt = WebhookReceipt(request_id=webhook.request_id,
+                                 outcome="parked" if applied is None else "applied" if applied.accepted else "duplicate")
+        metrics.webhook(receipt.outcome)
+        return receipt

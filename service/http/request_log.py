@@ -1,6 +1,8 @@
-"""One structured log line per request, with a request id that the response echoes.
+"""One structured log line per request, with a request id that the response echoes, and the
+request's metrics (by route template, so ids in paths do not multiply the series).
 
-The path is logged without its query string: a query may carry a stream token.
+The path is logged without its query string: a query may carry a stream token. The request id is
+put in a context variable, so every line logged while the request is handled carries it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import time
 import uuid
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics
+from service.logging import REQUEST_ID
 
 log = logging.getLogger("service.http")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -26,6 +31,7 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        context_token = REQUEST_ID.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -37,6 +43,8 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_id)
         finally:
+            duration = time.perf_counter() - started
+            metrics.http_request(scope["method"], scope.get("path_template") or "unmatched", status, duration)
             log.info(
                 "request",
                 extra={
@@ -44,8 +52,9 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(duration * 1000, 2),
                 },
             )
+            REQUEST_ID.reset(context_token)
 
     return middleware

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from litestar import Response
 from litestar.types import Receive, Scope, Send
 
+from service import metrics
 from service.realtime.streams import Outgoing
 
 
@@ -50,6 +51,7 @@ class EventStreamASGI:
             *((k.lower().encode(), v.encode()) for k, v in self._headers.items()),
         ]
         watcher = asyncio.create_task(self._close_on_disconnect(receive))
+        metrics.STREAMS_OPEN.inc()
         try:
             # Inside the try: a client gone before the start still closes the stream and its subscription.
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -60,6 +62,7 @@ class EventStreamASGI:
         except OSError:
             pass  # the client went away mid-send
         finally:
+            metrics.STREAMS_OPEN.dec()
             self._stream.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.errors import Conflict, InvalidRequest, UpstreamError
 from service.fal.follower import FollowTarget, JobFollower
 from service.fal.gateway import FalGateway, was_cancelled
@@ -119,6 +120,7 @@ class JobCommands:
             except Exception:
                 log.warning("could not cancel an unrecorded fal request", extra={"request_id": request_id})
             raise
+        metrics.job_created(request.model_id)
         try:
             if await self._intake.adopt_early(request_id, request.model_id):
                 job = await queries.get_job(self._pool, user_id, request_id)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.db.storable import storable_struct
 from service.jobs.media import media_files, pending_outputs
 from service.jobs.models import (
@@ -190,6 +191,8 @@ async def apply_change(connection: asyncpg.Connection, request_id: str, change: 
             *((list(range(len(files))), [f.kind for f in files], [f.url for f in files]) if files else ()),
         )
         if event_id is not None:
+            if updated.is_terminal:
+                metrics.job_finished(updated.model_id, updated.status, updated.created_at, updated.completed_at)
             return Applied(job=updated, accepted=True)
     raise RuntimeError(f"job {request_id!r}: gave up after {_MAX_ATTEMPTS} concurrent changes")
 

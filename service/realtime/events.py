@@ -19,6 +19,8 @@ class JobEvent(msgspec.Struct, frozen=True):
     """The job after this change, as JSON text (the `data` jsonb column)."""
     outputs_pending: bool = False
     """Some output of the job is still being copied: more events follow its terminal one."""
+    written_at: float = 0.0
+    """When the change was written, in Unix seconds (for the delivery-lag metric)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -29,9 +31,10 @@ class JobEvent(msgspec.Struct, frozen=True):
 EVENT_COLUMNS = (
     "id, request_id, user_id, version, status, data->>'type' AS type, data::text AS data, "
     """coalesce(data->'outputs' @> '[{"status": "pending"}]', false) AS outputs_pending"""
+    ", extract(epoch FROM created_at)::float8 AS written_at"
 )
 
 
 def event_from_row(row: object) -> JobEvent:
     return JobEvent(row["id"], row["request_id"], row["user_id"], row["version"], row["status"], row["type"], row["data"],  # type: ignore[index]
-                    row["outputs_pending"])  # type: ignore[index]
+                    row["outputs_pending"], row["written_at"])  # type: ignore[index]

@@ -23,6 +23,7 @@ import time
 
 import asyncpg
 
+from service import metrics
 from service.db.pool import is_unavailable
 from service.realtime.cursor import EventCursor
 from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
@@ -88,6 +89,7 @@ class EventListener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._disconnect()
+        metrics.listener_connected(False)
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -116,6 +118,7 @@ class EventListener:
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
         self._hub.live = connected
+        metrics.listener_connected(connected)
 
     async def _connect(self) -> None:
         connection = await asyncpg.connect(self._dsn, server_settings={"application_name": APPLICATION_NAME},
@@ -133,6 +136,7 @@ class EventListener:
             self._hub.publish((), self._cursor.floor)
         else:
             self.reconnects += 1
+            metrics.listener_reconnected()
         self._set_connected(True)
         self._wake.set()  # catch up on whatever was committed while we were away
 
@@ -185,4 +189,5 @@ class EventListener:
             log.warning("late event published: it committed after its id was skipped",
                         extra={"action": "late_event", "event_id": event.id, "request_id": event.request_id})
         self._hub.publish(released, cursor.floor, late=late)
+        metrics.events_published(len(released) + len(late))
         return limit > 0 and sum(1 for event in events if event.id > after) >= limit

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Collection
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.errors import NotFound, Unavailable
 from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
 from service.realtime.hub import Hub, Late, ResumePoint, Signal, Subscription
@@ -105,6 +106,7 @@ class LiveStream:
                     if self._ends_on_terminal and item.event.is_terminal:
                         return
                 else:
+                    metrics.event_delivered(item.written_at)
                     yield job_message(item)
                     if self._ends_on_terminal and item.is_terminal:
                         return

@@ -13,6 +13,7 @@ import asyncio
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.errors import Unavailable
 from service.jobs import queries
 from service.jobs.models import Job
@@ -25,6 +26,7 @@ async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id
     if not hub.ready or not hub.live:
         raise Unavailable("live updates are down (the listener is reconnecting to the database); retry shortly")
     subscription = hub.subscribe(user_id=user_id, request_id=request_id)
+    metrics.WAITING_REQUESTS.inc()
     try:
         job = await queries.get_job(pool, user_id, request_id)
         loop = asyncio.get_running_loop()
@@ -48,4 +50,5 @@ async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id
             job = await queries.get_job(pool, user_id, request_id)  # the deadline: the freshest state
         return job
     finally:
+        metrics.WAITING_REQUESTS.dec()
         hub.unsubscribe(subscription)
