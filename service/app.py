@@ -34,6 +34,7 @@ from service.http.events import EventsController
 from service.http.health import healthz, readyz
 from service.http.jobs import JobsController
 from service.http.outputs import OutputsController
+from service.http.metrics import metrics_endpoint
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
 from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
@@ -78,7 +79,7 @@ def _from_state(name: str) -> Provide:
 def create_app(settings: Settings) -> Litestar:
     route_handlers: list[object] = [
         healthz, readyz, JobsController, OutputsController, EventsController, fal_webhook,
-        page, current_session, sign_out, models, static_files,
+        page, current_session, sign_out, models, static_files, metrics_endpoint,
     ]
 
     emulator: FalEmulator | None = None
@@ -233,6 +234,6 @@ def create_app(settings: Settings) -> Litestar:
 def create_app_from_environment() -> Litestar:
     """The factory uvicorn runs (`uvicorn --factory service.app:create_app_from_environment`)."""
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     check_can_serve(settings)
     return create_app(settings)

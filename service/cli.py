@@ -64,7 +64,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     migrations, a sign-in link, the fal emulator when FAL_KEY is unset, then the service."""
     from service.logging import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     from service.db.migrations import database_reachable
 
     dsn = _database_url(settings)
@@ -93,7 +93,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """What the Procfile runs: the service alone, WEB_CONCURRENCY processes behind one port."""
     from service.logging import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     check_can_serve(settings)  # before any worker starts: a refusal must end the command, not loop
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL: not set; 'serve' needs the database (use 'run' for the embedded one)")

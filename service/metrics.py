@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -171,14 +170,13 @@ class _PoolCollector(Collector):
     """Connections of the asyncpg pools of this process, read at scrape time (no cost per query)."""
 
     def __init__(self) -> None:
-        self.pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.pools: list[Any] = []  # asyncpg pools take no weak references; closed ones are dropped
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(PREFIX + "db_pool_connections", "asyncpg pool connections by state", labels=["state"])
         size = idle = maximum = 0
-        for pool in list(self.pools):
-            if pool.is_closing():
-                continue
+        self.pools[:] = [pool for pool in self.pools if not pool.is_closing()]
+        for pool in self.pools:
             size += pool.get_size()
             idle += pool.get_idle_size()
             maximum += pool.get_max_size()
@@ -193,4 +191,4 @@ REGISTRY.register(_pools)
 
 
 def watch_pool(pool: Any) -> None:
-    _pools.pools.add(pool)
+    _pools.pools.append(pool)

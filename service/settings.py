@@ -55,6 +55,7 @@ StoreUrl = Annotated[
 ]
 Bytes = Annotated[int, _meta("must be a number of bytes above 0", gt=0, le=2**50)]
 Hosts = Annotated[tuple[str, ...], _meta("must list host names, comma-separated")]
+LogFormat = Annotated[Literal["json", "text"], _meta("must be json or text")]
 ModelIds = Annotated[
     tuple[str, ...], _meta("must list at least one model id, comma-separated", min_length=1)
 ]
@@ -88,6 +89,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Port = 8000
     log_level: LogLevel = "INFO"
+    log_format: LogFormat | None = None
+    """None: text on a terminal, else JSON (one object per line)."""
+    metrics_token: str | None = None
+    """When set, /metrics asks for `Authorization: Bearer <metrics_token>`."""
+    event_retention_days: Count = 30
+    """Events older than this are deleted by the sweep, except each job's latest."""
     allowed_models: ModelIds = DEFAULT_ALLOWED_MODELS
     stream_token_secret: Secret = msgspec.field(default_factory=lambda: secrets.token_urlsafe(32))
     """Unset: a per-process secret, so tokens do not survive a restart or cross processes."""
@@ -162,6 +169,8 @@ def _normalize(field: str, value: str) -> object:
     """The few spellings msgspec would not take from an environment string as they are."""
     if field == "log_level":
         return value.upper()
+    if field == "log_format":
+        return value.lower()
     if field in ("allowed_models", "media_hosts"):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
