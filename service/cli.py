@@ -385,8 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="apply migrations and serve (embedded Postgres when DATABASE_URL is unset)")
     commands.add_parser("serve", help="serve only (the Procfile's web process): WEB_CONCURRENCY processes")
     commands.add_parser("migrate", help="apply the database migrations")
-    test = commands.add_parser("test", help="run the test suite (extra arguments go to pytest)")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    commands.add_parser("test", help="run the test suite; every argument after it goes to pytest")
     users = commands.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
     create = users.add_parser("create", help="create a user and print its API key once")
     create.add_argument("name")
@@ -408,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    if argv[:1] == ["test"]:
+        # Everything after `test` is pytest's (`test -k x`, `test tests/a.py -x`); a leading `--` is accepted too.
+        rest = argv[1:]
+        args = argparse.Namespace(command="test", pytest_args=rest[1:] if rest[:1] == ["--"] else rest)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
         return _dispatch(settings, args)

@@ -107,12 +107,12 @@ async def test_duplicates_and_shuffled_deliveries_across_jobs(service: RunningSe
         await submit(http, service.url, user, duplicates=10, webhook_delay_ms=rng.randint(0, 300), outcome=outcome)
         for outcome in outcomes
     ]
-    for job, outcome in zip(created, outcomes):
+    for job, outcome in zip(created, outcomes, strict=True):
         final = await wait_until_terminal(http, service.url, user, job["request_id"])
         assert final["status"] == ("completed" if outcome == "ok" else "failed")
-    for job, outcome in zip(created, outcomes):
+    for job in created:
         request_id = job["request_id"]
-        await fal.wait_until(lambda: len(fal.deliveries_for(request_id)) >= 10)
+        await fal.wait_until(lambda request_id=request_id: len(fal.deliveries_for(request_id)) >= 10)
         assert [d.status_code for d in fal.deliveries_for(request_id)] == [200] * 10, "every duplicate is ACKed"
         rows = await events(pool, request_id)
         assert [e["version"] for e in rows] == list(range(1, len(rows) + 1))

@@ -96,7 +96,7 @@ async def test_two_processes_a_subscriber_on_a_gets_the_change_b_took(database_u
         urls.append(url)
     try:
         # The processes call back into this test's event loop (the emulator's JWKS), so wait without blocking it.
-        for url, process, name in zip(urls, processes, ("a", "b")):
+        for url, process, name in zip(urls, processes, ("a", "b"), strict=True):
             await asyncio.to_thread(wait_ready, url, process, tmp_path / f"{name}.log")
         a, b = urls
         request_id = await new_job(pool, user)

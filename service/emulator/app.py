@@ -206,5 +206,5 @@ async def _status_events(emulator: FalEmulator, app_ref: AppRef, request_id: str
             return
         try:
             await asyncio.wait_for(changed.wait(), emulator.heartbeat_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             yield b": heartbeat\n\n"
