@@ -143,6 +143,7 @@ def create_app(settings: Settings) -> Litestar:
             connect_lock=lambda: asyncpg.connect(dsn, timeout=settings.db_connect_timeout_s,
                                                  server_settings={"application_name": "fal-jobs-sweep"}),
             overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
+            event_retention_days=settings.event_retention_days,
         )
         app.state.update(
             pool=pool,

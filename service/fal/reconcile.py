@@ -1,8 +1,8 @@
 """The reconciliation sweep: asks fal about jobs that stay open past a deadline, and applies what it
 says. Only a 404 from fal fails an open job (fal does not know it); any other failure leaves it
 for the next sweep. It also applies parked early webhooks whose job has appeared (should the
-adoption right after creation have failed) and drops parked webhooks that no job claimed within a
-day.
+adoption right after creation have failed), then applies retention (`service.db.retention`: old
+events, expired sessions, unclaimed parked webhooks, day-old reservations).
 
 Background work that never wedges:
 - Each job is isolated: whatever fails for one (fal, the database, a change Postgres rejects) is
@@ -28,6 +28,7 @@ import msgspec
 
 from service import metrics
 from service.errors import DatabaseUnavailable
+from service.db.retention import apply_retention
 from service.fal.follower import FollowTarget, JobFollower
 from service.fal.gateway import FalGateway, FalRequestFailed, change_from_status
 from service.fal.webhooks import WebhookIntake
@@ -59,12 +60,14 @@ class SweepReport(msgspec.Struct):
     failed: int = 0
     """Jobs whose check failed this time (logged one by one); the next sweep tries them again."""
     adopted_webhooks: int = 0
+    deleted: dict[str, int] = msgspec.field(default_factory=dict)
+    """Rows removed by retention, per table."""
 
 
 class Reconciler:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, follower: JobFollower, intake: WebhookIntake,
-        *, connect_lock: LockConnector, overdue_after_s: float, interval_s: float,
+        *, connect_lock: LockConnector, overdue_after_s: float, interval_s: float, event_retention_days: int = 30,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -73,12 +76,13 @@ class Reconciler:
         self._connect_lock = connect_lock
         self._overdue_after_s = overdue_after_s
         self._interval_s = interval_s
+        self._event_retention_days = event_retention_days
 
     async def run_forever(self) -> None:
         while True:
             try:
                 report = await self.sweep_once()
-                if report.changed or report.unknown_to_fal or report.adopted_webhooks or report.failed:
+                if report.changed or report.unknown_to_fal or report.adopted_webhooks or report.failed or report.deleted:
                     log.info("reconciliation sweep", extra={"action": "sweep", **msgspec.structs.asdict(report)})
             except asyncio.CancelledError:
                 raise
@@ -123,13 +127,10 @@ class Reconciler:
             log.warning("the sweep lost its lock connection; stopping here", extra={"action": "sweep"})
             return report
         await self._adopt_parked(report)
-        try:
-            await self._pool.execute(
-                "DELETE FROM fal_early_webhooks e WHERE received_at < now() - interval '1 day' "
-                "AND NOT EXISTS (SELECT 1 FROM fal_jobs j WHERE j.request_id = e.request_id)"
-            )
+        try:  # on the lock's own connection: no pooled connection held, one process at a time
+            report.deleted = await apply_retention(lock, event_retention_days=self._event_retention_days)
         except Exception as error:  # the next sweep tries again
-            log.warning("could not drop stale parked webhooks", extra={"action": "sweep", "error": type(error).__name__})
+            log.warning("retention failed", extra={"action": "retention", "error": type(error).__name__})
         return report
 
     async def _reconcile_one(self, target: FollowTarget, report: SweepReport) -> None:
