@@ -35,6 +35,8 @@ from service.http.health import healthz, readyz
 from service.http.jobs import JobsController
 from service.http.outputs import OutputsController
 from service.http.metrics import metrics_endpoint
+from service.http.openapi import tell_the_truth
+from service.http.options import options_allow_middleware
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
 from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
@@ -207,7 +209,7 @@ def create_app(settings: Settings) -> Litestar:
                 pool.terminate()
                 raise
 
-    return Litestar(
+    app = Litestar(
         route_handlers=route_handlers,
         lifespan=[lifespan],
         state=State({"settings": settings, SECURITY_HEADERS: security_headers(settings)}),
@@ -226,10 +228,12 @@ def create_app(settings: Settings) -> Litestar:
             "media_policy": _from_state("media_policy"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[request_log_middleware, security_headers_middleware],
+        middleware=[request_log_middleware, security_headers_middleware, options_allow_middleware],
         openapi_config=OpenAPIConfig(title="fal-jobs", version="0.1.0", path="/schema"),
         logging_config=None,
     )
+    tell_the_truth(app.openapi_schema, allowed_models=settings.allowed_models)
+    return app
 
 
 def create_app_from_environment() -> Litestar:

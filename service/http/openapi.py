@@ -1,0 +1,222 @@
+"""The OpenAPI document, made true: what Litestar infers from the handlers, completed in one place.
+
+Litestar documents the success answer of each handler and its own `{status_code, detail}` shape for
+a 400. What a client also needs, and Schemathesis checks against the live service
+(`tests/test_openapi.py`), is added here: the three ways to authenticate, every status each route
+answers with the one error shape `{status, error, message}`, the constraints the controllers
+enforce (request id pattern, enums, ranges, models per job type), and the streams as
+`text/event-stream`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.openapi.spec import OpenAPI
+
+from service.jobs.catalog import model_type
+from service.jobs.models import JOB_STATUSES, JOB_TYPES
+from service.jobs.queries import MAX_PAGE_SIZE, REQUEST_ID_PATTERN
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "ErrorBody",
+    "description": "The one error shape of every failure.",
+    "required": ["status", "error", "message"],
+    "properties": {
+        "status": {"type": "integer", "description": "the HTTP status, repeated"},
+        "error": {"type": "string", "description": "a stable code: invalid_request, not_found, conflict, ..."},
+        "message": {"type": "string", "description": "what is wrong, naming the field; never a secret"},
+    },
+}
+
+SECURITY_SCHEMES: dict[str, Any] = {
+    "BearerKey": {"type": "http", "scheme": "bearer",
+                  "description": "An API key (`fj_...`) from `python3 -m service users create NAME`."},
+    "SessionCookie": {"type": "apiKey", "in": "cookie", "name": "fal_jobs_session",
+                      "description": "The browser session set by a sign-in link; state changes also need "
+                                     "the session's CSRF token in `X-CSRF-Token`."},
+    "StreamToken": {"type": "apiKey", "in": "query", "name": "token",
+                    "description": "A short-lived stream token from POST /api/stream-tokens (EventSource "
+                                   "cannot send headers)."},
+}
+API_AUTH = [{"BearerKey": []}, {"SessionCookie": []}]
+STREAM_AUTH = [{"BearerKey": []}, {"StreamToken": []}]
+PUBLIC: list[dict[str, list[str]]] = []
+
+WHY = {
+    400: "The request is malformed; the message names the field.",
+    401: "Not authenticated, or the credentials are wrong.",
+    403: "A session request without its CSRF token.",
+    404: "No such job for this caller (another user's job is 404 too).",
+    409: "The job is not in a state that allows this.",
+    413: "The body is larger than this endpoint accepts.",
+    502: "fal refused or could not be reached; the message names its answer.",
+    503: "A dependency (the database, fal's keys, the listener) is unavailable; retry after Retry-After.",
+}
+
+# (method, path): security, then the error statuses it answers besides its success.
+ROUTES: dict[tuple[str, str], tuple[list[dict[str, list[str]]], tuple[int, ...]]] = {
+    ("post", "/api/jobs"): (API_AUTH, (400, 401, 403, 502, 503)),
+    ("get", "/api/jobs"): (API_AUTH, (400, 401, 503)),
+    ("get", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 404, 503)),
+    ("get", "/api/jobs/{request_id}/result"): (API_AUTH, (400, 401, 404, 409, 503)),
+    ("post", "/api/jobs/{request_id}/cancel"): (API_AUTH, (400, 401, 403, 404, 409, 502, 503)),
+    ("get", "/api/jobs/{request_id}/events"): (STREAM_AUTH, (400, 401, 404, 503)),
+    ("get", "/api/events"): (STREAM_AUTH, (400, 401, 503)),
+    ("post", "/api/stream-tokens"): (API_AUTH, (400, 401, 403, 404, 503)),
+    ("post", "/api/webhooks/fal"): (PUBLIC, (400, 401, 413, 503)),
+    ("get", "/api/session"): ([{"SessionCookie": []}], (401, 503)),
+    ("post", "/api/session/sign-out"): (API_AUTH, (401, 403, 503)),
+    ("get", "/api/models"): (PUBLIC, ()),
+    ("get", "/healthz"): (PUBLIC, ()),
+    ("get", "/readyz"): (PUBLIC, ()),
+}
+
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern},
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 20},
+    "last_event_id": {"type": "string", "pattern": "^([0-9]{1,18})?$", "description": "resume after this event id (empty: none)"},
+    # Opaque: only a `next_cursor` this API issued is valid (anything else is 400).
+    "cursor": {"type": "string", "format": "fal-jobs-cursor"},
+    "token": {"type": "string"},
+}
+LIST_FILTERS = {"status": {"type": "string", "enum": list(JOB_STATUSES)}, "type": {"type": "string", "enum": list(JOB_TYPES)}}
+# Comma-separated lists: `?status=pending,failed` (form style, not exploded).
+STREAM_FILTERS = {
+    "status": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(JOB_STATUSES)}},
+    "type": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(JOB_TYPES)}},
+}
+
+# Any JSON value whose strings hold no NUL (PostgreSQL's jsonb cannot store U+0000).
+JSON_VALUE: dict[str, Any] = {
+    "description": "any JSON value; strings and keys without U+0000",
+    "anyOf": [
+        {"type": "string", "pattern": "^[^\\u0000]*$"},
+        {"type": "number"}, {"type": "boolean"}, {"type": "null"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "propertyNames": {"pattern": "^[^\\u0000]*$"},
+         "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ],
+}
+
+WEBHOOK_BODY: dict[str, Any] = {
+    "title": "FalWebhook",
+    "description": "fal's webhook, verified on the raw body against the X-Fal-Webhook-Request-Id, -User-Id, "
+                   "-Timestamp and -Signature headers (Ed25519, fal's JWKS); anything unsigned is 401.",
+    "type": "object",
+    "required": ["request_id", "status"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "gateway_request_id": {"type": ["string", "null"]},
+        "status": {"enum": ["OK", "ERROR"]},
+        "payload": {},
+        "payload_error": {"type": ["string", "null"]},
+        "error": {"type": ["string", "null"]},
+    },
+}
+
+SSE_DESCRIPTION = (
+    "Server-Sent Events. `event: job` messages carry `id: <event id>` and `data: <the job as JSON>` "
+    "(the Job fields of JobView, without links); `/api/events` starts with `event: ready` whose id is "
+    "the current position and whose data is `{\"position\": N}`; comment lines are heartbeats; a "
+    "`retry:` hint comes first. Resume with the `Last-Event-ID` header or `?last_event_id=`."
+)
+
+
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": SSE_DESCRIPTION,
+    "required": ["data"],
+    "properties": {
+        "event": {"enum": ["job", "ready"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer"},
+    },
+}
+
+STREAM_TOKEN_REQUEST: dict[str, Any] = {
+    "title": "StreamTokenRequest",
+    "oneOf": [
+        {"type": "object", "additionalProperties": False,  # a user-scoped token ignores request_id
+         "properties": {"scope": {"const": "user"}, "request_id": {"type": ["string", "null"]}}},
+        {"type": "object", "additionalProperties": False, "required": ["scope", "request_id"],
+         "properties": {"scope": {"const": "job"}, "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern}}},
+    ],
+}
+
+
+def _error(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": WHY[status],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    if status == 503:
+        response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+    return response
+
+
+def _job_request(allowed_models: tuple[str, ...]) -> dict[str, Any]:
+    """A job's type must be the kind its model makes: one alternative per type that has models."""
+    variants = []
+    for kind in JOB_TYPES:
+        models = [m for m in allowed_models if model_type(m) == kind]
+        if models:
+            variants.append({
+                "type": "object", "additionalProperties": False, "required": ["type", "model_id"],
+                "properties": {
+                    "type": {"const": kind},
+                    "model_id": {"type": "string", "enum": models},
+                    "input": {"type": "object", "description": "the model's input, at most 64 KiB of JSON",
+                              "propertyNames": {"pattern": "^[^\\u0000]*$"},
+                              "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+                },
+            })
+    return {"title": "CreateJobRequest", "oneOf": variants}
+
+
+def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None:
+    """Complete Litestar's document in place (before it is first served)."""
+    components = openapi.components
+    components.security_schemes = {**(components.security_schemes or {}), **SECURITY_SCHEMES}
+    schemas = components.schemas
+    schemas["ErrorBody"] = ERROR_SCHEMA  # type: ignore[assignment]
+    schemas["JsonValue"] = JSON_VALUE  # type: ignore[assignment]
+    schemas["CreateJobRequest"] = _job_request(allowed_models)  # type: ignore[assignment]
+    schemas["StreamTokenRequest"] = STREAM_TOKEN_REQUEST  # type: ignore[assignment]
+    for path, item in (openapi.paths or {}).items():
+        for method in ("get", "post", "put", "patch", "delete"):
+            operation = getattr(item, method, None)
+            if operation is None or (method, path) not in ROUTES:
+                continue
+            security, errors = ROUTES[(method, path)]
+            operation.security = security
+            responses = operation.responses or {}
+            responses.pop("400", None)  # Litestar's {status_code, detail}: never what we answer
+            for status in errors:
+                responses[str(status)] = _error(status)  # type: ignore[assignment]
+            operation.responses = responses
+            streams = path.endswith("/events")
+            for parameter in operation.parameters or []:
+                schema = PARAMETERS.get(parameter.name)
+                if parameter.name in ("status", "type"):
+                    schema = (STREAM_FILTERS if streams else LIST_FILTERS)[parameter.name]
+                if schema is not None and schema.get("type") == "array":
+                    parameter.style, parameter.explode = "form", False
+                if schema is not None:
+                    parameter.schema = {**schema, **({"description": parameter.description} if parameter.description else {})}  # type: ignore[assignment]
+            if streams:
+                ok = responses["200"]
+                ok.content = {"text/event-stream": {"schema": SSE_EVENT}}  # type: ignore[union-attr,assignment]
+                ok.description = "The live stream"  # type: ignore[union-attr]
+                if path.startswith("/api/jobs/"):
+                    responses["204"] = {"description": "Resumed after the job's terminal event: nothing more will come; "  # type: ignore[assignment]
+                                                       "EventSource stops reconnecting."}
+    webhook = openapi.paths["/api/webhooks/fal"].post if openapi.paths and "/api/webhooks/fal" in openapi.paths else None
+    if webhook is not None:
+        webhook.request_body = {"required": True, "content": {"application/json": {"schema": WEBHOOK_BODY}}}  # type: ignore[assignment]
+    readyz = openapi.paths["/readyz"].get if openapi.paths and "/readyz" in openapi.paths else None
+    if readyz is not None and readyz.responses is not None:
+        readyz.responses["503"] = {"description": "Not ready; `checks` names what is not.",  # type: ignore[assignment]
+                                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}
