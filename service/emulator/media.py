@@ -11,6 +11,9 @@ import zlib
 from functools import lru_cache
 from pathlib import Path
 
+# Re-exported: the one list of video models is the catalog's.
+from service.jobs.catalog import is_video_model as is_video_model
+
 MAX_SIDE = 2048
 MAX_IMAGES = 8
 
@@ -25,14 +28,7 @@ IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
 }
 DEFAULT_IMAGE_SIZE = "landscape_4_3"
 
-_VIDEO_MARKERS = ("video", "kling", "minimax", "luma", "veo", "hunyuan", "wan", "ltx", "pixverse", "seedance", "mochi")
-
 SAMPLE_MP4_NAME = "sample.mp4"
-
-
-def is_video_model(model_id: str) -> bool:
-    lowered = model_id.lower()
-    return any(marker in lowered for marker in _VIDEO_MARKERS)
 
 
 def resolve_image_size(value: object) -> tuple[int, int]:

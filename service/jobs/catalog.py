@@ -7,7 +7,9 @@ import msgspec
 
 from service.jobs.models import JobType
 
-_VIDEO_MARKERS = ("video", "kling", "minimax", "luma", "veo", "hunyuan", "wan-", "/wan", "ltx", "pika", "runway")
+VIDEO_MARKERS = ("video", "kling", "minimax", "luma", "veo", "hunyuan", "wan-", "/wan", "ltx", "pika", "runway",
+                 "pixverse", "seedance", "mochi")
+"""Substrings of the model ids that make videos; the one list, shared with the local fal emulator."""
 
 
 class Model(msgspec.Struct, frozen=True):
@@ -15,9 +17,13 @@ class Model(msgspec.Struct, frozen=True):
     type: JobType
 
 
-def model_type(model_id: str) -> JobType:
+def is_video_model(model_id: str) -> bool:
     lowered = model_id.lower()
-    return "video" if any(marker in lowered for marker in _VIDEO_MARKERS) else "image"
+    return any(marker in lowered for marker in VIDEO_MARKERS)
+
+
+def model_type(model_id: str) -> JobType:
+    return "video" if is_video_model(model_id) else "image"
 
 
 def catalog(allowed_models: tuple[str, ...]) -> list[Model]:
