@@ -247,6 +247,7 @@ async def create_jobs(pool: asyncpg.Pool, sizes: dict[str, int]) -> dict[str, Jo
             job_rows.append((request_id, user_id, MODEL_ID, "image", JOB_INPUT, "webhook", now))
             event_rows.append((request_id, user_id, job, now))
     async with pool.acquire() as connection, connection.transaction():
+        await connection.executemany("INSERT INTO fal_users (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", [(block.user_id,) for block in blocks.values()])
         await connection.executemany(
             "INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, status, mode, version, "
             "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, 1, $7, $7)",

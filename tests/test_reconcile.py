@@ -20,6 +20,7 @@ def reconciler_of(service: RunningServer) -> Reconciler:
 
 
 async def job_row(pool: asyncpg.Pool, request_id: str, *, mode: str = "webhook", overdue: bool = True) -> None:
+    await pool.execute("INSERT INTO fal_users (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", "sweep-tests")  # jobs reference a user
     async with pool.acquire() as connection:
         await create_job(connection, NewJob(request_id=request_id, user_id="sweep-tests", model_id="fal-ai/flux/dev",
                                             type="image", input={}, mode=mode))  # type: ignore[arg-type]

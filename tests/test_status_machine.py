@@ -64,6 +64,7 @@ class TestDecide:
 
 
 async def new_job(pool: asyncpg.Pool, user_id: str = "u-test") -> Job:
+    await pool.execute("INSERT INTO fal_users (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", user_id)  # jobs reference a user
     async with pool.acquire() as connection:
         return await create_job(
             connection,

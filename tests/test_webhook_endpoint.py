@@ -23,6 +23,7 @@ HEADERS = ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-t
 
 async def open_job(pool: asyncpg.Pool) -> str:
     request_id = str(uuid.uuid4())
+    await pool.execute("INSERT INTO fal_users (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", "webhook-tests")  # jobs reference a user
     async with pool.acquire() as connection:
         await create_job(connection, NewJob(request_id=request_id, user_id="webhook-tests", model_id="fal-ai/flux/dev",
                                             type="image", input={}, mode="webhook"))
