@@ -30,11 +30,9 @@ import argparse
 import asyncio
 import contextlib
 import io
-import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,20 +51,23 @@ if str(ROOT) not in sys.path:
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 import msgspec  # noqa: E402
-import uvicorn  # noqa: E402
 
 from bench.harness import (  # noqa: E402
     BenchFailure,
+    Emulator,
+    Service,
+    add_processes_argument,
     admin_execute,
-    free_port,
-    listening_socket,
     open_server,
     percentile,
+    proc_cpu_s,
+    start_emulator,
+    start_service,
     with_database,
 )
 from service.db.migrations import apply_migrations  # noqa: E402
 from service.db.pool import create_pool  # noqa: E402
-from service.emulator import FalEmulator, create_emulator_app  # noqa: E402
+from service.emulator import FalEmulator  # noqa: E402
 from service.emulator.signing import signed_headers  # noqa: E402
 from service.fal.webhooks import FalWebhook, WebhookIntake  # noqa: E402
 from service.jobs.models import Job  # noqa: E402
@@ -82,37 +83,10 @@ PAYLOAD = {
 RAW_CONCURRENCIES = (4, 8, 16)
 SERVICE_POOL_SIZE = 10  # service.db.pool.create_pool's default max_size, which the service uses
 PHASE_TIMEOUT_S = 150.0  # no single measured phase may take longer
-READY_TIMEOUT_S = 60.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# Runs the service under cProfile; SIGUSR1 starts collecting, SIGUSR2 stops.
-PROFILE_WRAPPER = """
-import cProfile, signal, sys
-profile = cProfile.Profile()
-signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
-signal.signal(signal.SIGUSR2, lambda *_: profile.disable())
-from service.cli import main
-try:
-    code = main(["run"])
-finally:
-    profile.disable()
-    profile.dump_stats(sys.argv[1])
-sys.exit(code)
-"""
 
 
 # ---- small helpers --------------------------------------------------------------------------
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of one process, in seconds (from /proc; 0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return 0.0
-    # After "pid (comm)": state is fields[0], utime is stat field 14 -> fields[11], stime -> fields[12].
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def postgres_cpu_s(pids: Sequence[int]) -> float | None:
@@ -154,11 +128,11 @@ class CpuSnapshot:
     wall: float
 
     @classmethod
-    def take(cls, service_pid: int | None, pg_pids: Sequence[int]) -> CpuSnapshot:
+    def take(cls, service: Service | None, pg_pids: Sequence[int]) -> CpuSnapshot:
         busy, total = machine_jiffies()
         return cls(
             bench=self_cpu_s(),
-            service=proc_cpu_s(service_pid) if service_pid else 0.0,
+            service=service.cpu_s() if service else 0.0,
             postgres=postgres_cpu_s(pg_pids),
             busy=busy,
             total=total,
@@ -292,113 +266,6 @@ async def set_trigger(pool: asyncpg.Pool, enabled: bool) -> None:
 # ---- the emulator (JWKS only) and the service -----------------------------------------------
 
 
-@dataclass
-class Emulator:
-    emulator: FalEmulator
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.task, timeout=10)
-
-
-async def start_emulator(fal_key: str) -> Emulator:
-    sock = listening_socket()
-    host, port = sock.getsockname()
-    emulator = FalEmulator(f"http://{host}:{port}", fal_key)
-    config = uvicorn.Config(create_emulator_app(emulator), log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if task.done():
-            task.result()
-            raise BenchFailure("the emulator's uvicorn exited before it started")
-        if time.monotonic() > deadline:
-            raise BenchFailure("the emulator did not start within 20 s")
-        await asyncio.sleep(0.01)
-    quiet_logging()  # the emulator's Litestar app installs its default INFO logging on startup
-    return Emulator(emulator, server, task)
-
-
-def quiet_logging() -> None:
-    # Otherwise httpx logs every request at INFO: load-generator CPU that is not the benchmark's.
-    logging.getLogger().setLevel(logging.WARNING)
-    for name in ("httpx", "httpcore", "litestar", "uvicorn", "uvicorn.error", "asyncio"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-    profile_path: str | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    async def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + 20
-            while self.process.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-async def start_service(dsn: str, emulator: Emulator, fal_key: str, log_dir: Path,
-                        profile_path: str | None) -> Service:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn,
-        "FAL_KEY": fal_key,
-        "FAL_QUEUE_URL": emulator.emulator.base_url,
-        "FAL_JWKS_URL": emulator.emulator.jwks_url,
-        "APP_URL": url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        "RECONCILE_INTERVAL_S": "3600",
-        "FAL_JOBS_NO_VENV": "1",  # we already run on the project's interpreter: never bootstrap
-    }
-    env.pop("LISTEN_DATABASE_URL", None)
-    if profile_path:
-        command = [sys.executable, "-c", PROFILE_WRAPPER, profile_path]
-    else:
-        command = [sys.executable, "-m", "service", "run"]
-    log_path = log_dir / "service.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    service = Service(process, url, log_path, profile_path)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    async with httpx.AsyncClient(timeout=2) as client:
-        while True:
-            if process.poll() is not None:
-                raise BenchFailure(f"the service exited with {process.returncode}:\n{service.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return service
-            if time.monotonic() > deadline:
-                await service.stop()
-                raise BenchFailure(f"the service was not ready within {READY_TIMEOUT_S:.0f} s:\n{service.log_tail()}")
-            await asyncio.sleep(0.1)
-
-
 # ---- the load ---------------------------------------------------------------------------------
 
 
@@ -526,9 +393,9 @@ async def service_phase(post: Post, service: Service, emulator: FalEmulator, blo
                         concurrency: int, trigger: str, pg: asyncpg.Pool, ncpu: int) -> Result:
     prepared = sign_webhooks(emulator, block.request_ids)
     pids = await postgres_pids(pg)
-    before = CpuSnapshot.take(service.pid, pids)
+    before = CpuSnapshot.take(service, pids)
     wall, latencies = await fire_webhooks(post, prepared, concurrency)
-    after = CpuSnapshot.take(service.pid, pids)
+    after = CpuSnapshot.take(service, pids)
     return Result("service POST /api/webhooks/fal", trigger, len(prepared), wall, latencies,
                   CpuUse.between(before, after, ncpu))
 
@@ -678,8 +545,10 @@ async def bench(args: argparse.Namespace, database: Database, log_dir: Path) -> 
               file=sys.stderr, flush=True)
 
         emulator = await start_emulator(fal_key)
-        service = await start_service(database.dsn, emulator, fal_key, log_dir, args.profile_service)
-        print(f"[bench] service pid {service.pid} ready at {service.url}", file=sys.stderr, flush=True)
+        service = await start_service(database.dsn, emulator.emulator, fal_key, log_dir / "service.log",
+                                      processes=args.processes, profile_path=args.profile_service)
+        print(f"[bench] service pid {service.pid} ({args.processes} process(es)) ready at {service.url}",
+              file=sys.stderr, flush=True)
 
         results: dict[str, Result] = {}
         async with contextlib.AsyncExitStack() as stack:
@@ -827,6 +696,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "far less than the service), or one httpx.AsyncClient")
     parser.add_argument("--profile-service", metavar="FILE", default=None,
                         help="run the service under cProfile during the trigger-on webhook phase; stats to FILE")
+    add_processes_argument(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 100_000 or not 1 <= args.concurrency <= 256 or not 1 <= args.warmup <= 10_000:
         parser.error("--n must be 1..100000, --concurrency 1..256, --warmup 1..10000")
