@@ -68,7 +68,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import logging
 import os
 import random
 import resource
@@ -76,7 +75,6 @@ import secrets
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -93,23 +91,29 @@ if str(ROOT) not in sys.path:
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 import msgspec  # noqa: E402
-import uvicorn  # noqa: E402
 import uvloop  # noqa: E402
 
 from bench.harness import (  # noqa: E402
     BenchFailure,
+    Emulator,
+    Service,
+    add_processes_argument,
     admin_execute,
-    free_port,
-    listening_socket,
+    machine_busy_s,
     open_server,
     percentile,
+    proc_cpu_s,
+    quiet_logging,
+    rss_kib,
+    start_emulator,
+    start_service,
     with_database,
 )
 from service.auth.api_keys import NewUser, create_user  # noqa: E402
 from service.auth.stream_tokens import StreamTokens, job_scope  # noqa: E402
 from service.db.migrations import apply_migrations  # noqa: E402
 from service.db.pool import create_pool  # noqa: E402
-from service.emulator import FalEmulator, create_emulator_app  # noqa: E402
+from service.emulator import FalEmulator  # noqa: E402
 from service.emulator.signing import signed_headers  # noqa: E402
 from service.jobs.models import NewJob  # noqa: E402
 from service.jobs.status_machine import create_job  # noqa: E402
@@ -131,7 +135,6 @@ RECV_SIZE = 65536
 OPEN_BATCH = 500
 SETUP_CONNECTIONS = 8
 """Connections the bench's own set-up writes (users, jobs) use at a time."""
-READY_TIMEOUT_S = 60.0
 BATCH_TIMEOUT_S = 60.0
 ROUND_TIMEOUT_S = 15.0
 ACK_TIMEOUT_S = 15.0
@@ -144,19 +147,6 @@ pending counts 10 s later (PGSTAT_IDLE_INTERVAL): windows that must be exact wai
 TARGETS = ("targets: p50 <= 3 ms and p99 <= 10 ms at 10,000; p99(10,000) <= 2 x p99(10); "
            "<= 24 KiB per idle subscriber; 0 db queries per waiting client")
 
-PROFILE_WRAPPER = """
-import cProfile, signal, sys
-profile = cProfile.Profile()
-signal.signal(signal.SIGUSR1, lambda *_: profile.enable())
-signal.signal(signal.SIGUSR2, lambda *_: profile.disable())
-from service.cli import main
-try:
-    code = main(["run"])
-finally:
-    profile.disable()
-    profile.dump_stats(sys.argv[1])
-sys.exit(code)
-"""
 
 
 def log(message: str) -> None:
@@ -164,33 +154,6 @@ def log(message: str) -> None:
 
 
 # ---- small helpers --------------------------------------------------------------------------
-
-
-def rss_kib(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise BenchFailure(f"no VmRSS for {pid}")
-
-
-def proc_cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
-
-
-def proc_cpu_s(pid: int) -> float:
-    return sum(proc_cpu_split(pid))
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine spent busy (all cores) since boot, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu_s(pids: Sequence[int]) -> float:
@@ -210,7 +173,7 @@ class CpuMeter:
     """Who used the CPU during a window: this process, the service, the bench database's Postgres
     backends, and everything else on the machine (other processes disturb the numbers)."""
 
-    service_pid: int
+    service_under_test: Service
     pg_pids: list[int]
     wall: float = 0.0
     bench: float = 0.0
@@ -220,12 +183,12 @@ class CpuMeter:
 
     def start(self) -> CpuMeter:
         self.wall, self.bench = time.perf_counter(), time.process_time()
-        self.service, self.postgres, self.machine = (proc_cpu_split(self.service_pid), postgres_cpu_s(self.pg_pids),
+        self.service, self.postgres, self.machine = (self.service_under_test.cpu_split(), postgres_cpu_s(self.pg_pids),
                                                      machine_busy_s())
         return self
 
     def stop(self, row: Row, pg_pids: Sequence[int]) -> None:
-        service = proc_cpu_split(self.service_pid)
+        service = self.service_under_test.cpu_split()
         row.cpu_bench_s = time.process_time() - self.bench
         row.cpu_service_s = sum(service) - sum(self.service)
         row.cpu_service_sys_s = service[1] - self.service[1]
@@ -241,24 +204,11 @@ class CpuMeter:
                              "(other processes, Postgres housekeeping, kernel): the numbers are disturbed")
 
 
-def open_fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return -1
-
-
 def raise_nofile() -> tuple[int, int]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def quiet_logging() -> None:
-    logging.getLogger().setLevel(logging.WARNING)
-    for name in ("httpx", "httpcore", "litestar", "uvicorn", "uvicorn.error", "asyncio"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ---- database -------------------------------------------------------------------------------
@@ -346,113 +296,6 @@ async def create_owned_jobs(dsn: str, owners: Sequence[str]) -> list[str]:
 
 
 # ---- the emulator and the service -----------------------------------------------------------
-
-
-@dataclass
-class Emulator:
-    emulator: FalEmulator
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.task, timeout=10)
-        with contextlib.suppress(Exception):
-            await self.emulator.aclose()
-
-
-async def start_emulator(fal_key: str) -> Emulator:
-    sock = listening_socket()
-    host, port = sock.getsockname()
-    emulator = FalEmulator(f"http://{host}:{port}", fal_key)
-    config = uvicorn.Config(create_emulator_app(emulator), log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if task.done():
-            task.result()
-            raise BenchFailure("the emulator's uvicorn exited before it started")
-        if time.monotonic() > deadline:
-            raise BenchFailure("the emulator did not start within 20 s")
-        await asyncio.sleep(0.01)
-    quiet_logging()
-    return Emulator(emulator, server, task)
-
-
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    url: str
-    port: int
-    log_path: Path
-    profiling: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchFailure(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
-
-    async def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + 20
-            while self.process.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-async def start_service(dsn: str, emulator: FalEmulator, fal_key: str, log_dir: Path, name: str,
-                        token_secret: str, profile_path: str | None = None) -> Service:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn,
-        "FAL_KEY": fal_key,
-        "FAL_QUEUE_URL": emulator.base_url,
-        "FAL_JWKS_URL": emulator.jwks_url,
-        "APP_URL": url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        "RECONCILE_INTERVAL_S": "3600",
-        "SSE_HEARTBEAT_S": "15",
-        "STREAM_TOKEN_SECRET": token_secret,  # so that the bench can mint the job-scoped stream tokens
-        "FAL_JOBS_NO_VENV": "1",  # already on the project's interpreter: never bootstrap or pip install
-    }
-    env.pop("LISTEN_DATABASE_URL", None)
-    command = ([sys.executable, "-c", PROFILE_WRAPPER, profile_path] if profile_path
-               else [sys.executable, "-m", "service", "run"])
-    log_path = log_dir / f"service-{name}.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    service = Service(process, url, port, log_path, profiling=bool(profile_path))
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    async with httpx.AsyncClient(timeout=2) as client:
-        while True:
-            if process.poll() is not None:
-                raise BenchFailure(f"the service exited with {process.returncode}:\n{service.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return service
-            if time.monotonic() > deadline:
-                await service.stop()
-                raise BenchFailure(f"the service was not ready within {READY_TIMEOUT_S:.0f} s:\n{service.log_tail()}")
-            await asyncio.sleep(0.1)
 
 
 # ---- lean HTTP/1.1 request/response connection ----------------------------------------------
@@ -1075,6 +918,13 @@ class Context:
         return self.deadline - time.monotonic()
 
 
+async def serve(ctx: Context, name: str, *, profile: bool = False) -> Service:
+    """The service for one step, with a stream-token secret the bench shares (it mints job tokens)."""
+    return await start_service(ctx.dsn, ctx.emulator, ctx.fal_key, ctx.log_dir / f"service-{name}.log",
+                               processes=ctx.args.processes, profile_path=ctx.args.profile_service if profile else None,
+                               extra_env={"SSE_HEARTBEAT_S": "15", "STREAM_TOKEN_SECRET": ctx.token_secret})
+
+
 async def stream_token(service: Service, user: NewUser, request_id: str | None = None) -> str:
     body: dict[str, str] = {"scope": "user"} if request_id is None else {"scope": "job", "request_id": request_id}
     async with httpx.AsyncClient(timeout=10) as client:
@@ -1173,8 +1023,7 @@ async def job_step(ctx: Context, subscribers: int, profile: bool) -> Row:
     args = ctx.args
     row = Row(JOB_MODE, subscribers)
     loop = asyncio.get_running_loop()
-    service = await start_service(ctx.dsn, ctx.emulator, ctx.fal_key, ctx.log_dir, f"job-{subscribers}",
-                                  ctx.token_secret, args.profile_service if profile else None)
+    service = await serve(ctx, f"job-{subscribers}", profile=profile)
     sender = WebhookSender(ctx.emulator, service.port)
     clients: dict[str, SseClient] = {}
     try:
@@ -1193,21 +1042,21 @@ async def job_step(ctx: Context, subscribers: int, profile: bool) -> Row:
         watched, spare = request_ids[:subscribers], request_ids[subscribers:]
         await asyncio.sleep(1.0 + total / 5000)  # the listener publishes the pending events before anyone subscribes
         gc.collect()
-        row.rss_before_kib, row.fds_before = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_before_kib, row.fds_before = service.rss_kib(), service.open_fds()
         bench_rss_before = rss_kib()
 
         hub = SseHub()
         log(f"{JOB_MODE} {subscribers}: opening {subscribers} job streams ({args.batch} at a time)")
-        opened_at, service_cpu0, bench_cpu0 = time.perf_counter(), proc_cpu_s(service.pid), time.process_time()
+        opened_at, service_cpu0, bench_cpu0 = time.perf_counter(), service.cpu_s(), time.process_time()
         opened = await open_subscribers(hub, service.port, [streams[r] for r in watched], args.batch)
         clients = dict(zip(watched, opened, strict=True))
         row.open_s = time.perf_counter() - opened_at
-        row.cpu_service_open_s = proc_cpu_s(service.pid) - service_cpu0
+        row.cpu_service_open_s = service.cpu_s() - service_cpu0
         row.cpu_bench_open_s = time.process_time() - bench_cpu0
         quiet_since = time.monotonic()  # each open reads the database: the last work before the idle window
         await asyncio.sleep(args.settle)
         service.check_alive()
-        row.rss_open_kib, row.fds_open = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_open_kib, row.fds_open = service.rss_kib(), service.open_fds()
         row.kib_per_client = (row.rss_open_kib - row.rss_before_kib) / subscribers
         row.bench_kib_per_client = (rss_kib() - bench_rss_before) / subscribers
         # Idle window: nothing happens but S open streams, once every backend flushed its counts.
@@ -1232,7 +1081,7 @@ async def job_step(ctx: Context, subscribers: int, profile: bool) -> Row:
             service.process.send_signal(signal.SIGUSR1)
         tx0 = await ctx.counter.read()
         heartbeats0 = hub.heartbeats
-        meter = CpuMeter(service.pid, await ctx.counter.backend_pids()).start()
+        meter = CpuMeter(service, await ctx.counter.backend_pids()).start()
         start = time.perf_counter()
         rounds: list[Round] = []
         open_ids = list(watched)
@@ -1292,10 +1141,10 @@ async def job_step(ctx: Context, subscribers: int, profile: bool) -> Row:
         close_subscribers(clients.values())
         clients = {}
         deadline = time.monotonic() + 20
-        while open_fds(service.pid) > row.fds_before + 2 and time.monotonic() < deadline:
+        while service.open_fds() > row.fds_before + 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(args.settle)
-        row.rss_closed_kib, row.fds_closed = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_closed_kib, row.fds_closed = service.rss_kib(), service.open_fds()
         service.check_alive()
         await asyncio.sleep(max(0.0, phase_end + STATS_QUIET_S - time.monotonic()))
         row.tx_total = await ctx.counter.read() - tx0
@@ -1318,8 +1167,7 @@ async def broadcast_step(ctx: Context, subscribers: int) -> Row:
     args = ctx.args
     row = Row(BROADCAST_MODE, subscribers)
     loop = asyncio.get_running_loop()
-    service = await start_service(ctx.dsn, ctx.emulator, ctx.fal_key, ctx.log_dir, f"broadcast-{subscribers}",
-                                  ctx.token_secret)
+    service = await serve(ctx, f"broadcast-{subscribers}")
     sender = WebhookSender(ctx.emulator, service.port)
     clients: list[SseClient] = []
     try:
@@ -1331,19 +1179,19 @@ async def broadcast_step(ctx: Context, subscribers: int) -> Row:
         quiet_since = time.monotonic()  # the last database work before the idle window
         await asyncio.sleep(1.0)  # the listener publishes the pending events before anyone subscribes
         gc.collect()
-        row.rss_before_kib, row.fds_before = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_before_kib, row.fds_before = service.rss_kib(), service.open_fds()
         bench_rss_before = rss_kib()
 
         hub = SseHub()
         log(f"{BROADCAST_MODE} {subscribers}: opening {subscribers} subscribers ({args.batch} at a time)")
-        opened_at, service_cpu0, bench_cpu0 = time.perf_counter(), proc_cpu_s(service.pid), time.process_time()
+        opened_at, service_cpu0, bench_cpu0 = time.perf_counter(), service.cpu_s(), time.process_time()
         clients = await open_subscribers(hub, service.port, [(path, None)] * subscribers, args.batch)
         row.open_s = time.perf_counter() - opened_at
-        row.cpu_service_open_s = proc_cpu_s(service.pid) - service_cpu0
+        row.cpu_service_open_s = service.cpu_s() - service_cpu0
         row.cpu_bench_open_s = time.process_time() - bench_cpu0
         await asyncio.sleep(args.settle)
         service.check_alive()
-        row.rss_open_kib, row.fds_open = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_open_kib, row.fds_open = service.rss_kib(), service.open_fds()
         row.kib_per_client = (row.rss_open_kib - row.rss_before_kib) / subscribers
         row.bench_kib_per_client = (rss_kib() - bench_rss_before) / subscribers
         # Idle window: nothing happens but S open streams (opening a user stream costs no query). It
@@ -1359,7 +1207,7 @@ async def broadcast_step(ctx: Context, subscribers: int) -> Row:
         budget = max(5.0, min(args.max_phase_s, ctx.remaining() - 60))
         await sender.fresh()
         tx0 = await ctx.counter.read()
-        meter = CpuMeter(service.pid, await ctx.counter.backend_pids()).start()
+        meter = CpuMeter(service, await ctx.counter.backend_pids()).start()
         start = time.perf_counter()
         rounds: list[Round] = []
         for request_id in request_ids:
@@ -1394,10 +1242,10 @@ async def broadcast_step(ctx: Context, subscribers: int) -> Row:
         close_subscribers(clients)
         clients = []
         deadline = time.monotonic() + 20
-        while open_fds(service.pid) > row.fds_before + 2 and time.monotonic() < deadline:
+        while service.open_fds() > row.fds_before + 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(args.settle)
-        row.rss_closed_kib, row.fds_closed = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_closed_kib, row.fds_closed = service.rss_kib(), service.open_fds()
         service.check_alive()
         # Nothing touched the database since the phase ended: once the backends flushed, the
         # counter holds exactly the phase's transactions.
@@ -1418,8 +1266,7 @@ async def poll_step(ctx: Context, pollers: int) -> Row:
     args = ctx.args
     row = Row(POLL_MODE, pollers)
     loop = asyncio.get_running_loop()
-    service = await start_service(ctx.dsn, ctx.emulator, ctx.fal_key, ctx.log_dir, f"poll-{pollers}",
-                                  ctx.token_secret)
+    service = await serve(ctx, f"poll-{pollers}")
     sender = WebhookSender(ctx.emulator, service.port)
     connections: list[Poller] = []
     try:
@@ -1432,7 +1279,7 @@ async def poll_step(ctx: Context, pollers: int) -> Row:
         suffix = (f" HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\nAuthorization: Bearer {user.api_key}\r\n"
                   "Accept: application/json\r\n\r\n").encode()
         gc.collect()
-        row.rss_before_kib, row.fds_before = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_before_kib, row.fds_before = service.rss_kib(), service.open_fds()
         bench_rss_before = rss_kib()
         log(f"poll {pollers}: opening {pollers} keep-alive connections")
         opened_at = time.perf_counter()
@@ -1447,12 +1294,12 @@ async def poll_step(ctx: Context, pollers: int) -> Row:
             connection.start(now + random.uniform(0, POLL_INTERVAL_S))
         await asyncio.sleep(POLL_INTERVAL_S + 0.5)
         await sender.fresh()
-        row.rss_open_kib, row.fds_open = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_open_kib, row.fds_open = service.rss_kib(), service.open_fds()
         row.bench_kib_per_client = (rss_kib() - bench_rss_before) / pollers
         responses0 = state.responses
         requests0 = len(state.request_ms)
         tx0 = await ctx.counter.read()
-        meter = CpuMeter(service.pid, await ctx.counter.backend_pids()).start()
+        meter = CpuMeter(service, await ctx.counter.backend_pids()).start()
         start = time.perf_counter()
         for index, request_id in enumerate(request_ids):
             due = start + 1.0 + index * POLL_WEBHOOK_EVERY_S
@@ -1495,7 +1342,7 @@ async def poll_step(ctx: Context, pollers: int) -> Row:
                 connection.transport.close()
         connections = []
         await asyncio.sleep(args.settle)
-        row.rss_closed_kib, row.fds_closed = rss_kib(service.pid), open_fds(service.pid)
+        row.rss_closed_kib, row.fds_closed = service.rss_kib(), service.open_fds()
         service.check_alive()
     finally:
         for connection in connections:
@@ -1620,6 +1467,7 @@ def main() -> int:
                         help="overall budget; later steps are skipped past it (default 360)")
     parser.add_argument("--profile-service", metavar="FILE", default=None,
                         help="cProfile the service during the largest job-stream step's latency phase (slows it down)")
+    add_processes_argument(parser)
     args = parser.parse_args()
     if args.webhooks <= 0 or args.batch <= 0 or args.subscribers_per_user <= 0:
         parser.error("--webhooks, --batch and --subscribers-per-user must be positive")
