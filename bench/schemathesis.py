@@ -70,11 +70,12 @@ async def main_async(args: argparse.Namespace) -> int:
         started = time.monotonic()
         code, output = await run_schemathesis(url, user.api_key, max_examples=args.max_examples, seed=args.seed)
         elapsed = time.monotonic() - started
-        summary = output.split("SUMMARY")[-1] if "SUMMARY" in output else output[-4000:]
-        print(summary.strip())
-        counts = re.search(r"(\d+) generated, (\d+) passed", output)
-        failures = re.search(r"(\d+) (?:unique )?failures?", summary)
-        print(f"\nschemathesis: {counts[1] if counts else '?'} cases generated, {counts[2] if counts else '?'} passed, "
+        report = output[output.index("FAILURES"):] if "FAILURES" in output else output.split("SUMMARY")[-1]
+        print(report.strip())
+        generated = re.search(r"(\d+) generated", output)
+        passed = re.search(r"(\d+) passed", output.split("Test cases:")[-1])
+        failures = re.search(r"(\d+) unique failures?", output)
+        print(f"\nschemathesis: {generated[1] if generated else '?'} cases generated, {passed[1] if passed else 0} passed, "
               f"{failures[1] if failures else 0} failures, all checks, phases examples/coverage/fuzzing/stateful, "
               f"max-examples {args.max_examples}, {elapsed:.0f} s, exit {code}")
         return code
