@@ -23,7 +23,8 @@ LogFormat = Literal["json", "text"]
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 """The id of the request being handled by the current task (None outside requests)."""
 
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn adds `color_message` (the message with ANSI colours) to its records: not a field.
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 _SECRETS = re.compile(
     r"(?P<scheme>\b(?:Bearer|Key)\s+)[^\s'\",]+"  # Authorization header values

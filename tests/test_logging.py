@@ -52,7 +52,8 @@ def test_run_logs_json_lines_with_the_request_id(database_url: str, tmp_path: Pa
         assert stop(process) == 0, log.read_text()
     text = log.read_text()
     entries = json_lines(text)  # raises on any line that is not JSON
-    assert any(e["logger"] == "uvicorn.error" and "Started server process" in str(e["msg"]) for e in entries), text
+    started = [e for e in entries if e["logger"] == "uvicorn.error" and "Started server process" in str(e["msg"])]
+    assert len(started) == 1 and "color_message" not in started[0], text
     request = [e for e in entries if e.get("request_id") == "probe-1234" and e["msg"] == "request"]
     assert len(request) == 1, text
     assert request[0]["method"] == "GET" and request[0]["path"] == "/api/jobs/abc" and request[0]["status"] == 401
