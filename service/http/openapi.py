@@ -82,10 +82,10 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "token": {"type": "string"},
 }
 LIST_FILTERS = {"status": {"type": "string", "enum": list(JOB_STATUSES)}, "type": {"type": "string", "enum": list(JOB_TYPES)}}
-# Comma-separated lists: `?status=pending,failed` (form style, not exploded).
+# Comma-separated lists: `?status=pending,failed` (form style, not exploded); empty means no filter.
 STREAM_FILTERS = {
-    "status": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(JOB_STATUSES)}},
-    "type": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(JOB_TYPES)}},
+    "status": {"type": "array", "items": {"type": "string", "enum": list(JOB_STATUSES)}},
+    "type": {"type": "array", "items": {"type": "string", "enum": list(JOB_TYPES)}},
 }
 
 # Any JSON value whose strings hold no NUL (PostgreSQL's jsonb cannot store U+0000).
