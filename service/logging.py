@@ -108,8 +108,9 @@ def configure_logging(level: str, log_format: LogFormat | None = None) -> None:
     # uvicorn's access log would print the query string, which can carry a stream token; our
     # request middleware logs each request instead (path without its query).
     logging.getLogger("uvicorn.access").disabled = True
-    # pgserver narrates every pg_ctl call at INFO.
-    logging.getLogger("pgserver").setLevel(max(logging.WARNING, root.level))
+    # pgserver narrates every pg_ctl call at INFO, httpx every request (each call to fal).
+    for name in ("pgserver", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn", "uvicorn.error", "litestar"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -87,7 +87,7 @@ async def test_two_processes_together_keep_the_open_job_limit_under_fifty_concur
         processes.append(start_process(env, tmp_path / f"{name}.log"))
         urls.append(url)
     try:
-        for url, process, name in zip(urls, processes, ("a", "b")):
+        for url, process, name in zip(urls, processes, ("a", "b"), strict=True):
             await asyncio.to_thread(wait_ready, url, process, tmp_path / f"{name}.log")
         marker = f"limit-{user.name}"
         answers = await asyncio.gather(*(

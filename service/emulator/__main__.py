@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import uvicorn
+
+from service.logging import configure_logging
 
 from . import FalEmulator, create_emulator_app
 
@@ -36,8 +39,14 @@ def main() -> None:
         webhook_timeout_s=args.webhook_timeout_s,
         pace=args.pace,
     )
-    print(f"fal emulator on {emulator.base_url} (JWKS {emulator.jwks_url})", flush=True)
-    uvicorn.run(create_emulator_app(emulator), host=args.host, port=args.port, log_level="info",
+    # The service's one log stream (JSON, or text on a terminal), uvicorn's lines included.
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    log_format = os.environ.get("LOG_FORMAT", "").lower()
+    configure_logging(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
+                      log_format if log_format in ("json", "text") else None)  # type: ignore[arg-type]
+    logging.getLogger("service.emulator").info(
+        "fal emulator listening", extra={"url": emulator.base_url, "jwks": emulator.jwks_url})
+    uvicorn.run(create_emulator_app(emulator), host=args.host, port=args.port, log_config=None,
                 timeout_graceful_shutdown=2, workers=1)  # its state is in memory: one process, whatever WEB_CONCURRENCY says
 
 
