@@ -173,6 +173,7 @@ def create_app(settings: Settings) -> Litestar:
             admission.revalidate_forever(lambda credentials: revoked_among(pool, credentials), every_s=CREDENTIAL_CHECK_S),
             name="revalidate-credentials",
         )
+        sampling = asyncio.create_task(metrics.sample_pools_forever(), name="metrics-pool")
         if emulator is not None:
             log.warning(
                 "serving the LOCAL fal emulator: jobs never reach fal.ai and make test images; set FAL_KEY for fal",
@@ -187,7 +188,8 @@ def create_app(settings: Settings) -> Litestar:
             restore_signals()
             hub.shut_down()
             hub.stop_heartbeats()
-            for task in (sweeping, revalidating):
+            metrics.process_exiting()
+            for task in (sweeping, revalidating, sampling):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -4,11 +4,13 @@ The rest of the code never builds a metric: it calls a function here at the mome
 happens, so that the names, labels and buckets live in one place (and in the Grafana dashboard,
 `deploy/grafana-dashboard.json`, built on these names).
 
-Each process keeps and exposes its own values at `/metrics` (prometheus-client's default
-registry, plus its process and GC collectors). With several processes, scrape every process on
-its own address (one Prometheus target per process or pod) and aggregate in the query, e.g.
-`sum by (route) (rate(fal_jobs_http_requests_total[5m]))`; Prometheus labels each series with its
-`instance`, so nothing is counted twice. Gauges are per process too (`sum` them).
+Several processes behind one port (`run` and `serve` start WEB_CONCURRENCY uvicorn workers) share
+their values through prometheus-client's multiprocess mode: `serve` points PROMETHEUS_MULTIPROC_DIR
+at a fresh folder before the workers start, every worker writes its values there, and `/metrics`,
+whichever worker answers, reports the sum over all of them (gauges: over the live ones). One
+scrape target per server (machine or pod) is then right; servers are aggregated in the query,
+e.g. `sum by (route) (rate(fal_jobs_http_requests_total[5m]))`. A single process without that
+variable exposes its own registry, with the process and GC collectors.
 
 The HTTP path is the hot one (every webhook): label children are looked up once per (method,
 route, status) and cached, so a request costs a dict lookup, an increment and an observation.
@@ -16,16 +18,16 @@ route, status) and cached, so a request costs a dict lookup, an increment and an
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 PREFIX = "fal_jobs_"
 
@@ -49,10 +51,16 @@ JOB_DURATION = Histogram(PREFIX + "job_duration_seconds", "Time from submit to t
 EVENT_DELIVERY_LAG = Histogram(PREFIX + "event_delivery_lag_seconds",
                                "Time from an event's write (its commit) to its SSE write to one subscriber",
                                buckets=FAST_BUCKETS)
-STREAMS_OPEN = Gauge(PREFIX + "sse_streams_open", "Server-Sent Events streams open in this process")
-WAITING_REQUESTS = Gauge(PREFIX + "wait_requests_open", "GET /api/jobs/{id}?wait= requests waiting in this process")
-FOLLOWERS = Gauge(PREFIX + "followers", "fal status streams followed (active) or queued for a slot (waiting)", ["state"])
-LISTENER_CONNECTED = Gauge(PREFIX + "listener_connected", "1 while this process's LISTEN connection is up")
+# Gauges sum over the live processes in multiprocess mode (`livesum`).
+STREAMS_OPEN = Gauge(PREFIX + "sse_streams_open", "Server-Sent Events streams open", multiprocess_mode="livesum")
+WAITING_REQUESTS = Gauge(PREFIX + "wait_requests_open", "GET /api/jobs/{id}?wait= requests waiting",
+                         multiprocess_mode="livesum")
+FOLLOWERS = Gauge(PREFIX + "followers", "fal status streams followed (active) or queued for a slot (waiting)", ["state"],
+                  multiprocess_mode="livesum")
+LISTENER_CONNECTED = Gauge(PREFIX + "listener_connected", "Processes whose LISTEN connection is up",
+                           multiprocess_mode="livesum")
+POOL_CONNECTIONS = Gauge(PREFIX + "db_pool_connections", "asyncpg pool connections by state (in_use, idle, max)",
+                         ["state"], multiprocess_mode="livesum")
 LISTENER_RECONNECTS = Counter(PREFIX + "listener_reconnects_total", "Times the LISTEN connection was re-established")
 EVENTS_PUBLISHED = Counter(PREFIX + "events_published_total", "Job events the listener handed to this process's hub")
 FAL_REQUESTS = Counter(PREFIX + "fal_requests_total", "Calls to fal's queue API, by operation and outcome",
@@ -166,29 +174,45 @@ def fal_call(operation: str) -> Callable[[F], F]:
     return decorate
 
 
-class _PoolCollector(Collector):
-    """Connections of the asyncpg pools of this process, read at scrape time (no cost per query)."""
-
-    def __init__(self) -> None:
-        self.pools: list[Any] = []  # asyncpg pools take no weak references; closed ones are dropped
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(PREFIX + "db_pool_connections", "asyncpg pool connections by state", labels=["state"])
-        size = idle = maximum = 0
-        self.pools[:] = [pool for pool in self.pools if not pool.is_closing()]
-        for pool in self.pools:
-            size += pool.get_size()
-            idle += pool.get_idle_size()
-            maximum += pool.get_max_size()
-        family.add_metric(["in_use"], size - idle)
-        family.add_metric(["idle"], idle)
-        family.add_metric(["max"], maximum)
-        yield family
-
-
-_pools = _PoolCollector()
-REGISTRY.register(_pools)
+_pools: list[Any] = []  # asyncpg pools take no weak references; closed ones are dropped
 
 
 def watch_pool(pool: Any) -> None:
-    _pools.pools.append(pool)
+    _pools.append(pool)
+
+
+def sample_pools() -> None:
+    """Read this process's pools into the pool gauge (at each scrape, and every few seconds)."""
+    _pools[:] = [pool for pool in _pools if not pool.is_closing()]
+    size = sum(pool.get_size() for pool in _pools)
+    idle = sum(pool.get_idle_size() for pool in _pools)
+    POOL_CONNECTIONS.labels("in_use").set(size - idle)
+    POOL_CONNECTIONS.labels("idle").set(idle)
+    POOL_CONNECTIONS.labels("max").set(sum(pool.get_max_size() for pool in _pools))
+
+
+async def sample_pools_forever(interval_s: float = 5.0) -> None:
+    """Keeps this process's pool gauge fresh for scrapes another process answers."""
+    while True:
+        sample_pools()
+        await asyncio.sleep(interval_s)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition() -> bytes:
+    """The text format: this process's registry, or the sum over every process of the server."""
+    sample_pools()
+    if multiprocess_dir() is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def process_exiting() -> None:
+    """A worker that stops takes its gauges out of the live sum."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())

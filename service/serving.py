@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 import asyncpg
 
@@ -61,20 +62,42 @@ async def pool_size_for(dsn: str, processes: int, wanted: int) -> int:
 
 def serve(settings: Settings, *, processes: int) -> None:
     """Serve the app factory under uvicorn with `processes` worker processes (blocks)."""
+    import shutil
+    import tempfile
+
     import uvicorn
+
+    # Metrics: the workers write their values to one folder and /metrics sums them (prometheus-client's
+    # multiprocess mode). Set before the workers start (each is a fresh interpreter that reads it when
+    # it imports prometheus-client); a folder of our own is removed at the end. One process serving
+    # in this interpreter keeps its own registry.
+    own_metrics_dir = None
+    if processes == 1:
+        pass
+    elif not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_metrics_dir = tempfile.mkdtemp(prefix="fal-jobs-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    else:  # an operator's folder: values of an earlier server must not add up with ours
+        for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+            stale.unlink(missing_ok=True)
 
     # Stream tokens are HMACs: the processes behind one port must share the secret, or a token
     # minted by one is refused by the next. Unset, one is made for this server's lifetime.
     os.environ.setdefault("STREAM_TOKEN_SECRET", secrets.token_urlsafe(32))
-    uvicorn.run(
-        "service.app:create_app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=processes,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY itself
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-    )
+    try:
+        uvicorn.run(
+            "service.app:create_app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=processes,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY itself
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+        )
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+

@@ -83,6 +83,12 @@ async def test_run_with_several_processes_delivers_across_them(
                 await reader.close()
         image = state["result"]["images"][0]["url"]
         assert (await first.get(image)).headers["content-type"] == "image/png"
+        # /metrics sums every process, whichever one answers (prometheus-client's multiprocess mode).
+        for client in clients.values():
+            text = (await client.get("/metrics")).text
+            assert "fal_jobs_listener_connected 2.0" in text, text
+            assert 'fal_jobs_jobs_created_total{model="fal-ai/flux/schnell"} 1.0' in text
+            assert 'fal_jobs_jobs_finished_total{model="fal-ai/flux/schnell",status="completed"} 1.0' in text
     finally:
         for client in clients.values():
             await client.aclose()

@@ -1,12 +1,13 @@
-"""Prometheus exposition: this process's metrics (see `service.metrics` for names and scraping)."""
+"""Prometheus exposition (see `service.metrics` for the names and how several processes add up)."""
 
 from __future__ import annotations
 
 import hmac
 
 from litestar import Request, Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from service import metrics
 from service.errors import NotAuthenticated
 from service.http.dependencies import SettingsDependency
 
@@ -17,4 +18,4 @@ def metrics_endpoint(request: Request, settings: SettingsDependency) -> Response
         header = request.headers.get("authorization", "")
         if not hmac.compare_digest(header.encode(), f"Bearer {settings.metrics_token}".encode()):
             raise NotAuthenticated("authorization: /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'")
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
