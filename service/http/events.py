@@ -68,9 +68,11 @@ def last_event_id(request: Request, query_value: str | None) -> ResumePoint | No
 
 
 def _split(values: str | None, allowed: tuple[str, ...], name: str) -> list[str] | None:
-    if not values:
+    """`a,b`: exactly what the OpenAPI document says (a non-empty comma-separated list); leave the
+    parameter out for no filter."""
+    if values is None:
         return None
-    items = [v.strip() for v in values.split(",") if v.strip()]
+    items = values.split(",")
     for item in items:
         if item not in allowed:
             raise InvalidRequest(f"{name}: unknown {name} {item!r}; expected one of {', '.join(allowed)}")

@@ -49,21 +49,23 @@ WHY = {
     401: "Not authenticated, or the credentials are wrong.",
     403: "A session request without its CSRF token.",
     404: "No such job for this caller (another user's job is 404 too).",
-    409: "The job is not in a state that allows this.",
+    409: "The job is not in a state that allows this (or the first request with this Idempotency-Key is still submitting).",
     413: "The body is larger than this endpoint accepts.",
+    422: "The Idempotency-Key was already used with another request body.",
+    429: "A limit (open jobs, jobs per minute, streams per credential) is reached; Retry-After says when to retry.",
     502: "fal refused or could not be reached; the message names its answer.",
     503: "A dependency (the database, fal's keys, the listener) is unavailable; retry after Retry-After.",
 }
 
 # (method, path): security, then the error statuses it answers besides its success.
 ROUTES: dict[tuple[str, str], tuple[list[dict[str, list[str]]], tuple[int, ...]]] = {
-    ("post", "/api/jobs"): (API_AUTH, (400, 401, 403, 502, 503)),
+    ("post", "/api/jobs"): (API_AUTH, (400, 401, 403, 409, 413, 422, 429, 502, 503)),
     ("get", "/api/jobs"): (API_AUTH, (400, 401, 503)),
-    ("get", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 404, 503)),
+    ("get", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 404, 429, 503)),
     ("get", "/api/jobs/{request_id}/result"): (API_AUTH, (400, 401, 404, 409, 503)),
     ("post", "/api/jobs/{request_id}/cancel"): (API_AUTH, (400, 401, 403, 404, 409, 502, 503)),
-    ("get", "/api/jobs/{request_id}/events"): (STREAM_AUTH, (400, 401, 404, 503)),
-    ("get", "/api/events"): (STREAM_AUTH, (400, 401, 503)),
+    ("get", "/api/jobs/{request_id}/events"): (STREAM_AUTH, (400, 401, 404, 429, 503)),
+    ("get", "/api/events"): (STREAM_AUTH, (400, 401, 429, 503)),
     ("post", "/api/stream-tokens"): (API_AUTH, (400, 401, 403, 404, 503)),
     ("post", "/api/webhooks/fal"): (PUBLIC, (400, 401, 413, 503)),
     ("get", "/api/session"): ([{"SessionCookie": []}], (401, 503)),
@@ -80,12 +82,14 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     # Opaque: only a `next_cursor` this API issued is valid (anything else is 400).
     "cursor": {"type": "string", "format": "fal-jobs-cursor"},
     "token": {"type": "string"},
+    # Printable ASCII; HTTP strips a header value's outer spaces, so the document does not offer them.
+    "Idempotency-Key": {"type": "string", "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]{0,253}[\\x21-\\x7e])?$"},
 }
 LIST_FILTERS = {"status": {"type": "string", "enum": list(JOB_STATUSES)}, "type": {"type": "string", "enum": list(JOB_TYPES)}}
-# Comma-separated lists: `?status=pending,failed` (form style, not exploded); empty means no filter.
+# Comma-separated lists: `?status=pending,failed` (form style, not exploded); left out for no filter.
 STREAM_FILTERS = {
-    "status": {"type": "array", "items": {"type": "string", "enum": list(JOB_STATUSES)}},
-    "type": {"type": "array", "items": {"type": "string", "enum": list(JOB_TYPES)}},
+    "status": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(JOB_STATUSES)}},
+    "type": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(JOB_TYPES)}},
 }
 
 # Any JSON value whose strings hold no NUL (PostgreSQL's jsonb cannot store U+0000).
@@ -152,7 +156,7 @@ def _error(status: int) -> dict[str, Any]:
         "description": WHY[status],
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
     }
-    if status == 503:
+    if status in (429, 503):
         response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
     return response
 
