@@ -70,6 +70,9 @@ FAL_DURATION = Histogram(PREFIX + "fal_request_duration_seconds", "Latency of ca
 SWEEP_RUNS = Counter(PREFIX + "sweep_runs_total",
                      "Reconciliation sweeps: swept, skipped (another process held the lock) or failed", ["result"])
 SWEEP_FIXED = Counter(PREFIX + "sweep_jobs_fixed_total", "Jobs whose state the sweep changed after asking fal")
+OUTPUT_COPIES = Counter(PREFIX + "output_copies_total", "Output copies into the store, by outcome (stored, failed)",
+                        ["outcome"])
+OUTPUT_BYTES = Counter(PREFIX + "output_copied_bytes_total", "Bytes of outputs stored")
 RETENTION_DELETED = Counter(PREFIX + "retention_deleted_rows_total", "Rows deleted by retention, by table", ["table"])
 
 _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -130,6 +133,12 @@ def sweep_ran(result: str, fixed: int = 0) -> None:
     SWEEP_RUNS.labels(result).inc()
     if fixed:
         SWEEP_FIXED.inc(fixed)
+
+
+def output_copied(outcome: str, size: int | None) -> None:
+    OUTPUT_COPIES.labels(outcome).inc()
+    if outcome == "stored" and size:
+        OUTPUT_BYTES.inc(size)
 
 
 def retention_deleted(table: str, rows: int) -> None:

@@ -258,6 +258,7 @@ async def apply_output_change(
             request_id, outputs, updated.version, now,
         )
         await _append_event(connection, updated, now)
+    metrics.output_copied(change.status, change.size)
     return Applied(job=updated, accepted=True)
 
 
