@@ -42,6 +42,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
 }
 API_AUTH = [{"BearerKey": []}, {"SessionCookie": []}]
 STREAM_AUTH = [{"BearerKey": []}, {"StreamToken": []}]
+OUTPUT_AUTH = [{"BearerKey": []}, {"SessionCookie": []}, {"StreamToken": []}]  # a signed link's ?token=
 PUBLIC: list[dict[str, list[str]]] = []
 
 WHY = {
@@ -51,6 +52,9 @@ WHY = {
     404: "No such job for this caller (another user's job is 404 too).",
     409: "The job is not in a state that allows this (or the first request with this Idempotency-Key is still submitting).",
     413: "The body is larger than this endpoint accepts.",
+    410: "The output was deleted with its job.",
+    412: "If-Match does not name the output's ETag (its sha256).",
+    416: "The Range lies outside the output.",
     422: "The Idempotency-Key was already used with another request body.",
     429: "A limit (open jobs, jobs per minute, streams per credential) is reached; Retry-After says when to retry.",
     502: "fal refused or could not be reached; the message names its answer.",
@@ -67,6 +71,9 @@ ROUTES: dict[tuple[str, str], tuple[list[dict[str, list[str]]], tuple[int, ...]]
     ("get", "/api/jobs/{request_id}/events"): (STREAM_AUTH, (400, 401, 404, 429, 503)),
     ("get", "/api/events"): (STREAM_AUTH, (400, 401, 429, 503)),
     ("post", "/api/stream-tokens"): (API_AUTH, (400, 401, 403, 404, 503)),
+    ("delete", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 403, 404, 409, 503)),
+    ("get", "/api/jobs/{request_id}/outputs/{index}"): (OUTPUT_AUTH, (400, 401, 404, 410, 412, 416, 503)),
+    ("post", "/api/jobs/{request_id}/outputs/{index}/link"): (API_AUTH, (400, 401, 403, 404, 503)),
     ("post", "/api/webhooks/fal"): (PUBLIC, (400, 401, 413, 503)),
     ("get", "/api/session"): ([{"SessionCookie": []}], (401, 503)),
     ("post", "/api/session/sign-out"): (API_AUTH, (401, 403, 503)),
@@ -82,6 +89,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     # Opaque: only a `next_cursor` this API issued is valid (anything else is 400).
     "cursor": {"type": "string", "format": "fal-jobs-cursor"},
     "token": {"type": "string"},
+    "index": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
     # Printable ASCII; HTTP strips a header value's outer spaces, so the document does not offer them.
     "Idempotency-Key": {"type": "string", "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]{0,253}[\\x21-\\x7e])?$"},
 }
@@ -217,6 +225,17 @@ def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None
                 if path.startswith("/api/jobs/"):
                     responses["204"] = {"description": "Resumed after the job's terminal event: nothing more will come; "  # type: ignore[assignment]
                                                        "EventSource stops reconnecting."}
+    output = openapi.paths.get("/api/jobs/{request_id}/outputs/{index}") if openapi.paths else None
+    if output is not None and output.get is not None and output.get.responses is not None:
+        media = {kind: {"schema": {"type": "string", "format": "binary"}}
+                 for kind in ("image/*", "video/*", "audio/*", "application/octet-stream")}
+        output.get.responses.update({  # type: ignore[arg-type]
+            "200": {"description": "The stored copy (its own content type).", "content": media},
+            "206": {"description": "The requested Range of the stored copy.", "content": media},
+            "304": {"description": "Unchanged since the ETag in If-None-Match."},
+            "307": {"description": "Not stored (yet): a redirect to fal's copy, while fal keeps it.",
+                    "headers": {"Location": {"schema": {"type": "string"}}}},
+        })
     webhook = openapi.paths["/api/webhooks/fal"].post if openapi.paths and "/api/webhooks/fal" in openapi.paths else None
     if webhook is not None:
         webhook.request_body = {"required": True, "content": {"application/json": {"schema": WEBHOOK_BODY}}}  # type: ignore[assignment]

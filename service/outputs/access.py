@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 DB_TIMEOUT_S = 10.0
 
+MAX_OUTPUT_INDEX = 2**31 - 1
+"""Output indexes are int4 in the database."""
+
 
 class OutputRecord(msgspec.Struct, frozen=True):
     request_id: str
@@ -83,6 +86,8 @@ class MediaAccess:
     async def output(self, user_id: str, request_id: str, index: int) -> OutputRecord:
         """The user's output; another user's is NotFound, like their jobs."""
         queries.check_request_id(request_id)
+        if not 0 <= index <= MAX_OUTPUT_INDEX:  # the column is an int4: a larger index would be a 500
+            raise NotFound(f"output {index} of job {request_id!r} not found")
         row = await self._pool.fetchrow(
             "SELECT o.request_id, o.index, o.kind, o.status, o.source_url, o.content_type, o.size, o.sha256, "
             "o.store_key, o.last_error FROM fal_job_outputs o WHERE o.request_id = $1 AND o.index = $2 "
