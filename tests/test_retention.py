@@ -29,6 +29,16 @@ async def sweep(service: RunningServer) -> SweepReport:
     raise AssertionError("the sweep never got its lock")
 
 
+async def settled(http: httpx.AsyncClient, url: str, user: NewUser, request_id: str) -> None:
+    """Completed, and every output copied or given up on (each of those is one more event)."""
+    for _ in range(400):
+        job = (await http.get(f"{url}/api/jobs/{request_id}", headers=bearer(user))).json()
+        if job["status"] == "completed" and all(o["status"] != "pending" for o in job.get("outputs") or []):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {request_id} did not settle: {job}")
+
+
 async def event_ids(pool: asyncpg.Pool, request_id: str) -> list[int]:
     return [r["id"] for r in await pool.fetch("SELECT id FROM fal_job_events WHERE request_id = $1 ORDER BY id", request_id)]
 
@@ -50,6 +60,7 @@ async def test_the_sweep_deletes_what_expired_and_streams_still_work(
     recent_job = (await submit(http, service.url, user, queue_ms=50, run_ms=50))["request_id"]
     for request_id in (old_job, recent_job):
         assert (await wait_until_terminal(http, service.url, user, request_id))["status"] == "completed"
+        await settled(http, service.url, user, request_id)
     old_events = await event_ids(pool, old_job)
     recent_events = await event_ids(pool, recent_job)
     assert len(old_events) >= 3 and len(recent_events) >= 2
