@@ -76,6 +76,10 @@ async def test_the_sweep_deletes_what_expired_and_streams_still_work(
     unclaimed, recent_parked = f"unclaimed-{uuid.uuid4()}", f"parked-{uuid.uuid4()}"
     await pool.execute("INSERT INTO fal_early_webhooks (request_id, body, received_at) "
                        "VALUES ($1, '{}', now() - interval '2 days'), ($2, '{}', now())", unclaimed, recent_parked)
+    reservations = [await pool.fetchval(
+        "INSERT INTO fal_job_reservations (user_id, idempotency_key, body_sha256, created_at) "
+        "VALUES ($1, $2, 'x', now() - $3 * interval '1 hour') RETURNING id", user.user_id, str(uuid.uuid4()), hours)
+        for hours in (25, 1)]
     tokens_before = await pool.fetchval("SELECT count(*) FROM fal_sign_in_tokens WHERE user_id = $1", user.user_id)
 
     report = await sweep(service)
@@ -92,6 +96,8 @@ async def test_the_sweep_deletes_what_expired_and_streams_still_work(
     parked = {r["request_id"] for r in await pool.fetch("SELECT request_id FROM fal_early_webhooks WHERE request_id = ANY($1)",
                                                         [unclaimed, recent_parked])}
     assert parked == {recent_parked}
+    kept = {r["id"] for r in await pool.fetch("SELECT id FROM fal_job_reservations WHERE id = ANY($1)", reservations)}
+    assert kept == {reservations[1]}, "an idempotency key older than a day goes; a recent one stays"
     assert (await http.get(f"{service.url}/?token={live_link}", follow_redirects=False)).status_code == 303, \
         "an unexpired sign-in link still works"
 

@@ -2,8 +2,8 @@
 
 Job rows are never deleted: they are the history. Their events are, once older than the retention
 period, except each job's latest (the one a resume or a snapshot needs); expired sessions and
-sign-in links, parked webhooks no job claimed within a day, and idempotency keys older than a day
-go too. Each batch is one short statement of its own (no long transaction, no long lock), and a
+sign-in links, parked webhooks no job claimed within a day, and create reservations (with their
+idempotency keys) older than a day go too. Each batch is one short statement of its own (no long transaction, no long lock), and a
 sweep runs at most `max_batches` of each, so a large backlog drains over several sweeps. The
 sweep's advisory lock makes this one process at a time.
 
@@ -45,9 +45,10 @@ RULES: tuple[Rule, ...] = (
     Rule("fal_early_webhooks",
          "SELECT w.ctid FROM fal_early_webhooks w WHERE w.received_at < now() - interval '1 day' "
          "AND NOT EXISTS (SELECT 1 FROM fal_jobs j WHERE j.request_id = w.request_id) LIMIT $1"),
-    # Idempotency keys protect a retried POST for a day.
-    Rule("fal_idempotency_keys",
-         "SELECT ctid FROM fal_idempotency_keys WHERE created_at < now() - interval '24 hours' LIMIT $1"),
+    # Create reservations carry the Idempotency-Keys, which protect a retried POST for a day; the
+    # limits look back a minute (jobs per minute) or less (creates still submitting).
+    Rule("fal_job_reservations",
+         "SELECT ctid FROM fal_job_reservations WHERE created_at < now() - interval '24 hours' LIMIT $1"),
     # Stream-token records (revocations, if a table for them is added) belong here, by their expiry.
 )
 
