@@ -98,6 +98,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within_s: float, w
 
 async def new_job(pool: asyncpg.Pool, user_id: str, request_id: str | None = None) -> str:
     request_id = request_id or str(uuid.uuid4())
+    await pool.execute("INSERT INTO fal_users (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", user_id)  # jobs reference a user
     async with pool.acquire() as connection:
         await create_job(connection, NewJob(request_id=request_id, user_id=user_id, model_id="fal-ai/flux/dev",
                                             type="image", input={"prompt": "p"}, mode="webhook"))

@@ -41,14 +41,14 @@ RULES: tuple[Rule, ...] = (
          "SELECT ctid FROM fal_browser_sessions WHERE expires_at < now() LIMIT $1"),
     Rule("fal_sign_in_tokens",
          "SELECT ctid FROM fal_sign_in_tokens WHERE expires_at < now() LIMIT $1"),
-    # A parked webhook whose job never appeared within a day will not be claimed (fal gave up long before).
-    Rule("fal_early_webhooks",
-         "SELECT w.ctid FROM fal_early_webhooks w WHERE w.received_at < now() - interval '1 day' "
-         "AND NOT EXISTS (SELECT 1 FROM fal_jobs j WHERE j.request_id = w.request_id) LIMIT $1"),
     # Create reservations carry the Idempotency-Keys, which protect a retried POST for a day; the
     # limits look back a minute (jobs per minute) or less (creates still submitting).
     Rule("fal_job_reservations",
          "SELECT ctid FROM fal_job_reservations WHERE created_at < now() - interval '24 hours' LIMIT $1"),
+    # A parked webhook whose job never appeared within a day will not be claimed (fal gave up long before).
+    Rule("fal_early_webhooks",
+         "SELECT w.ctid FROM fal_early_webhooks w WHERE w.received_at < now() - interval '1 day' "
+         "AND NOT EXISTS (SELECT 1 FROM fal_jobs j WHERE j.request_id = w.request_id) LIMIT $1"),
     # Stream-token records (revocations, if a table for them is added) belong here, by their expiry.
 )
 

@@ -127,8 +127,9 @@ class Reconciler:
             log.warning("the sweep lost its lock connection; stopping here", extra={"action": "sweep"})
             return report
         await self._adopt_parked(report)
-        try:  # on the lock's own connection: no pooled connection held, one process at a time
-            report.deleted = await apply_retention(lock, event_retention_days=self._event_retention_days)
+        try:  # one pooled connection, short statements (each within the pool's statement time-out)
+            async with self._pool.acquire() as connection:
+                report.deleted = await apply_retention(connection, event_retention_days=self._event_retention_days)
         except Exception as error:  # the next sweep tries again
             log.warning("retention failed", extra={"action": "retention", "error": type(error).__name__})
         return report

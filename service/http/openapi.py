@@ -85,7 +85,9 @@ ROUTES: dict[tuple[str, str], tuple[list[dict[str, list[str]]], tuple[int, ...]]
 PARAMETERS: dict[str, dict[str, Any]] = {
     "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern},
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 20},
-    "last_event_id": {"type": "string", "pattern": "^([0-9]{1,18})?$", "description": "resume after this event id (empty: none)"},
+    # An event id, or a late event's resume token `<position>.<seq>`; empty: none.
+    "last_event_id": {"type": "string", "pattern": "^([0-9]{1,18}(\\.[0-9]{1,18})?)?$",
+                      "description": "resume after this event id or resume token (empty: none)"},
     # Opaque: only a `next_cursor` this API issued is valid (anything else is 400).
     "cursor": {"type": "string", "format": "fal-jobs-cursor"},
     "token": {"type": "string"},
