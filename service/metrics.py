@@ -74,6 +74,8 @@ OUTPUT_COPIES = Counter(PREFIX + "output_copies_total", "Output copies into the 
                         ["outcome"])
 OUTPUT_BYTES = Counter(PREFIX + "output_copied_bytes_total", "Bytes of outputs stored")
 RETENTION_DELETED = Counter(PREFIX + "retention_deleted_rows_total", "Rows deleted by retention, by table", ["table"])
+LIMIT_REFUSALS = Counter(PREFIX + "limit_refusals_total",
+                         "Requests refused with 429 by a limit (open_jobs, jobs_per_minute, streams, waits)", ["limit"])
 
 _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -86,6 +88,10 @@ def http_request(method: str, route: str, status: int, seconds: float) -> None:
                                           HTTP_DURATION.labels(method, route))
     children[0].inc()
     children[1].observe(seconds)
+
+
+def limit_refused(limit: str) -> None:
+    LIMIT_REFUSALS.labels(limit).inc()
 
 
 def webhook(outcome: str, reason: str = "") -> None:

@@ -193,3 +193,23 @@ async def test_the_python_client_retries_a_create_safely_after_a_lost_answer(
         job = await client.create_job("image", "fal-ai/flux/dev", {"prompt": marker, **LONG})
     assert transport.dropped == 1 and job.status == "pending"
     assert submitted(fal, marker) == 1, "the retry must answer the first job, not submit a second"
+
+
+async def test_every_refusal_by_a_limit_shows_in_the_metrics(
+    service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser,
+) -> None:
+    from service import metrics
+
+    def refused(limit: str) -> float:
+        return metrics.LIMIT_REFUSALS.labels(limit)._value.get()
+
+    before = refused("jobs_per_minute"), refused("streams")
+    await set_limits(pool, user.name, UserLimits(max_jobs_per_minute=1, max_streams=1))
+    assert (await http.post(f"{service.url}/api/jobs", headers=bearer(user), json=job_body("m1"))).status_code == 202
+    assert (await http.post(f"{service.url}/api/jobs", headers=bearer(user), json=job_body("m2"))).status_code == 429
+    async with SseReader(http, f"{service.url}/api/events", bearer(user)) as one:
+        assert (await one.next()).event == "ready"
+        assert (await http.get(f"{service.url}/api/events", headers=bearer(user))).status_code == 429
+    assert (refused("jobs_per_minute"), refused("streams")) == (before[0] + 1, before[1] + 1)
+    scraped = (await http.get(f"{service.url}/metrics")).text
+    assert 'fal_jobs_limit_refusals_total{limit="streams"}' in scraped

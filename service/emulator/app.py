@@ -19,7 +19,7 @@ from litestar.response import Stream
 
 from .engine import AppRef, FalEmulator, QueueError, split_model_path
 from .faults import FaultOptionsError
-from .media import MAX_SIDE, png_bytes, video_size, video_slice
+from .media import MAX_SIDE, is_drawn, png_bytes, video_size, video_slice
 
 _TRUE = {"1", "true", "yes", "on"}
 _IMAGE_NAME = re.compile(r"^(\d{1,30})\.png$")
@@ -67,8 +67,12 @@ def create_emulator_app(emulator: FalEmulator) -> Litestar:
         width, height = int(size_match[1]), int(size_match[2])
         if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
             return _json(404, {"detail": "Not Found"})
-        async with renders:
-            data = await asyncio.to_thread(png_bytes, width, height, int(name_match[1]))
+        seed = int(name_match[1])
+        if is_drawn(width, height):
+            data = png_bytes(width, height, seed)  # a palette's worth of work: a thread hop would cost more
+        else:
+            async with renders:
+                data = await asyncio.to_thread(png_bytes, width, height, seed)
         return _media(request, len(data), "image/png", lambda start, end: data[start:end])
 
     @get("/media/video/{name:str}", sync_to_thread=False)

@@ -14,6 +14,7 @@ Decisions where fal's behaviour is not documented (see the report and module doc
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 import uuid
@@ -149,7 +150,8 @@ class FalEmulator:
         self.requests: dict[str, EmulatedRequest] = {}
         self.deliveries: list[DeliveryAttempt] = []
         self.submissions: list[SubmitRecord] = []
-        self.media_fetches: list[str] = []
+        # The last media paths fetched (tests look for one); bounded, since the demo runs for days.
+        self.media_fetches: collections.deque[str] = collections.deque(maxlen=1000)
         """The path of every media fetch, in order."""
         self.jwks_fetches = 0
         # Flip to False to make the JWKS URL answer 503 (a receiver's "fal's keys are unreachable" path).

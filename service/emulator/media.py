@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -56,10 +57,29 @@ _ROTATIONS = [bytes(range(offset, 256)) + bytes(range(offset)) for offset in ran
 """translate() tables adding `offset` to every byte (mod 256), built once."""
 
 
-@lru_cache(maxsize=16)
+_DRAWN: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+_DRAWN_SIZES_KEPT = 16
+
+
+def is_drawn(width: int, height: int) -> bool:
+    """Whether an image of this size costs only its palette now (no drawing: fine on the event loop)."""
+    return (width, height) in _DRAWN
+
+
 def _gradient_idat(width: int, height: int) -> bytes:
     """The compressed pixels of a diagonal gradient of palette indices: the costly part of an image
-    (tens of ms at 2048x2048), the same for every seed, so drawn once per size."""
+    (tens of ms at 2048x2048), the same for every seed, so drawn once per size (the last 16 kept)."""
+    key = (width, height)
+    if key in _DRAWN:
+        _DRAWN.move_to_end(key)
+        return _DRAWN[key]
+    _DRAWN[key] = idat = _draw_gradient(width, height)
+    if len(_DRAWN) > _DRAWN_SIZES_KEPT:
+        _DRAWN.popitem(last=False)
+    return idat
+
+
+def _draw_gradient(width: int, height: int) -> bytes:
     base = bytes((x * 255 // max(width - 1, 1)) // 2 for x in range(width))
     raw = bytearray()
     for y in range(height):

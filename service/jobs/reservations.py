@@ -16,6 +16,7 @@ from datetime import timedelta
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.errors import IdempotencyInProgress, IdempotencyKeyReused, InvalidRequest, NotAuthenticated, TooManyRequests
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -95,6 +96,7 @@ async def reserve(
         counts = await connection.fetchrow(_COUNTS, user_id, SUBMIT_GRACE)
         max_open = user["max_open_jobs"] or defaults.max_open_jobs
         if counts["open"] >= max_open:
+            metrics.limit_refused("open_jobs")
             raise TooManyRequests(
                 f"open jobs: {counts['open']} of at most {max_open} are pending or running "
                 "(MAX_OPEN_JOBS_PER_USER); wait for one to finish",
@@ -102,6 +104,7 @@ async def reserve(
             )
         per_minute = user["max_jobs_per_minute"] or defaults.max_jobs_per_minute
         if counts["last_minute"] >= per_minute:
+            metrics.limit_refused("jobs_per_minute")
             raise TooManyRequests(
                 f"jobs per minute: {counts['last_minute']} created in the last minute, at most {per_minute} "
                 "(MAX_JOBS_PER_MINUTE)",

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Literal
 
+from service import metrics
 from service.auth.callers import Caller
 from service.errors import TooManyRequests
 
@@ -51,6 +52,7 @@ class Admission:
         limit = caller.max_streams or self._max
         held = self._held.setdefault((caller.credential, kind), {})
         if len(held) >= limit:
+            metrics.limit_refused(f"{kind}s")
             what = "open event streams" if kind == "stream" else "concurrent ?wait= requests"
             raise TooManyRequests(
                 f"{kind}s: this key or session already holds {len(held)} {what} (MAX_STREAMS_PER_USER = {limit}); "
