@@ -35,6 +35,7 @@ from tests.conftest import (
     serve,
 )
 from tests.sse import SseReader
+from tests.test_live_streams import caught_up
 
 MODEL = "fal-ai/flux/dev"
 
@@ -390,6 +391,7 @@ async def test_a_subscriber_that_stops_reading_overflows_its_queue_and_gets_a_fr
     server's writes block, the subscriber's queue overflows, and when the client reads again it
     gets the jobs' latest states instead of the dropped backlog."""
     busy = await record_job(pool, user, str(uuid.uuid4()), mode="webhook", prompt="x" * 8000)
+    await caught_up(service, pool)  # else the job's creation event can arrive live, after `ready`
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
     host, port = service.url.removeprefix("http://").split(":")
