@@ -280,6 +280,8 @@ async def start_service(dsn: str, emulator: Any, fal_key: str, log_path: Path, *
         "LOG_LEVEL": "WARNING",
         "RECONCILE_INTERVAL_S": "3600",
         "FAL_JOBS_NO_VENV": "1",  # already on the project's interpreter: never bootstrap or pip install
+        # `run` alone would start one process per core: --processes decides, and 1 means one.
+        "WEB_CONCURRENCY": str(processes),
         **(extra_env or {}),
     }
     env.pop("LISTEN_DATABASE_URL", None)

@@ -76,8 +76,10 @@ WEBHOOK_PATH = "/api/webhooks/fal"
 TRIGGER = "fal_job_events_notify"
 MODEL_ID = "fal-ai/flux/dev"
 JOB_INPUT = {"prompt": "a lighthouse at dusk, bench", "image_size": "landscape_4_3"}
+# No media URL: this measures the webhook's intake. A URL would add an output row and, for a host
+# outside MEDIA_HOSTS, a "failed" output event per job: the copy path has bench/outputs.py.
 PAYLOAD = {
-    "images": [{"url": "http://x/y.png", "width": 1024, "height": 768, "content_type": "image/png"}],
+    "images": [{"width": 1024, "height": 768, "content_type": "image/png"}],
     "seed": 196619188014358660,
 }
 RAW_CONCURRENCIES = (4, 8, 16)

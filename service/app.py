@@ -40,7 +40,7 @@ from service.http.options import options_allow_middleware
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
 from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
-from service.http.security_headers import security_headers, security_headers_middleware
+from service.http.security_headers import security_headers
 from service.http.webhooks import fal_webhook
 from service.jobs.commands import JobCommands
 from service.jobs.reservations import Limits
@@ -230,7 +230,7 @@ def create_app(settings: Settings) -> Litestar:
             "media_policy": _from_state("media_policy"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[request_log_middleware, security_headers_middleware, options_allow_middleware],
+        middleware=[request_log_middleware, options_allow_middleware],
         openapi_config=OpenAPIConfig(title="fal-jobs", version="0.1.0", path="/schema"),
         logging_config=None,
     )

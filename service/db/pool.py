@@ -49,15 +49,20 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(error, (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError))
 
 
+def _encode_jsonb(value: Any) -> bytes:
+    # jsonb's binary form is a version byte, then the JSON text: msgspec's bytes go as they are,
+    # never decoded to str and encoded again (a job's JSON is written twice per change).
+    return b"\x01" + _encode(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return _decode(memoryview(data)[1:])
+
+
 async def init_connection(connection: asyncpg.Connection) -> None:
-    for type_name in ("json", "jsonb"):
-        await connection.set_type_codec(
-            type_name,
-            schema="pg_catalog",
-            encoder=lambda value: _encode(value).decode(),
-            decoder=_decode,
-            format="text",
-        )
+    await connection.set_type_codec("jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb,
+                                    format="binary")
+    await connection.set_type_codec("json", schema="pg_catalog", encoder=_encode, decoder=_decode, format="binary")
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

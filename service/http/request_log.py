@@ -1,5 +1,7 @@
 """One structured log line per request, with a request id that the response echoes, and the
-request's metrics (by route template, so ids in paths do not multiply the series).
+request's metrics (by route template, so ids in paths do not multiply the series). The one
+middleware every request passes, so it also adds the security headers (one wrapper of `send`,
+not one per concern: this runs for every webhook).
 
 The path is logged without its query string: a query may carry a stream token. The request id is
 put in a context variable, so every line logged while the request is handled carries it.
@@ -15,6 +17,7 @@ import uuid
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
 from service.logging import REQUEST_ID
 
 log = logging.getLogger("service.http")
@@ -32,12 +35,13 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         started = time.perf_counter()
         status = 500
         context_token = REQUEST_ID.set(request_id)
+        extra_headers = [(b"x-request-id", request_id.encode()), *scope["app"].state[SECURITY_HEADERS]]
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), *extra_headers]
             await send(message)
 
         try:

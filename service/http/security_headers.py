@@ -1,14 +1,13 @@
 """Security headers on every answer, the page and its static files included: no framing, no
 sniffing, no referrer leaving the site; HSTS once the public URL is https.
 
-An ASGI middleware, not Litestar's `response_headers`: those are resolved once per route handler
-and kept on it, so two apps in one process (tests, a second configuration) would share the first
-one's. The headers are computed once per app and read from its state per request.
+Computed once per app into its state, and added by the request-log middleware, which every
+request passes anyway. Not Litestar's `response_headers`: those are resolved once per route
+handler and kept on it, so two apps in one process (tests, a second configuration) would share
+the first one's.
 """
 
 from __future__ import annotations
-
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.settings import Settings
 
@@ -30,20 +29,3 @@ def security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
     if settings.is_https:
         headers.append((b"strict-transport-security", b"max-age=63072000"))
     return headers
-
-
-def security_headers_middleware(app: ASGIApp) -> ASGIApp:
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        extra = scope["app"].state[STATE_KEY]
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
-
-    return middleware
