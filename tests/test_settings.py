@@ -96,3 +96,18 @@ def test_flags_and_choices_name_what_they_take() -> None:
         load_settings({"FAL_EMULATOR": "yes please"}, dotenv=NO_DOTENV)
     with pytest.raises(SettingsError, match="^EMULATOR_PACE: must be fast or demo"):
         load_settings({"EMULATOR_PACE": "slow"}, dotenv=NO_DOTENV)
+
+
+@pytest.mark.parametrize(
+    ("env", "cores", "expected"),
+    [({}, 2, 1), ({}, 16, 8), ({"DATABASE_URL": "postgresql://db.internal/x"}, 4, 4),
+     ({"DATABASE_URL": "postgresql://127.0.0.1/x"}, 4, 2), ({"DATABASE_URL": "postgresql://db.internal/x"}, 32, 8),
+     ({"WEB_CONCURRENCY": "3"}, 2, 3)],
+)
+def test_process_count_defaults_to_the_cores_postgres_leaves(
+    env: dict[str, str], cores: int, expected: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service import serving
+
+    monkeypatch.setattr(serving, "usable_cores", lambda: cores)
+    assert serving.process_count(load_settings(env, dotenv=NO_DOTENV)) == expected
