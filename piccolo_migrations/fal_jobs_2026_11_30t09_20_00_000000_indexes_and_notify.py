@@ -1,7 +1,6 @@
 """Raw SQL where Piccolo has no word for it: composite indexes, checks, the NOTIFY trigger."""
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.engine.finder import engine_finder
+from service.db.raw_migrations import raw_sql_migration
 
 ID = "2026-11-30T09:20:00:000000"
 VERSION = "1.38.0"
@@ -52,26 +51,4 @@ ALTER TABLE fal_jobs
 """
 
 
-async def _run(sql: str) -> None:
-    # Several statements need asyncpg's simple-query protocol (`execute` without arguments).
-    engine = engine_finder()
-    assert engine is not None
-    connection = await engine.get_new_connection()
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="fal_jobs", description=DESCRIPTION)
-
-    async def run_forwards() -> None:
-        await _run(FORWARDS_SQL)
-
-    async def run_backwards() -> None:
-        await _run(BACKWARDS_SQL)
-
-    manager.add_raw(run_forwards)
-    manager.add_raw_backwards(run_backwards)
-    return manager
+forwards = raw_sql_migration(ID, DESCRIPTION, FORWARDS_SQL, BACKWARDS_SQL)

@@ -1,8 +1,7 @@
 """Raw SQL: spend limits decided in Postgres (reservations, per-user overrides), idempotent creates,
 revocable keys and disabled users."""
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.engine.finder import engine_finder
+from service.db.raw_migrations import raw_sql_migration
 
 ID = "2026-12-01T09:00:00:000000"
 VERSION = "1.38.0"
@@ -42,26 +41,4 @@ ALTER TABLE fal_users DROP COLUMN IF EXISTS disabled_at, DROP COLUMN IF EXISTS m
 """
 
 
-async def _run(sql: str) -> None:
-    engine = engine_finder()
-    if engine is None:
-        raise RuntimeError("piccolo_conf.py defines no database engine")
-    connection = await engine.get_new_connection()
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="fal_jobs", description=DESCRIPTION)
-
-    async def run_forwards() -> None:
-        await _run(FORWARDS_SQL)
-
-    async def run_backwards() -> None:
-        await _run(BACKWARDS_SQL)
-
-    manager.add_raw(run_forwards)
-    manager.add_raw_backwards(run_backwards)
-    return manager
+forwards = raw_sql_migration(ID, DESCRIPTION, FORWARDS_SQL, BACKWARDS_SQL)

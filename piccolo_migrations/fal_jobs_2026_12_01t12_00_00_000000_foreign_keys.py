@@ -8,8 +8,7 @@ sessions and is refused while it owns jobs (they are the history); deleting a jo
 events. Parked webhooks name a request id before its job exists, so they get no key.
 """
 
-from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.engine.finder import engine_finder
+from service.db.raw_migrations import raw_sql_migration
 
 ID = "2026-12-01T12:00:00:000000"
 VERSION = "1.38.0"
@@ -34,25 +33,4 @@ FORWARDS_SQL = "\n".join(
 BACKWARDS_SQL = "\n".join(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name};" for table, name, _, _ in CONSTRAINTS)
 
 
-async def _run(sql: str) -> None:
-    engine = engine_finder()
-    assert engine is not None
-    connection = await engine.get_new_connection()
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="fal_jobs", description=DESCRIPTION)
-
-    async def run_forwards() -> None:
-        await _run(FORWARDS_SQL)
-
-    async def run_backwards() -> None:
-        await _run(BACKWARDS_SQL)
-
-    manager.add_raw(run_forwards)
-    manager.add_raw_backwards(run_backwards)
-    return manager
+forwards = raw_sql_migration(ID, DESCRIPTION, FORWARDS_SQL, BACKWARDS_SQL)

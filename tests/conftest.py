@@ -54,9 +54,11 @@ def server_dsn() -> Iterator[str]:
         server.cleanup()
 
 
-@pytest.fixture(scope="session")
-def database_url(server_dsn: str) -> Iterator[str]:
-    name = f"fal_jobs_test_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def migrated_database(server_dsn: str, prefix: str) -> Iterator[str]:
+    """A migrated database of the caller's own on the server, dropped at the end (for sync fixtures;
+    `scratch_database` is the same inside a running event loop)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
         connection = await asyncpg.connect(server_dsn)
@@ -66,12 +68,18 @@ def database_url(server_dsn: str) -> Iterator[str]:
             await connection.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    dsn = _with_database(server_dsn, name)
-    apply_migrations(dsn)
     try:
+        dsn = _with_database(server_dsn, name)
+        apply_migrations(dsn)
         yield dsn
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(server_dsn: str) -> Iterator[str]:
+    with migrated_database(server_dsn, "fal_jobs_test") as dsn:
+        yield dsn
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

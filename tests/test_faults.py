@@ -36,7 +36,6 @@ import pytest
 import pytest_asyncio
 
 from service.auth.api_keys import create_user
-from service.db.migrations import apply_migrations
 from service.db.pool import create_pool, init_connection
 from service.emulator import FalEmulator
 from service.jobs.models import JobChange, NewJob
@@ -45,7 +44,7 @@ from service.realtime.hub import Hub, ResumePoint
 from service.realtime.listener import EventListener
 from service.realtime.streams import open_job_stream, open_user_stream
 from service.settings import PROJECT_ROOT
-from tests.conftest import FAL_KEY, _with_database, bearer, fal_settings, serve
+from tests.conftest import FAL_KEY, bearer, fal_settings, migrated_database, serve
 from tests.proxy import TcpProxy
 from tests.test_webhook_endpoint import signed, webhook
 
@@ -55,22 +54,8 @@ SERVICE_APPLICATIONS = ("fal-jobs", "fal-jobs-listener", "fal-jobs-sweep")
 @pytest.fixture
 def fault_db(server_dsn: str) -> Iterator[str]:
     """A migrated database of this test's own, dropped afterwards."""
-    name = f"fal_jobs_fault_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(server_dsn)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    dsn = _with_database(server_dsn, name)
-    apply_migrations(dsn)
-    try:
+    with migrated_database(server_dsn, "fal_jobs_fault") as dsn:
         yield dsn
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest_asyncio.fixture(loop_scope="session")
