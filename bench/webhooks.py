@@ -527,13 +527,15 @@ async def bench(args: argparse.Namespace, database: Database, log_dir: Path) -> 
     n, concurrency, ncpu = args.n, args.concurrency, os.cpu_count() or 1
     fal_key = f"bench-fal-key:{uuid.uuid4().hex}"
     raw_warmup = max(concurrency, 64)
-    sizes = {"warmup": args.warmup, "service_on": n, "service_off": n, "intake_on": n, "intake_warmup": raw_warmup}
-    for trigger in ("on", "off"):
+    sizes = {"warmup": args.warmup, "service_on": n}
+    if not args.service_only:
+        sizes |= {"service_off": n, "intake_on": n, "intake_warmup": raw_warmup}
+    for trigger in ("on", "off") if not args.service_only else ():
         for c in RAW_CONCURRENCIES:
             sizes[f"raw_{trigger}_{c}"] = n
             sizes[f"raw_{trigger}_{c}_warmup"] = max(raw_warmup, 4 * c)
 
-    pool = await create_pool(database.dsn, min_size=1, max_size=2)
+    pool = await create_pool(database.dsn, min_size=1, max_size=2, statement_timeout_s=120)
     emulator: Emulator | None = None
     service: Service | None = None
     trigger_disabled = False
@@ -575,12 +577,22 @@ async def bench(args: argparse.Namespace, database: Database, log_dir: Path) -> 
             checks.append(await check_completed(pool, blocks["service_on"], "service webhooks, trigger on"))
             print(f"[bench] {row(results['service_on'])}", file=sys.stderr, flush=True)
 
-            for c in RAW_CONCURRENCIES:
+            for c in RAW_CONCURRENCIES if not args.service_only else ():
                 results[f"raw_on_{c}"] = await raw_phase(database.dsn, blocks[f"raw_on_{c}"],
                                                          blocks[f"raw_on_{c}_warmup"], c, "on", pool, ncpu)
                 checks.append(await check_completed(pool, blocks[f"raw_on_{c}"], f"raw C={c}, trigger on"))
                 print(f"[bench] {row(results[f'raw_on_{c}'])}", file=sys.stderr, flush=True)
 
+            if args.service_only:
+                await stack.aclose()
+                await service.stop()
+                service = None
+                print(row(results["service_on"]))
+                print(cpu_line(results["service_on"], ncpu))
+                print("\n".join(checks))
+                if args.profile_service:
+                    print_profile(args.profile_service)
+                return
             results["intake_on"] = await intake_phase(database.dsn, blocks["intake_on"], blocks["intake_warmup"],
                                                       concurrency, "on", pool, ncpu)
             checks.append(await check_completed(pool, blocks["intake_on"], "intake without HTTP, trigger on"))
@@ -698,6 +710,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "far less than the service), or one httpx.AsyncClient")
     parser.add_argument("--profile-service", metavar="FILE", default=None,
                         help="run the service under cProfile during the trigger-on webhook phase; stats to FILE")
+    parser.add_argument("--service-only", action="store_true",
+                        help="only the service's trigger-on phase (its rate, latency and CPU per webhook): a quick "
+                             "before/after of a change to the webhook path")
     add_processes_argument(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 100_000 or not 1 <= args.concurrency <= 256 or not 1 <= args.warmup <= 10_000:
