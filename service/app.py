@@ -41,7 +41,7 @@ from service.http.pages import current_session, models, page, sign_out, static_f
 from service.http.request_log import request_log_middleware
 from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
 from service.http.security_headers import security_headers
-from service.http.webhooks import fal_webhook
+from service.http.webhooks import WEBHOOK_PATH, fal_webhook
 from service.jobs.commands import JobCommands
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
@@ -60,7 +60,6 @@ from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settin
 log = logging.getLogger(__name__)
 
 EMULATOR_PATH = "/fal-emulator"
-WEBHOOK_PATH = "/api/webhooks/fal"
 CREDENTIAL_CHECK_S = 2.0
 """How often each process looks for revoked keys, ended sessions and disabled users among those
 holding streams open: a revocation closes them everywhere within this."""

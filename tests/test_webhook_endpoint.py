@@ -173,3 +173,26 @@ async def test_an_oversized_webhook_is_413(service: RunningServer, fal: FalEmula
     body = webhook(request_id, payload={"blob": "x" * (1024 * 1024)})
     response = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
     assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+
+
+async def test_an_oversized_webhook_without_a_length_is_413_too(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient) -> None:
+    request_id = str(uuid.uuid4())
+    body = webhook(request_id, payload={"blob": "x" * (1024 * 1024)})
+
+    async def chunked() -> Any:  # no Content-Length: the limit holds while the body streams in
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start:start + 64 * 1024]
+
+    response = await http.post(f"{service.url}/api/webhooks/fal", content=chunked(),
+                               headers={**signed(fal.keyset.current, request_id, body), "content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_only_post_is_taken_and_options_says_so(service: RunningServer, http: httpx.AsyncClient, method: str) -> None:
+    response = await http.request(method, f"{service.url}/api/webhooks/fal")
+    assert response.status_code == 405, response.text
+    assert response.json()["error"] == "method_not_allowed" and response.headers["allow"] == "OPTIONS, POST"
+    assert response.headers["x-request-id"] and response.headers["x-content-type-options"] == "nosniff"
+    options = await http.options(f"{service.url}/api/webhooks/fal")
+    assert options.status_code == 204 and options.headers["allow"] == "OPTIONS, POST"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.openapi.spec import OpenAPI
+from litestar.openapi.spec import OpenAPI, Operation, PathItem
 
 from service.jobs.catalog import model_type
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
@@ -130,6 +130,30 @@ WEBHOOK_BODY: dict[str, Any] = {
     },
 }
 
+WEBHOOK_RECEIPT: dict[str, Any] = {
+    "title": "WebhookReceipt",
+    "type": "object",
+    "required": ["outcome", "request_id"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "outcome": {"type": "string", "enum": ["applied", "duplicate", "parked"]},
+    },
+}
+
+
+def _webhook_operation() -> PathItem:
+    """The webhook is a bare ASGI route (see service/http/webhooks.py), which Litestar does not
+    document: its operation, as Litestar would have written it, is written here."""
+    return PathItem(post=Operation(
+        tags=["webhooks"],
+        summary="fal's completion webhook (Ed25519-signed)",
+        operation_id="ApiWebhooksFalFalWebhook",
+        request_body={"required": True, "content": {"application/json": {"schema": WEBHOOK_BODY}}},  # type: ignore[arg-type]
+        responses={"200": {"description": "Taken in: applied, a duplicate, or parked until its job appears.",  # type: ignore[dict-item]
+                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookReceipt"}}}}},
+    ))
+
+
 SSE_DESCRIPTION = (
     "Server-Sent Events. `event: job` messages carry `id: <event id>` and `data: <the job as JSON>` "
     "(the Job fields of JobView, without links); `/api/events` starts with `event: ready` whose id is "
@@ -199,6 +223,8 @@ def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None
     schemas["JsonValue"] = JSON_VALUE  # type: ignore[assignment]
     schemas["CreateJobRequest"] = _job_request(allowed_models)  # type: ignore[assignment]
     schemas["StreamTokenRequest"] = STREAM_TOKEN_REQUEST  # type: ignore[assignment]
+    schemas["WebhookReceipt"] = WEBHOOK_RECEIPT  # type: ignore[assignment]
+    openapi.paths = {**(openapi.paths or {}), "/api/webhooks/fal": _webhook_operation()}
     for path, item in (openapi.paths or {}).items():
         for method in ("get", "post", "put", "patch", "delete"):
             operation = getattr(item, method, None)
@@ -238,9 +264,6 @@ def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None
             "307": {"description": "Not stored (yet): a redirect to fal's copy, while fal keeps it.",
                     "headers": {"Location": {"schema": {"type": "string"}}}},
         })
-    webhook = openapi.paths["/api/webhooks/fal"].post if openapi.paths and "/api/webhooks/fal" in openapi.paths else None
-    if webhook is not None:
-        webhook.request_body = {"required": True, "content": {"application/json": {"schema": WEBHOOK_BODY}}}  # type: ignore[assignment]
     readyz = openapi.paths["/readyz"].get if openapi.paths and "/readyz" in openapi.paths else None
     if readyz is not None and readyz.responses is not None:
         readyz.responses["503"] = {"description": "Not ready; `checks` names what is not.",  # type: ignore[assignment]

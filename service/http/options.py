@@ -19,9 +19,11 @@ def _allowed(scope: Scope) -> bytes | None:
     app = scope["app"]
     table: dict[str, bytes] | None = getattr(app.state, "_allow_by_path", None)
     if table is None:
+        # A bare ASGI route ("asgi") answers its own OPTIONS.
         table = {
             _PARAMETER_TYPE.sub(r"{\1}", path): ", ".join(sorted(methods)).encode()
             for path, methods in app.route_handler_method_map.items()
+            if "asgi" not in methods
         }
         app.state["_allow_by_path"] = table
     return table.get(scope.get("path_template", ""))
