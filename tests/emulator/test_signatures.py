@@ -9,7 +9,6 @@ import time
 import fal_client
 import httpx
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from service.emulator import FalEmulator, SigningKey
 from service.emulator.signing import signed_headers
@@ -231,4 +230,4 @@ def test_parse_jwks_skips_foreign_keys() -> None:
     ) % (x_unpadded, x_unpadded)
     keys = parse_jwks(document.encode())
     # The unpadded x of the kept key decodes to the very key: base64url padding is restored.
-    assert [k.public_bytes(Encoding.Raw, PublicFormat.Raw) for k in keys] == [key.public_raw]
+    assert [bytes(k) for k in keys] == [key.public_raw]
