@@ -93,8 +93,13 @@ class _Lease:
         self._connection: Any = None
 
     async def __aenter__(self) -> Any:
+        pool = self._pool
+        # asyncpg enforces an acquire's time-out by running it in a task of its own; when a
+        # connection is free nothing waits, so none is needed (a holder not yet connected still
+        # connects within the connect time-out).
+        timeout = None if pool._queue.qsize() else self._timeout
         try:
-            self._connection = await asyncpg.pool.Pool.acquire(self._pool, timeout=self._timeout)
+            self._connection = await asyncpg.pool.Pool.acquire(pool, timeout=timeout)
         except Exception as error:
             if is_unavailable(error):
                 raise DatabaseUnavailable(f"the database is unavailable ({_name(error)}); retry later") from error
@@ -112,12 +117,26 @@ class _Lease:
             # Interrupted mid-call, its protocol state is unknown: never hand it to the next caller.
             connection._con.terminate()
         try:
-            await self._pool.release(connection, timeout=self._timeout)
+            await _release(connection)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as failed:
             # release terminates a connection it cannot reset; the pool makes a new one
             log.debug("connection discarded on release", extra={"action": "db_release", "error": _name(failed)})
         if error is not None and not isinstance(error, asyncio.CancelledError) and is_unavailable(error):
             raise DatabaseUnavailable(f"the database is unavailable ({_name(error)}); retry later") from error
+
+
+async def _release(connection: Any) -> None:
+    """`Pool.release` without its `asyncio.shield`, which costs a task per release.
+
+    The shield keeps a cancelled caller from leaving a connection half-released. Here the
+    release has nothing to wait for unless a transaction was left open (its ROLLBACK is bounded
+    by the statement time-out), and a cancellation that lands there makes asyncpg terminate the
+    connection, which hands its slot back to the pool: nothing leaks either way."""
+    con = connection._con
+    if con is None:
+        return  # already released
+    con._on_release()
+    await connection._holder.release(None)
 
 
 def _name(error: BaseException) -> str:
