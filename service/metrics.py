@@ -94,8 +94,22 @@ def limit_refused(limit: str) -> None:
     LIMIT_REFUSALS.labels(limit).inc()
 
 
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once: `labels` takes a lock and builds a key on every call,
+    and the per-webhook calls (outcome, finished job, its duration) add up. The label values are
+    bounded (outcomes, statuses, the allowed models), and so is this cache."""
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def webhook(outcome: str, reason: str = "") -> None:
-    WEBHOOKS.labels(outcome, reason).inc()
+    _child(WEBHOOKS, outcome, reason).inc()
 
 
 def job_created(model_id: str) -> None:
@@ -103,9 +117,9 @@ def job_created(model_id: str) -> None:
 
 
 def job_finished(model_id: str, status: str, created_at: datetime, completed_at: datetime | None) -> None:
-    JOBS_FINISHED.labels(model_id, status).inc()
+    _child(JOBS_FINISHED, model_id, status).inc()
     if completed_at is not None:
-        JOB_DURATION.labels(model_id).observe(max(0.0, (completed_at - created_at).total_seconds()))
+        _child(JOB_DURATION, model_id).observe(max(0.0, (completed_at - created_at).total_seconds()))
 
 
 _observe_lag = EVENT_DELIVERY_LAG.observe
