@@ -8,13 +8,15 @@ import uuid
 from datetime import UTC, datetime
 
 import asyncpg
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.db.pool import init_connection
 from service.jobs.models import Job, JobChange, LogLine, NewJob
-from service.jobs.status_machine import apply_change, create_job, decide
+from service.jobs.rows import JOB_COLUMNS, job_from_row
+from service.jobs.status_machine import _read_decide_write, apply_change, create_job, decide
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -107,6 +109,54 @@ async def test_unknown_job_is_reported_not_created(pool: asyncpg.Pool) -> None:
         outcome = await apply_change(connection, "no-such-job", JobChange(status="completed"))
     assert outcome.job is None and not outcome.accepted
     assert await pool.fetchval("SELECT count(*) FROM fal_job_events WHERE request_id = 'no-such-job'") == 0
+
+
+ENDS = [
+    JobChange(status="completed", result={"seed": 196619188014358660, "images": [
+        {"url": "https://v3.fal.media/files/a.png", "content_type": "image/png"},
+        {"url": "https://v3.fal.media/files/b.png"}]}),
+    JobChange(status="failed", error="Invalid status code: 422", error_type="validation", result={"detail": []}),
+    JobChange(status="cancelled", error="cancelled by the user"),
+]
+
+
+@pytest.mark.parametrize("end", ENDS, ids=["completed", "failed", "cancelled"])
+@pytest.mark.parametrize("created_at", ["2026-03-04 05:06:07.000891+00", "2026-03-04 05:06:07+00"])
+async def test_an_end_in_one_round_trip_writes_the_event_the_two_round_trips_would(
+    pool: asyncpg.Pool, end: JobChange, created_at: str,
+) -> None:
+    """`apply_change` ends an open job in one statement (`_finish`), building the event's JSON in
+    SQL; `_read_decide_write` builds it from the Job in Python. Both must store the same thing: the
+    job after the change, as msgspec writes it (timestamps included, with and without a fraction)."""
+    fast, slow = await new_job(pool), await new_job(pool)
+    async with pool.acquire() as connection:
+        for twin in (fast, slow):  # the same past: running, logs, a created_at of each form
+            await connection.execute("UPDATE fal_jobs SET created_at = $2::text::timestamptz WHERE request_id = $1",
+                                     twin.request_id, created_at)
+            await apply_change(connection, twin.request_id, JobChange(status="in_progress", logs=logs(2)))
+        ended = await apply_change(connection, fast.request_id, end)
+        ended_slowly = await _read_decide_write(connection, slow.request_id, end)
+    for applied in (ended, ended_slowly):
+        assert applied.accepted and applied.job is not None and applied.job.version == 3
+        row = await pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1", applied.job.request_id)
+        assert job_from_row(row) == applied.job
+        stored, expected = await pool.fetchrow(
+            "SELECT data::text, $2::jsonb::text FROM fal_job_events WHERE request_id = $1 AND version = 3",
+            applied.job.request_id, applied.job)
+        assert stored == expected
+    assert ended.job is not None and ended_slowly.job is not None
+    same = {"request_id", "updated_at", "completed_at", "outputs"}
+    assert {k: v for k, v in msgspec.structs.asdict(ended.job).items() if k not in same} == \
+        {k: v for k, v in msgspec.structs.asdict(ended_slowly.job).items() if k not in same}
+    assert [(o.index, o.kind, o.status) for o in ended.job.outputs] == [(o.index, o.kind, o.status) for o in ended_slowly.job.outputs]
+    queued = await pool.fetch("SELECT index, kind, source_url FROM fal_job_outputs WHERE request_id = $1 ORDER BY index",
+                              fast.request_id)
+    assert [tuple(r) for r in queued] == [(i, "image", image["url"]) for i, image in enumerate(
+        end.result["images"] if end.status == "completed" else [])]
+    async with pool.acquire() as connection:  # ended: the same end again is a duplicate, no event
+        again = await apply_change(connection, fast.request_id, end)
+    assert not again.accepted and again.job == ended.job
+    assert len(await events_of(pool, fast.request_id)) == 3
 
 
 # A job's true history, as fal would report it: queue positions counting down, growing logs, one end.

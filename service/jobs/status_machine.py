@@ -3,9 +3,11 @@
 `create_job` writes a new job and its first event; `apply_change` reads the row, asks `decide`
 whether the change moves the job forward, and if so, in one statement (one transaction), updates
 the row under its lock only if its version is unchanged, bumps `version` and appends exactly one
-event; when another writer got there first it decides again on the fresh row. The event row
-carries the job as it is after the change, so readers of the event log never need a second
-query; its INSERT fires the NOTIFY trigger.
+event; when another writer got there first it decides again on the fresh row. A job's end
+without log lines (what every webhook brings) skips the read: one statement ends the job only
+while it is open, which is what `decide` would conclude, and falls back to the read when it is
+not. The event row carries the job as it is after the change, so readers of the event log never
+need a second query; its INSERT fires the NOTIFY trigger.
 
 The rules (`decide`): pending -> in_progress -> completed | failed | cancelled, and pending may
 go straight to a terminal state. Terminal states are final. A duplicate is a no-op that returns
@@ -142,16 +144,82 @@ async def create_job(connection: asyncpg.Connection, new: NewJob) -> Job:
 
 
 async def apply_change(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied:
-    """Apply `change` if the status machine allows it; see the module docstring.
+    """Apply `change` if the status machine allows it; see the module docstring. Works in the
+    caller's transaction too.
 
-    Two round trips and no explicit transaction: read the row, decide, then one statement that
+    A job's end without log lines (every webhook, most of all) takes one round trip: `_finish`.
+    Anything else, and an end that `_finish` finds nothing to do for, takes two: `_read_decide_write`.
+    """
+    change = storable_struct(change)  # fal's text may hold NUL or lone surrogates: escaped, never refused
+    if change.status in TERMINAL_STATUSES and not change.logs:
+        finished = await _finish(connection, request_id, change)
+        if finished is not None:
+            return finished
+    return await _read_decide_write(connection, request_id, change)
+
+
+def _msgspec_timestamp(column: str) -> str:
+    """SQL that writes a timestamptz as msgspec writes a UTC datetime: `...T01:02:03.123456Z`,
+    without the fraction when it is zero."""
+    return (f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
+            f"extract(microseconds FROM {column})::bigint % 1000000 = 0 THEN '' "
+            f"ELSE to_char({column} AT TIME ZONE 'UTC', '.US') END || 'Z'")
+
+
+_OPEN = "status NOT IN (" + ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES)) + ")"
+
+_FINISH = f"""
+WITH changed AS (
+    UPDATE fal_jobs SET status = $2, queue_position = NULL, result = $3, error = $4, error_type = $5,
+        completed_at = $6, updated_at = $6, version = version + 1, outputs = coalesce($7, outputs)
+    WHERE request_id = $1 AND {_OPEN}
+    RETURNING {JOB_COLUMNS}
+), queued AS (
+    INSERT INTO fal_job_outputs (request_id, index, user_id, kind, source_url, created_at, updated_at, next_attempt_at)
+    SELECT $1, t.i, changed.user_id, t.k, t.u, $6, $6, $6
+    FROM changed, unnest($8::int[], $9::text[], $10::text[]) AS t(i, k, u)
+    ON CONFLICT DO NOTHING
+), event AS (
+    INSERT INTO fal_job_events (request_id, user_id, version, status, data, created_at)
+    SELECT request_id, user_id, version, status,
+        to_jsonb(changed) || jsonb_build_object('created_at', {_msgspec_timestamp("changed.created_at")}) || $11::jsonb,
+        $6
+    FROM changed
+)
+SELECT {JOB_COLUMNS} FROM changed
+"""
+"""A job's end in one statement: the row is updated only while it is open (the row lock the UPDATE
+takes re-checks that against a concurrent writer's commit), its outputs are queued, and the event
+carries the job after the change. The event's JSON is the row's, with the timestamps written as
+msgspec writes them (`updated_at` and `completed_at` come from here, `created_at` is formatted
+above), so it equals what `_read_decide_write` would have stored (tests/test_status_machine.py
+compares the two)."""
+
+
+async def _finish(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied | None:
+    """The change `decide` makes of a terminal change without logs on an open job, without reading
+    the job first; None when the job is not open (already ended, or not there): decide then."""
+    now = datetime.now(UTC)
+    files = media_files(change.result) if change.status == "completed" else []
+    row = await connection.fetchrow(
+        _FINISH, request_id, change.status, change.result, change.error, change.error_type, now,
+        pending_outputs(request_id, files) if files else None,
+        list(range(len(files))), [f.kind for f in files], [f.url for f in files],
+        {"updated_at": now, "completed_at": now},
+    )
+    if row is None:
+        return None
+    job = job_from_row(row)
+    metrics.job_finished(job.model_id, job.status, job.created_at, job.completed_at)
+    return Applied(job=job, accepted=True)
+
+
+async def _read_decide_write(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied:
+    """Two round trips and no explicit transaction: read the row, decide, then one statement that
     updates the row only if its version is still the one decided on (a compare-and-swap under the
     row lock that the UPDATE takes) and appends the event only if the update happened; the
     statement commits both or neither. Should another writer get there first, the row is read
-    again and the change decided anew, so a change is never applied on a stale view. Works in the
-    caller's transaction too.
-    """
-    change = storable_struct(change)  # fal's text may hold NUL or lone surrogates: escaped, never refused
+    again and the change decided anew, so a change is never applied on a stale view."""
     for _ in range(_MAX_ATTEMPTS):
         row = await connection.fetchrow(f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1", request_id)
         if row is None:
