@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
+import secrets
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,7 +30,7 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
