@@ -68,6 +68,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import math
 import os
 import random
 import resource
@@ -109,7 +110,9 @@ from bench.harness import (  # noqa: E402
     start_service,
     with_database,
 )
-from service.auth.api_keys import NewUser, create_user  # noqa: E402
+from service.auth.api_keys import NewUser, create_user, hash_key  # noqa: E402
+from service.app import CREDENTIAL_CHECK_S  # noqa: E402
+from service.auth.callers import KEY, Caller  # noqa: E402
 from service.auth.stream_tokens import StreamTokens, job_scope  # noqa: E402
 from service.db.migrations import apply_migrations  # noqa: E402
 from service.db.pool import create_pool  # noqa: E402
@@ -776,7 +779,7 @@ def pair(a: float, b: float, digits: int = 1) -> str:
     return f"{fmt(a, digits)}/{fmt(b, digits)}"
 
 
-def print_tables(rows: list[Row], cores: int, pg_version: str) -> None:
+def print_tables(rows: list[Row], cores: int, pg_version: str, processes: int) -> None:
     primary = [row for row in rows if row.mode == JOB_MODE]
     secondary = [row for row in rows if row.mode != JOB_MODE]
     print()
@@ -798,7 +801,7 @@ def print_tables(rows: list[Row], cores: int, pg_version: str) -> None:
               f"{pair(row.wire_p50, row.wire_p99, 2):>15} {pair(row.ack_p50, row.ack_p99, 2):>14} "
               f"{fmt(row.kib_per_client):>12} {idle:>17} {fmt(row.tx_per_round):>11} "
               f"{fmt(row.cpu_bench_s, 2):>11} {fmt(row.cpu_service_s, 2):>13} {fmt(row.cpu_other_s, 2):>11}")
-    print_verdict(primary, secondary)
+    print_verdict(primary, secondary, processes)
     print_notes(primary)
 
     if secondary:
@@ -860,7 +863,7 @@ def print_notes(rows: list[Row]) -> None:
             print(f"note ({row.mode} {row.clients}): {note}")
 
 
-def print_verdict(primary: list[Row], secondary: list[Row]) -> None:
+def print_verdict(primary: list[Row], secondary: list[Row], processes: int) -> None:
     done = sorted((row for row in primary if not row.error and row.deliveries), key=lambda r: r.clients)
     print()
     print(TARGETS)
@@ -887,9 +890,14 @@ def print_verdict(primary: list[Row], secondary: list[Row]) -> None:
     print(f"  <= 24 KiB per idle subscriber: {large.kib_per_client:.1f} KiB ({per_step}) -> "
           f"{verdict(large.kib_per_client <= 24)}")
     idle = ", ".join(f"{row.idle_tx} tx / {row.clients} clients at {row.clients}" for row in done)
-    waiting_ok = all(row.idle_tx == 0 for row in done)
-    print(f"  0 db queries per waiting client: {large.idle_s:.0f} s idle with every stream open: {idle} -> "
-          f"{verdict(waiting_ok)}")
+    # What a process does while its clients wait, whatever their number: one credential check per
+    # CREDENTIAL_CHECK_S (revoked keys close their streams) and the listener's idle read.
+    processes = max(1, processes)
+    allowance = processes * (math.ceil(large.idle_s / CREDENTIAL_CHECK_S) + 1)
+    waiting_ok = all(row.idle_tx <= allowance for row in done)
+    print(f"  0 db queries per waiting client: {large.idle_s:.0f} s idle with every stream open: {idle} "
+          f"(per process, not per client: <= {allowance} = {processes} process(es) x (one credential check per "
+          f"{CREDENTIAL_CHECK_S:.0f} s + the listener's idle read)) -> {verdict(waiting_ok)}")
     per_round = ", ".join(f"{fmt(row.tx_per_round)} at {row.clients}" for row in done if row.rounds)
     broadcast = ", ".join(f"{fmt(row.tx_per_round)} at {row.clients}" for row in secondary
                           if row.mode == BROADCAST_MODE and not row.error and row.rounds)
@@ -922,7 +930,10 @@ async def serve(ctx: Context, name: str, *, profile: bool = False) -> Service:
     """The service for one step, with a stream-token secret the bench shares (it mints job tokens)."""
     return await start_service(ctx.dsn, ctx.emulator, ctx.fal_key, ctx.log_dir / f"service-{name}.log",
                                processes=ctx.args.processes, profile_path=ctx.args.profile_service if profile else None,
-                               extra_env={"SSE_HEARTBEAT_S": "15", "STREAM_TOKEN_SECRET": ctx.token_secret})
+                               # Every subscriber of a user shares its key: the per-credential stream limit
+                               # (MAX_STREAMS_PER_USER, 50 by default) would refuse the bench's 100 per user.
+                               extra_env={"SSE_HEARTBEAT_S": "15", "STREAM_TOKEN_SECRET": ctx.token_secret,
+                                          "MAX_STREAMS_PER_USER": "1000000"})
 
 
 async def stream_token(service: Service, user: NewUser, request_id: str | None = None) -> str:
@@ -1032,12 +1043,14 @@ async def job_step(ctx: Context, subscribers: int, profile: bool) -> Row:
         row.users = len(users)
         await warm_up(ctx, service, users[0], sender, job_streams=True)
         total = subscribers + args.webhooks  # W spare jobs: one replacement subscriber per round
-        owners = [users[(i % subscribers) // per_user].user_id for i in range(total)]
+        owners = [users[(i % subscribers) // per_user] for i in range(total)]
         log(f"{JOB_MODE} {subscribers}: creating {total} pending jobs for {len(users)} users")
-        request_ids = await create_owned_jobs(ctx.dsn, owners)
-        # Minted here, as POST /api/stream-tokens would (same secret, same StreamTokens code).
-        streams = {request_id: (f"/api/jobs/{request_id}/events?token={ctx.tokens.issue(owner, job_scope(request_id))[0]}",
-                                request_id)
+        request_ids = await create_owned_jobs(ctx.dsn, [owner.user_id for owner in owners])
+        # Minted here, as POST /api/stream-tokens would for the owner's API key (same secret, same
+        # StreamTokens code; the token names the key, which the service checks at open).
+        callers = {owner.user_id: Caller(user_id=owner.user_id, credential=KEY + hash_key(owner.api_key)) for owner in users}
+        streams = {request_id: (f"/api/jobs/{request_id}/events?token="
+                                f"{ctx.tokens.issue(callers[owner.user_id], job_scope(request_id))[0]}", request_id)
                    for request_id, owner in zip(request_ids, owners, strict=True)}
         watched, spare = request_ids[:subscribers], request_ids[subscribers:]
         await asyncio.sleep(1.0 + total / 5000)  # the listener publishes the pending events before anyone subscribes
@@ -1437,7 +1450,7 @@ async def run(args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):
                 pgserver_handle.cleanup()
     order = {JOB_MODE: 0, BROADCAST_MODE: 1, POLL_MODE: 2}
-    print_tables(sorted(rows, key=lambda row: order[row.mode]), os.cpu_count() or 0, pg_version)
+    print_tables(sorted(rows, key=lambda row: order[row.mode]), os.cpu_count() or 0, pg_version, args.processes)
     print(f"\ntotal {time.monotonic() - started:.0f} s; service logs in {log_dir}")
     return 1 if any(row.error for row in rows) else 0
 
