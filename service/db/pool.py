@@ -137,6 +137,11 @@ async def _release(connection: Any) -> None:
         return  # already released
     con._on_release()
     await connection._holder.release(None)
+    # The release above woke the first waiter, but the connection only goes to it when it runs: a
+    # caller that acquires again at once (a loop of queries) would take it back every time and
+    # starve the waiters into their time-out. One turn of the loop lets the waiter go first, as
+    # asyncpg's release in a task of its own did.
+    await asyncio.sleep(0)
 
 
 def _name(error: BaseException) -> str:
