@@ -6,10 +6,15 @@ output with Range requests.
 
 Copies: the emulator runs standalone in its own process and serves a video of the chosen size
 (its sample repeated, made on the fly) from a stateless media URL. Each copy runs in a fresh child
-process, alternating floor and copier, so that one copy's memory never hides another's; the child
+process, floor and copier in turn, so that one copy's memory never hides another's; the child
 resets its peak RSS (/proc/self/clear_refs) just before the copy and reports VmHWM - VmRSS, the
-growth the copy caused. The store is obstore's LocalStore in a folder under --tmp; every file is
-deleted as soon as it is measured.
+growth the copy caused. The store is the service's local folder store under --tmp; every file is
+deleted as soon as it is measured. "ratio" is the median, over the pairs, of the floor's time over
+the copier's time for a floor copy and the copier copy that ran next to it (which of the two goes
+first alternates): on a shared machine the load moves both copies of a pair alike, where a ratio
+of medians compares copies made minutes apart; "pairs" gives the lowest and highest pair, to show
+the spread. CPU is the child's per GB copied; "(its loop)" is the part of the copier's spent on
+the event loop's thread, the one every request of a service process shares.
 
 Serving: the service (`python -m service run`, a separate process, its emulator mounted) on a
 scratch database (--database-url, else DATABASE_URL, else an embedded pgserver; dropped at the
@@ -52,7 +57,7 @@ from bench.harness import (  # noqa: E402
 )
 
 KEY = "bench-key"
-REPEATS = {1: 10, 50: 5, 500: 2}
+REPEATS = {1: 10, 50: 6, 500: 4}
 MB = 1024 * 1024
 
 
@@ -81,6 +86,7 @@ async def _child(mode: str, url: str, dest: str) -> dict[str, float]:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         before_kib = _status_kib("VmRSS")
         cpu_before = time.process_time()
+        loop_cpu_before = time.thread_time()  # this thread runs the event loop
         started = time.perf_counter()
         if mode == "floor":
             size = 0
@@ -97,8 +103,10 @@ async def _child(mode: str, url: str, dest: str) -> dict[str, float]:
             size = change.size
         seconds = time.perf_counter() - started
         cpu_s = time.process_time() - cpu_before
+        loop_cpu_s = time.thread_time() - loop_cpu_before
         peak_kib = _status_kib("VmHWM")
-    return {"seconds": seconds, "bytes": size, "growth_kib": peak_kib - before_kib, "cpu_s": cpu_s}
+    return {"seconds": seconds, "bytes": size, "growth_kib": peak_kib - before_kib, "cpu_s": cpu_s,
+            "loop_cpu_s": loop_cpu_s}
 
 
 def run_child(mode: str, url: str, tmp: Path) -> dict[str, float]:
@@ -133,21 +141,24 @@ async def start_emulator(port: int) -> subprocess.Popen[bytes]:
 async def copies(sizes_mb: list[int], tmp: Path) -> list[str]:
     port = free_port()
     emulator = await start_emulator(port)
-    lines = [f"{'size':>7} {'floor MB/s':>10} {'copier MB/s':>11} {'ratio':>6} {'floor RSS+ MB':>13} "
-             f"{'copier RSS+ MB':>14} {'floor CPU s/GB':>14} {'copier CPU s/GB':>15} {'runs':>4}"]
+    lines = [f"{'size':>7} {'floor MB/s':>10} {'copier MB/s':>11} {'ratio':>6} {'pairs':>10} {'floor RSS+ MB':>13} "
+             f"{'copier RSS+ MB':>14} {'floor CPU s/GB':>14} {'copier CPU s/GB':>15} {'(its loop)':>10} {'runs':>4}"]
     try:
         for size_mb in sizes_mb:
             url = f"http://127.0.0.1:{port}/media/video/bench.mp4?bytes={size_mb * MB}"
             results: dict[str, list[dict[str, float]]] = {"floor": [], "copier": []}
-            for _ in range(REPEATS.get(size_mb, 2)):
-                for mode in ("floor", "copier"):
+            for round_ in range(REPEATS.get(size_mb, 2)):
+                for mode in ("floor", "copier") if round_ % 2 == 0 else ("copier", "floor"):
                     results[mode].append(run_child(mode, url, tmp))
             rate = {m: statistics.median(r["bytes"] / r["seconds"] / MB for r in rs) for m, rs in results.items()}
+            pairs = [f["seconds"] / c["seconds"] for f, c in zip(results["floor"], results["copier"], strict=True)]
             growth = {m: max(r["growth_kib"] for r in rs) / 1024 for m, rs in results.items()}
             cpu = {m: statistics.median(r["cpu_s"] / r["bytes"] * 1024**3 for r in rs) for m, rs in results.items()}
+            loop_cpu = statistics.median(r["loop_cpu_s"] / r["bytes"] * 1024**3 for r in results["copier"])
+            spread = f"{min(pairs):.2f}-{max(pairs):.2f}"
             lines.append(f"{size_mb:>5}MB {rate['floor']:>10.0f} {rate['copier']:>11.0f} "
-                         f"{rate['copier'] / rate['floor']:>6.2f} {growth['floor']:>13.1f} {growth['copier']:>14.1f} "
-                         f"{cpu['floor']:>14.2f} {cpu['copier']:>15.2f} {len(results['copier']):>4}")
+                         f"{statistics.median(pairs):>6.2f} {spread:>10} {growth['floor']:>13.1f} {growth['copier']:>14.1f} "
+                         f"{cpu['floor']:>14.2f} {cpu['copier']:>15.2f} {loop_cpu:>10.2f} {len(results['copier']):>4}")
             print(lines[-1], file=sys.stderr, flush=True)
     finally:
         emulator.send_signal(signal.SIGINT)
