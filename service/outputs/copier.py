@@ -1,13 +1,13 @@
 """One copy: stream a file from fal's CDN into the store, hashing and counting as it passes.
 
-Nothing holds the whole file: chunks go from the socket through sha256 into the store's upload,
-so memory is a few chunks whatever the size. The outcome is an `OutputChange` for the status
-machine (stored, or failed for good) or `CopyRetry` for a failure worth another try.
+Nothing holds the whole file: chunks go from the socket into the store's upload, which hashes
+them (sha256) as it writes, so memory is a few chunks whatever the size. The outcome is an
+`OutputChange` for the status machine (stored, or failed for good) or `CopyRetry` for a failure
+worth another try.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import AsyncIterator
 from urllib.parse import urljoin
@@ -22,7 +22,6 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
 """A source that sends nothing for this long is given up on (and retried later)."""
 MAX_REDIRECTS = 3
-CHUNK_BYTES = 256 * 1024
 ALLOWED_TYPES = ("image/", "video/", "audio/")
 GENERIC_TYPES = ("application/octet-stream", "binary/octet-stream")
 """Sent by some CDNs for anything; then the kind the result named decides."""
@@ -84,49 +83,34 @@ class Copier:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
             raise _Failed(f"source is {int(declared)} bytes; MAX_OUTPUT_BYTES is {self._max_bytes}")
-        digest = hashlib.sha256()
         size = 0
-        problem: BaseException | None = None
+        source_error: Exception | None = None
 
         async def chunks() -> AsyncIterator[bytes]:
-            # The socket gives ~64 KiB at a time; each chunk handed to the store crosses from
-            # asyncio into obstore's runtime, so they go in pieces of CHUNK_BYTES (bench/outputs.py:
-            # 64 KiB pieces cost the most CPU per GB, 256 KiB the least of 128 KiB to 4 MiB).
-            nonlocal size, problem
-            pending: list[bytes] = []
-            pending_bytes = 0
+            # The store hashes what it writes; here the size is counted and bounded as it streams.
+            nonlocal size, source_error
             try:
                 async for chunk in response.aiter_raw():
                     size += len(chunk)
                     if size > self._max_bytes:
                         raise _Failed(f"source sent more than MAX_OUTPUT_BYTES ({self._max_bytes} bytes)")
-                    pending.append(chunk)
-                    pending_bytes += len(chunk)
-                    if pending_bytes >= CHUNK_BYTES:
-                        piece = b"".join(pending)
-                        pending.clear()
-                        pending_bytes = 0
-                        digest.update(piece)
-                        yield piece
-                if pending:
-                    piece = b"".join(pending)
-                    digest.update(piece)
-                    yield piece
-            except BaseException as error:
-                problem = error
+                    yield chunk
+            except Exception as error:
+                source_error = error
                 raise
 
         try:
-            await self._store.put(key, chunks())
+            sha256 = await self._store.put(key, chunks())
         except Exception as error:
-            # The store's upload wraps what the source iterator raised; the original says more.
-            if problem is not None and problem is not error:
-                raise problem from None
-            if isinstance(error, (_Failed, httpx.TransportError)):
-                raise
-            raise CopyRetry(f"writing to the store failed: {type(error).__name__}: {str(error)[:300]}") from None
+            # The store lets what the source raised through as it was: the source's failures are
+            # told from the store's by identity, not by type (both can be an OSError).
+            if error is not source_error:
+                raise CopyRetry(f"writing to the store failed: {type(error).__name__}: {str(error)[:300]}") from None
+            if isinstance(error, (_Failed, httpx.TransportError, ConnectionError, TimeoutError)):
+                raise  # copy() tells a failure for good from one worth another try
+            raise CopyRetry(f"reading the source failed: {type(error).__name__}: {str(error)[:300]}") from None
         if declared is not None and declared.isdigit() and int(declared) != size:
             await self._store.delete(key)
             raise CopyRetry(f"source sent {size} of {declared} bytes")
-        return OutputChange(status="stored", content_type=content_type, size=size, sha256=digest.hexdigest(),
+        return OutputChange(status="stored", content_type=content_type, size=size, sha256=sha256,
                             store_key=key)

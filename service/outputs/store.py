@@ -10,15 +10,14 @@ GCS and Azure come from their usual environment variables (`AWS_ACCESS_KEY_ID`,
 We call obstore's synchronous API in threads of our own rather than its asyncio one: a process
 that has awaited obstore's coroutines aborts (SIGABRT) at interpreter exit about one time in ten
 (obstore 0.12.1, measured with a bare put), which would make every shutdown a coin toss; the
-synchronous calls never did (0 in 30). Bytes still stream: an upload's thread pulls pieces from a
-small queue that the event loop fills, a read's pieces are pulled one at a time.
+synchronous calls never did (0 in 30). Bytes still stream: an upload's thread pulls pieces that
+the event loop hands it (obstore_upload.py), a read's pieces are pulled one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -29,28 +28,16 @@ import obstore
 from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, ObjectStore, from_url
 
+from service.outputs.obstore_upload import upload
+
 T = TypeVar("T")
 
 CALL_TIMEOUT_S = 30.0
 """Every call that is not a stream: a head, a delete, opening a read."""
 
-PART_BYTES = 5 * 1024 * 1024
-"""Multipart part size (S3's minimum): with `PARTS_IN_FLIGHT` it bounds an upload's buffers."""
-PARTS_IN_FLIGHT = 2
 READ_CHUNK_BYTES = 1024 * 1024
-QUEUED_PIECES = 8
-"""Pieces waiting for an upload's thread: with the parts in flight, an upload's memory bound."""
 THREADS = 64
 """Each upload holds a thread for its length, each read one per piece: enough for both at once."""
-
-
-class _End:
-    pass
-
-
-class _Abort:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 class ObjectMissing(Exception):
@@ -89,47 +76,11 @@ class MediaStore:
         async with asyncio.timeout(CALL_TIMEOUT_S):
             return await loop.run_in_executor(self._threads, partial(function, *args, **kwargs))
 
-    async def put(self, key: str, chunks: AsyncIterator[bytes]) -> None:
-        """Stream `chunks` into `key`. The object appears whole or not at all; memory stays
-        within a few parts whatever the size. Stalls are the source's to time out."""
-        pieces: queue.Queue[bytes | _End | _Abort] = queue.Queue(maxsize=QUEUED_PIECES)
-
-        def source() -> Iterator[bytes]:
-            while True:
-                item = pieces.get()
-                if isinstance(item, _End):
-                    return
-                if isinstance(item, _Abort):
-                    raise item.error  # obstore abandons the upload: nothing becomes visible
-                yield item
-
-        upload = asyncio.get_running_loop().run_in_executor(
-            self._threads,
-            partial(obstore.put, self._store, key, source(), chunk_size=PART_BYTES, max_concurrency=PARTS_IN_FLIGHT),
-        )
-
-        async def offer(item: bytes | _End) -> None:
-            while True:
-                try:
-                    pieces.put_nowait(item)
-                    return
-                except queue.Full:
-                    if upload.done():
-                        await upload  # the upload failed: its error, not a wait forever
-                        raise RuntimeError("the upload ended before its last piece") from None
-                    await asyncio.wait({upload}, timeout=0.005)
-
-        try:
-            async for piece in chunks:
-                await offer(piece)
-            await offer(_End())
-        except BaseException as error:
-            with pieces.mutex:
-                pieces.queue.clear()
-            pieces.put_nowait(_Abort(RuntimeError(f"upload abandoned: {type(error).__name__}")))
-            upload.add_done_callback(lambda done: done.cancelled() or done.exception())  # expected, not news
-            raise
-        await upload
+    async def put(self, key: str, chunks: AsyncIterator[bytes]) -> str:
+        """Stream `chunks` into `key` and answer their sha256 (hex). The object appears whole or
+        not at all; memory stays within a few parts whatever the size. Stalls are the source's
+        to time out."""
+        return await upload(self._store, key, chunks, self._threads)
 
     async def size(self, key: str) -> int:
         try:
