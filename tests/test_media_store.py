@@ -1,15 +1,21 @@
-"""The media store's uploads on their own: obstore's upload answers the sha256 of what it stored,
-leaves nothing when abandoned, and an upload that fails on obstore's side ends the loop's wait."""
+"""The media store's uploads on their own: the local folder's staged file (written from a thread,
+renamed into place) lands where obstore's LocalStore reads it, and a failed, cancelled or stalled
+upload leaves nothing behind, neither the object nor its staging file; obstore's own upload (the
+path for S3, GCS and Azure) answers the same sha256 and leaves nothing when abandoned either."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from service.outputs import staged_file
+from service.outputs.staged_file import local_path, write_staged
 from service.outputs.obstore_upload import PART_BYTES
 from service.outputs.store import MediaStore
 
@@ -37,8 +43,141 @@ async def read_all(store: MediaStore, key: str) -> bytes:
     return b"".join([chunk async for chunk in await store.read(key, 0, size)])
 
 
-async def test_obstore_upload_hashes_and_leaves_nothing_when_abandoned(tmp_path: Path) -> None:
+async def test_local_path_only_for_keys_localstore_keeps_as_they_are(tmp_path: Path) -> None:
+    assert local_path(tmp_path, KEY) == tmp_path / "outputs" / "req-1" / "0-abc123"
+    for odd in ("../escape", "a/../b", "a/./b", ".hidden/x", "a//b", "/abs", "a b", "a#1", "ä", ""):
+        assert local_path(tmp_path, odd) is None, odd
+
+
+async def test_local_upload_lands_where_obstore_reads_it(tmp_path: Path) -> None:
     store = MediaStore.open(None, str(tmp_path))
+    # More batches than buffers (each is written and reused), the last one partial.
+    data = sample((staged_file.BUFFERS + 3) * staged_file.BATCH_BYTES + 12345)
+    try:
+        assert await store.put(KEY, pieces(data)) == hashlib.sha256(data).hexdigest()
+        assert files_in(tmp_path) == [KEY]  # no staging file left beside it
+        assert await store.keys("outputs/req-1") == [KEY]
+        assert await read_all(store, KEY) == data
+        # A chunk larger than a buffer is spread over several.
+        big = sample(staged_file.BATCH_BYTES * 2 + 1)
+        assert await store.put("outputs/req-1/1-big", pieces(big, len(big))) == hashlib.sha256(big).hexdigest()
+        assert await read_all(store, "outputs/req-1/1-big") == big
+        # A key LocalStore would encode goes through obstore, and reads back the same way.
+        odd = "outputs/req 2/0-ä#x"
+        assert await store.put(odd, pieces(b"odd bytes")) == hashlib.sha256(b"odd bytes").hexdigest()
+        assert await read_all(store, odd) == b"odd bytes"
+        await store.delete(KEY)
+        assert await store.keys("outputs/req-1") == ["outputs/req-1/1-big"]
+    finally:
+        store.close()
+
+
+async def test_a_failing_source_leaves_nothing(tmp_path: Path) -> None:
+    store = MediaStore.open(None, str(tmp_path))
+
+    async def broken() -> AsyncIterator[bytes]:
+        async for chunk in pieces(sample(staged_file.BATCH_BYTES * 2 + 5)):
+            yield chunk
+        raise ConnectionResetError("the source went away")
+
+    try:
+        with pytest.raises(ConnectionResetError):
+            await store.put(KEY, broken())
+        assert files_in(tmp_path) == []
+        assert await store.keys("outputs") == []
+    finally:
+        store.close()
+
+
+async def test_a_failing_write_ends_the_upload_with_its_error(tmp_path: Path) -> None:
+    store = MediaStore.open(None, str(tmp_path))
+    (tmp_path / "outputs").write_bytes(b"a file where the folder should be")
+    try:
+        for size in (100, (staged_file.BUFFERS + 2) * staged_file.BATCH_BYTES):  # ends, or waits for a buffer
+            with pytest.raises(OSError):
+                async with asyncio.timeout(10):
+                    await store.put(KEY, pieces(sample(size)))
+        assert files_in(tmp_path) == ["outputs"]
+    finally:
+        store.close()
+
+
+async def test_a_discard_after_the_rename_takes_the_object_away(tmp_path: Path) -> None:
+    """The loop gave up (a time-out) just as the thread renamed the file into place: the copy
+    counts as failed, so the object must not stay."""
+    staged = staged_file._StagedFile(tmp_path / "outputs" / "x")
+    staged.open()
+    staged.write(memoryview(b"whole"))
+    staged.commit()
+    assert files_in(tmp_path) == ["outputs/x"]
+    staged.discard()
+    assert files_in(tmp_path) == []
+
+
+async def test_cancelled_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled while the thread is writing a batch: the discard waits for that write, then
+    removes the staging file."""
+    writing = threading.Event()
+    real_write = staged_file._StagedFile.write
+
+    def slow_write(self: staged_file._StagedFile, batch: memoryview | bytes) -> None:
+        writing.set()
+        time.sleep(0.3)
+        real_write(self, batch)
+
+    monkeypatch.setattr(staged_file._StagedFile, "write", slow_write)
+    store = MediaStore.open(None, str(tmp_path))
+    never = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        async for chunk in pieces(sample(staged_file.BATCH_BYTES + 1)):
+            yield chunk
+        await never.wait()
+        yield b"never"
+
+    try:
+        upload = asyncio.create_task(store.put(KEY, stalls()))
+        async with asyncio.timeout(10):
+            while not writing.is_set():
+                await asyncio.sleep(0.01)
+        assert [name for name in files_in(tmp_path) if "#" in name]  # the staging file, unlisted
+        assert await store.keys("outputs") == []
+        upload.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await upload
+        assert files_in(tmp_path) == []
+    finally:
+        store.close()
+
+
+async def test_a_stalled_write_times_out_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = staged_file._StagedFile.write
+
+    def stuck_write(self: staged_file._StagedFile, batch: memoryview | bytes) -> None:
+        time.sleep(0.5)  # a disk that hangs, for longer than the time-out
+        real_write(self, batch)
+
+    monkeypatch.setattr(staged_file._StagedFile, "write", stuck_write)
+    store = MediaStore.open(None, str(tmp_path))
+    try:
+        path = local_path(tmp_path.resolve(), KEY)
+        assert path is not None
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await write_staged(path, pieces(sample(100_000)), store._threads, timeout_s=0.1)
+        assert time.monotonic() - started < 0.45  # the loop did not wait for the stuck write
+        async with asyncio.timeout(5):  # the discard runs once the stuck write returns
+            while files_in(tmp_path):
+                await asyncio.sleep(0.05)
+    finally:
+        store.close()
+
+
+async def test_obstore_upload_hashes_and_leaves_nothing_when_abandoned(tmp_path: Path) -> None:
+    """The path of S3, GCS and Azure (here obstore's LocalStore, staged uploads skipped)."""
+    local = MediaStore.open(None, str(tmp_path))
+    store = MediaStore(local._store, description="obstore's own upload")
+    local.close()
     data = sample(PART_BYTES + 300_000)  # more than one multipart part
     try:
         assert await store.put(KEY, pieces(data)) == hashlib.sha256(data).hexdigest()
@@ -59,5 +198,28 @@ async def test_obstore_upload_hashes_and_leaves_nothing_when_abandoned(tmp_path:
         with pytest.raises(Exception, match="not supported"):
             async with asyncio.timeout(10):
                 await store.put("outputs/req-1/2#1", pieces(data))  # a name LocalStore refuses
+    finally:
+        store.close()
+
+
+async def test_store_folder_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative MEDIA_DIR: the staged upload and LocalStore agree on the folder."""
+    monkeypatch.chdir(tmp_path)
+    store = MediaStore.open(None, "media")
+    try:
+        await store.put(KEY, pieces(b"relative"))
+        assert await read_all(store, KEY) == b"relative"
+        assert files_in(tmp_path / "media") == [KEY]
+    finally:
+        store.close()
+
+
+async def test_a_file_url_store_takes_the_same_path(tmp_path: Path) -> None:
+    store = MediaStore.open(f"file://{tmp_path}/media", "unused")
+    try:
+        assert store._local_root == tmp_path / "media"
+        await store.put(KEY, pieces(b"by url"))
+        assert await read_all(store, KEY) == b"by url"
+        assert files_in(tmp_path / "media") == [KEY]
     finally:
         store.close()

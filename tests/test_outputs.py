@@ -522,7 +522,8 @@ async def test_a_dead_workers_claim_lapses_and_another_takes_over(
 
 
 async def test_copier_refuses_unexpected_types_and_keeps_nothing(tmp_path: Path) -> None:
-    """The copier on its own, against a real HTTP server that answers what fal never should."""
+    """The copier on its own, against a real HTTP server that answers what fal never should: a
+    type we do not keep, and a body that outgrows MAX_OUTPUT_BYTES without having declared it."""
     from service.outputs.copier import Copier
     from service.outputs.sources import SourcePolicy
     from service.outputs.store import MediaStore
@@ -534,8 +535,13 @@ async def test_copier_refuses_unexpected_types_and_keeps_nothing(tmp_path: Path)
             await send({"type": "lifespan.shutdown.complete"})
             return
         kind = scope["path"].rsplit("/", 1)[-1]
-        content_type = {"html": b"text/html", "png": b"image/png"}[kind]
+        content_type = {"html": b"text/html", "png": b"image/png", "big": b"video/mp4"}[kind]
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        if kind == "big":  # no Content-Length (chunked): the limit can only be found while streaming
+            for _ in range(3):
+                await send({"type": "http.response.body", "body": b"v" * 60, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
         await send({"type": "http.response.body", "body": b"<script>alert(1)</script>" if kind != "png" else b"\x89PNG"})
 
     cdn = await start_uvicorn(odd_cdn, free_socket())
@@ -547,6 +553,9 @@ async def test_copier_refuses_unexpected_types_and_keeps_nothing(tmp_path: Path)
             assert html.status == "failed" and "'text/html'" in (html.error or "")
             png = await copier.copy(f"{cdn.url}/media/png", "image", "k/png")
             assert png.status == "stored" and png.size == 4 and png.sha256 == sha(b"\x89PNG")
+            big = await copier.copy(f"{cdn.url}/media/big", "video", "k/big")
+            assert big.status == "failed" and "MAX_OUTPUT_BYTES" in (big.error or ""), big
             assert await store.keys("k") == ["k/png"]
+            assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["png"]  # no staging file either
     finally:
         await cdn.stop()

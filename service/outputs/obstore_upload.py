@@ -1,5 +1,6 @@
-"""An upload through obstore (a local folder, S3, GCS, Azure): its synchronous multipart put in a
-thread (store.py says why not its asyncio API), fed from the event loop, hashing on the way.
+"""An upload through obstore (S3, GCS, Azure; a local folder for keys it would encode): its
+synchronous multipart put in a thread (store.py says why not its asyncio API), fed from the event
+loop, hashing on the way.
 """
 
 from __future__ import annotations

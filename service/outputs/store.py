@@ -12,6 +12,10 @@ that has awaited obstore's coroutines aborts (SIGABRT) at interpreter exit about
 (obstore 0.12.1, measured with a bare put), which would make every shutdown a coin toss; the
 synchronous calls never did (0 in 30). Bytes still stream: an upload's thread pulls pieces that
 the event loop hands it (obstore_upload.py), a read's pieces are pulled one at a time.
+
+Uploads into a local folder (the default) skip obstore: a thread of ours hashes and writes a
+staging file that is then renamed to where LocalStore keeps the key (staged_file.py says why).
+Reads, deletes and listings go through obstore for every store.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, ObjectStore, from_url
 
 from service.outputs.obstore_upload import upload
+from service.outputs.staged_file import local_path, write_staged
 
 T = TypeVar("T")
 
@@ -45,8 +50,10 @@ class ObjectMissing(Exception):
 
 
 class MediaStore:
-    def __init__(self, store: ObjectStore, *, description: str) -> None:
+    def __init__(self, store: ObjectStore, *, description: str, local_root: Path | None = None) -> None:
         self._store = store
+        self._local_root = local_root
+        """The folder of a LocalStore: uploads there skip obstore (see staged_file.py)."""
         self._threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="media-store")
         self.description = description
         """Where the bytes live, for log lines (no credentials)."""
@@ -54,7 +61,10 @@ class MediaStore:
     @classmethod
     def open(cls, url: str | None, local_dir: str) -> MediaStore:
         if url is None:
-            return cls(LocalStore(Path(local_dir), mkdir=True, automatic_cleanup=True), description=local_dir)
+            # Resolved once, as LocalStore does: the staged uploads must land where it reads.
+            root = Path(local_dir).resolve()
+            store: ObjectStore = LocalStore(root, mkdir=True, automatic_cleanup=True)
+            return cls(store, description=local_dir, local_root=root)
         client_options: dict[str, object] = {"timeout": f"{int(CALL_TIMEOUT_S)}s", "connect_timeout": "5s"}
         if os.environ.get("AWS_ALLOW_HTTP", "").lower() == "true":
             # A client option, which obstore does not take from the environment by itself: for a
@@ -66,7 +76,8 @@ class MediaStore:
             store = from_url(url)
         else:
             store = from_url(url, client_options=client_options)  # type: ignore[arg-type]
-        return cls(store, description=url.split("?", 1)[0])
+        local_root = Path(store.prefix) if isinstance(store, LocalStore) and store.prefix is not None else None
+        return cls(store, description=url.split("?", 1)[0], local_root=local_root)
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -80,6 +91,8 @@ class MediaStore:
         """Stream `chunks` into `key` and answer their sha256 (hex). The object appears whole or
         not at all; memory stays within a few parts whatever the size. Stalls are the source's
         to time out."""
+        if self._local_root is not None and (path := local_path(self._local_root, key)) is not None:
+            return await write_staged(path, chunks, self._threads, timeout_s=CALL_TIMEOUT_S)
         return await upload(self._store, key, chunks, self._threads)
 
     async def size(self, key: str) -> int:
