@@ -72,6 +72,28 @@ async def test_local_upload_lands_where_obstore_reads_it(tmp_path: Path) -> None
         store.close()
 
 
+async def test_buffers_are_reused_only_after_a_whole_upload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(staged_file, "_SPARE", [])
+    store = MediaStore.open(None, str(tmp_path))
+    try:
+        first = sample(staged_file.BATCH_BYTES + 10)
+        await store.put("outputs/a/0-x", pieces(first))
+        assert len(staged_file._SPARE) == 2
+        await store.put("outputs/a/1-x", pieces(b"short"))  # into a reused buffer that held `first`
+        assert await read_all(store, "outputs/a/1-x") == b"short"
+        assert await read_all(store, "outputs/a/0-x") == first
+
+        async def broken() -> AsyncIterator[bytes]:
+            yield b"some"
+            raise ConnectionResetError
+
+        with pytest.raises(ConnectionResetError):
+            await store.put("outputs/a/2-x", broken())
+        assert len(staged_file._SPARE) == 1  # the failed upload's buffer may still be in the thread's hands
+    finally:
+        store.close()
+
+
 async def test_a_failing_source_leaves_nothing(tmp_path: Path) -> None:
     store = MediaStore.open(None, str(tmp_path))
 
