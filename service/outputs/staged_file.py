@@ -7,9 +7,10 @@ Here the loop only copies what the socket gives into 1 MiB buffers, up to four u
 worker thread hashes and writes each full buffer while the loop fills the next (hashlib and file
 writes release the GIL). Measured with bench/outputs.py on a shared 2-core machine, against
 obstore's put: at 50 and 500 MB the copier's event loop spends 0.3-1.1 s less CPU per GB, a copy
-adds ~4 MB of RSS instead of 7-13 MB, and the copies kept up with the floor where obstore's put
-fell 5-15 % behind; the process's CPU per GB is about the same or a little higher (what the
-loop no longer does, the thread does). At 1 MB both are ~0.7 of the floor.
+adds ~3.5 MB of RSS instead of 7-13 MB, and the copies kept up with the floor (1.04-1.19) where
+obstore's put measured 0.87-1.03 in the same hours; the process's CPU per GB is about the same
+or a little higher (what the loop no longer does, the thread does). At 1 MB both are at ~0.7-0.8
+of the floor.
 
 The guarantees are LocalStore's own: the file appears whole or not at all (written under a
 staging name in the same folder, then `os.replace`d, atomic within one filesystem), and the
