@@ -77,35 +77,27 @@ RETENTION_DELETED = Counter(PREFIX + "retention_deleted_rows_total", "Rows delet
 LIMIT_REFUSALS = Counter(PREFIX + "limit_refusals_total",
                          "Requests refused with 429 by a limit (open_jobs, jobs_per_minute, streams, waits)", ["limit"])
 
-_http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-
-def http_request(method: str, route: str, status: int, seconds: float) -> None:
-    key = (method, route, status)
-    children = _http_children.get(key)
-    if children is None:
-        children = _http_children[key] = (HTTP_REQUESTS.labels(method, route, str(status)),
-                                          HTTP_DURATION.labels(method, route))
-    children[0].inc()
-    children[1].observe(seconds)
-
-
-def limit_refused(limit: str) -> None:
-    LIMIT_REFUSALS.labels(limit).inc()
-
-
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
 def _child(metric: Any, *labels: str) -> Any:
     """`metric.labels(*labels)`, looked up once: `labels` takes a lock and builds a key on every call,
-    and the per-webhook calls (outcome, finished job, its duration) add up. The label values are
-    bounded (outcomes, statuses, the allowed models), and so is this cache."""
+    and every request and webhook makes several. The label values are bounded (HTTP methods, route
+    templates, statuses, outcomes, the allowed models), and so is this cache."""
     key = (id(metric), labels)
     child = _children.get(key)
     if child is None:
         child = _children[key] = metric.labels(*labels)
     return child
+
+
+def http_request(method: str, route: str, status: int, seconds: float) -> None:
+    _child(HTTP_REQUESTS, method, route, str(status)).inc()
+    _child(HTTP_DURATION, method, route).observe(seconds)
+
+
+def limit_refused(limit: str) -> None:
+    LIMIT_REFUSALS.labels(limit).inc()
 
 
 def webhook(outcome: str, reason: str = "") -> None:
