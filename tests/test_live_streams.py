@@ -129,6 +129,35 @@ async def test_heartbeats_and_retry_hint(service: RunningServer, http: httpx.Asy
         assert heartbeat.comment == "heartbeat"
 
 
+async def test_heartbeats_take_turns_instead_of_waking_every_stream_at_once() -> None:
+    """Each tick wakes one slice of the streams: a webhook arriving then waits behind a few writes,
+    not behind one per open stream. Checked by the order of the heartbeats, not by timing."""
+    from service.realtime.hub import HEARTBEAT_SLICES, HEARTBEAT_TICK_MIN_S, Signal
+
+    hub = Hub()
+    subscriptions = [hub.subscribe(user_id="u", request_id=f"job-{i}") for i in range(2 * HEARTBEAT_SLICES)]
+    order: list[int] = []
+
+    async def watch(index: int) -> None:
+        assert await subscriptions[index].next() is Signal.TIMEOUT
+        order.append(index)
+
+    watchers = [asyncio.create_task(watch(i)) for i in range(len(subscriptions))]
+    interval_s = 8 * HEARTBEAT_TICK_MIN_S  # eight ticks per interval
+    hub.start_heartbeats(interval_s)
+    try:
+        await asyncio.wait_for(asyncio.gather(*watchers), 10)
+    finally:
+        hub.stop_heartbeats()
+    assert sorted(order) == list(range(len(subscriptions))), "every stream has its heartbeat within one interval"
+    per_tick = len(subscriptions) // 8
+    turns = [{index % HEARTBEAT_SLICES % 8 for index in order[k * per_tick:(k + 1) * per_tick]} for k in range(8)]
+    assert turns == [{k} for k in range(8)], "tick k wakes only the slices of turn k"
+    for subscription in subscriptions:
+        hub.unsubscribe(subscription)
+    assert hub.subscriber_count == 0 and not any(hub._heartbeat_slices)
+
+
 async def test_disconnects_free_every_subscription(service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser) -> None:
     hub = hub_of(service)
     before = hub.subscriber_count
