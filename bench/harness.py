@@ -279,7 +279,7 @@ async def start_service(dsn: str, emulator: Any, fal_key: str, log_path: Path, *
         "APP_URL": url,
         "HOST": "127.0.0.1",
         "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": os.environ.get("BENCH_SERVICE_LOG_LEVEL", "WARNING"),
         "RECONCILE_INTERVAL_S": "3600",
         "FAL_JOBS_NO_VENV": "1",  # already on the project's interpreter: never bootstrap or pip install
         # `run` alone would start one process per core: --processes decides, and 1 means one.

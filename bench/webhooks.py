@@ -19,6 +19,9 @@ Phases, all on the same database:
      between (1) and (2) into "database path" and "HTTP + verification".
   4. (1) and (2) again with the `fal_job_events_notify` trigger disabled (re-enabled afterwards).
 
+The service logs at WARNING, so the per-request log line is not in its CPU; the environment
+variable BENCH_SERVICE_LOG_LEVEL=INFO runs it at the production level (one JSON line per request).
+
 --profile-service FILE runs the service under cProfile, switched on only for phase 1 (SIGUSR1 /
 SIGUSR2), writes the stats to FILE and prints the top entries. Profiling slows the service down:
 its numbers are then not the benchmark's.
