@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from service.db.pool import init_connection
 from service.jobs.models import Job, JobChange, LogLine, NewJob
 from service.jobs.rows import JOB_COLUMNS, job_from_row
-from service.jobs.status_machine import _read_decide_write, apply_change, create_job, decide
+from service.jobs.status_machine import _read_decide_write, apply_change, create_job, decide, finish_many
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -157,6 +157,47 @@ async def test_an_end_in_one_round_trip_writes_the_event_the_two_round_trips_wou
         again = await apply_change(connection, fast.request_id, end)
     assert not again.accepted and again.job == ended.job
     assert len(await events_of(pool, fast.request_id)) == 3
+
+
+async def test_ends_written_together_are_each_what_apply_change_writes(pool: asyncpg.Pool) -> None:
+    """`finish_many` (the webhooks' batches) ends each open job as `apply_change` does, in one
+    statement: the same row, the same event text, the outputs queued; a job that is not open (ended
+    already, or no row) is left out of its answer, untouched."""
+    twins = [(await new_job(pool), await new_job(pool)) for _ in ENDS]
+    ended_before = await new_job(pool)
+    async with pool.acquire() as connection:
+        await apply_change(connection, ended_before.request_id, JobChange(status="cancelled"))
+        for twin in (job for pair in twins for job in pair):
+            await apply_change(connection, twin.request_id, JobChange(status="in_progress", logs=logs(2)))
+        alone = [await apply_change(connection, one.request_id, end) for (one, _), end in zip(twins, ENDS, strict=True)]
+        changes = {batched.request_id: end for (_, batched), end in zip(twins, ENDS, strict=True)}
+        changes[ended_before.request_id] = JobChange(status="completed", result={"seed": 1})
+        changes["no-such-job"] = JobChange(status="failed", error="boom")
+        together = await finish_many(connection, changes)
+    assert set(together) == {batched.request_id for _, batched in twins}, "only the open jobs are ended"
+    for (one, batched), applied in zip(twins, alone, strict=True):
+        job = together[batched.request_id]
+        assert applied.job is not None and job.version == applied.job.version == 3
+        row = await pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1", batched.request_id)
+        assert job_from_row(row) == job
+        stored, expected = await pool.fetchrow(
+            "SELECT data::text, $2::jsonb::text FROM fal_job_events WHERE request_id = $1 AND version = 3",
+            batched.request_id, job)
+        assert stored == expected
+        same = {"request_id", "created_at", "updated_at", "completed_at", "outputs"}
+        assert {k: v for k, v in msgspec.structs.asdict(job).items() if k not in same} == \
+            {k: v for k, v in msgspec.structs.asdict(applied.job).items() if k not in same}
+        queued = await pool.fetch("SELECT index, kind, source_url FROM fal_job_outputs WHERE request_id = $1 "
+                                  "ORDER BY index", batched.request_id)
+        alone_queued = await pool.fetch("SELECT index, kind, source_url FROM fal_job_outputs WHERE request_id = $1 "
+                                        "ORDER BY index", one.request_id)
+        assert [tuple(r) for r in queued] == [tuple(r) for r in alone_queued]
+        assert [o.url for o in job.outputs] == [f"/api/jobs/{batched.request_id}/outputs/{o.index}" for o in job.outputs]
+    untouched = await events_of(pool, ended_before.request_id)
+    assert [e["status"] for e in untouched] == ["pending", "cancelled"]
+    with pytest.raises(ValueError, match="terminal changes without logs"):
+        async with pool.acquire() as connection:
+            await finish_many(connection, {"x": JobChange(status="in_progress")})
 
 
 # A job's true history, as fal would report it: queue positions counting down, growing logs, one end.

@@ -3,6 +3,7 @@ applied, what is refused, and that a refusal is something fal retries."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -166,6 +167,35 @@ async def test_a_repeated_early_webhook_is_parked_once(service: RunningServer, f
         response = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
         assert response.status_code == 200 and response.json()["outcome"] == "parked"
     assert await pool.fetchval("SELECT count(*) FROM fal_early_webhooks WHERE request_id = $1", request_id) == 1
+
+
+async def test_a_burst_is_written_in_batches_and_each_job_ends_once(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    """Webhooks arriving together share one statement (`FinishBatches`); the answers are what
+    they would be one by one: each job applied once, repeated deliveries duplicates, a webhook
+    before its job parked, a failure recorded as one."""
+    jobs = [await open_job(pool) for _ in range(40)]
+    failing = await open_job(pool)
+    early = str(uuid.uuid4())  # no row
+    bodies = {request_id: webhook(request_id) for request_id in [*jobs, early]}
+    bodies[failing] = webhook(failing, status="ERROR", error="Invalid status code: 422", payload={"detail": []})
+    deliveries = [*bodies.items(), *((request_id, bodies[request_id]) for request_id in jobs[:10])]  # 10 twice
+    finishes = service.app.state.webhooks._intake._finishes
+    batches_before, jobs_before = finishes.batches, finishes.jobs
+    answers = await asyncio.gather(*(post(http, service.url, body, signed(fal.keyset.current, request_id, body))
+                                     for request_id, body in deliveries))
+    assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers if a.status_code != 200]
+    outcomes: dict[str, list[str]] = {}
+    for answer in answers:
+        outcomes.setdefault(answer.json()["request_id"], []).append(answer.json()["outcome"])
+    assert outcomes[early] == ["parked"]
+    for request_id in [*jobs, failing]:
+        assert sorted(outcomes[request_id]) == ["applied"] + ["duplicate"] * (len(outcomes[request_id]) - 1), request_id
+    rows = await pool.fetch("SELECT j.request_id, j.status, j.version, count(e.id) AS events FROM fal_jobs j "
+                            "JOIN fal_job_events e USING (request_id) WHERE j.request_id = ANY($1) "
+                            "GROUP BY j.request_id, j.status, j.version", [*jobs, failing])
+    assert {(r["request_id"], r["status"], r["version"], r["events"]) for r in rows} == \
+        {*((r, "completed", 2, 2) for r in jobs), (failing, "failed", 2, 2)}
+    assert finishes.jobs - jobs_before > finishes.batches - batches_before, "at least one statement ended several jobs"
 
 
 async def test_an_oversized_webhook_is_413(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient) -> None:

@@ -20,8 +20,9 @@ from service.db.storable import storable_json
 from service.errors import InvalidRequest, NotAuthenticated, Unavailable
 from service.fal.gateway import CANCELLED_ERROR, FalGateway, FalRequestFailed, describe_error, was_cancelled
 from service.fal.signatures import JwksUnavailable, WebhookSignatureError, WebhookVerifier
+from service.jobs.finish_batches import FinishBatches
 from service.jobs.models import JobChange
-from service.jobs.status_machine import Applied, apply_change, lock_request
+from service.jobs.status_machine import Applied, apply_change, can_finish_at_once, lock_request, read_decide_write
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,29 @@ def parse_webhook(body: bytes, signed_request_id: str) -> FalWebhook:
 
 
 class WebhookIntake:
-    def __init__(self, pool: asyncpg.Pool, gateway: FalGateway) -> None:
+    def __init__(self, pool: asyncpg.Pool, gateway: FalGateway, finishes: FinishBatches | None = None) -> None:
         self._pool = pool
         self._gateway = gateway
+        self._finishes = finishes or FinishBatches(pool)
 
     async def receive(self, webhook: FalWebhook) -> Applied | None:
         """Apply the webhook, or park it when its job is not there yet (None).
 
-        The common case is two round trips: the status machine's read and its one committing
-        statement. Only a webhook without its row takes the advisory lock, in a transaction."""
+        The common case (a job's end, its row there and open) is one statement shared with the
+        webhooks that arrive with it (`FinishBatches`). What that leaves alone goes through the
+        status machine by itself; only a webhook without its row takes the advisory lock, in a
+        transaction."""
         change = _change_from_payload(webhook)
+        if change is not None and can_finish_at_once(change):
+            job = await self._finishes.finish(webhook.request_id, change)
+            if job is not None:
+                return Applied(job=job, accepted=True)
         async with self._pool.acquire() as connection:
             if change is not None:
-                applied = await apply_change(connection, webhook.request_id, change)
+                if can_finish_at_once(change):  # the batch did not end it: decide on the row
+                    applied = await read_decide_write(connection, webhook.request_id, change)
+                else:
+                    applied = await apply_change(connection, webhook.request_id, change)
                 if applied.job is not None:
                     return applied
             async with connection.transaction():

@@ -6,8 +6,9 @@ the row under its lock only if its version is unchanged, bumps `version` and app
 event; when another writer got there first it decides again on the fresh row. A job's end
 without log lines (what every webhook brings) skips the read: one statement ends the job only
 while it is open, which is what `decide` would conclude, and falls back to the read when it is
-not. The event row carries the job as it is after the change, so readers of the event log never
-need a second query; its INSERT fires the NOTIFY trigger.
+not; `finish_many` does the same for several jobs in one statement (webhooks that arrive together,
+see `finish_batches`). The event row carries the job as it is after the change, so readers of the
+event log never need a second query; its INSERT fires the NOTIFY trigger.
 
 The rules (`decide`): pending -> in_progress -> completed | failed | cancelled, and pending may
 go straight to a terminal state. Terminal states are final. A duplicate is a no-op that returns
@@ -151,7 +152,7 @@ async def apply_change(connection: asyncpg.Connection, request_id: str, change: 
     Anything else, and an end that `_finish` finds nothing to do for, takes two: `_read_decide_write`.
     """
     change = storable_struct(change)  # fal's text may hold NUL or lone surrogates: escaped, never refused
-    if change.status in TERMINAL_STATUSES and not change.logs:
+    if can_finish_at_once(change):
         finished = await _finish(connection, request_id, change)
         if finished is not None:
             return finished
@@ -168,50 +169,100 @@ def _msgspec_timestamp(column: str) -> str:
 
 _OPEN = "status NOT IN (" + ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES)) + ")"
 
-_FINISH = f"""
-WITH changed AS (
-    UPDATE fal_jobs SET status = $2, queue_position = NULL, result = $3, error = $4, error_type = $5,
-        completed_at = $6, updated_at = $6, version = version + 1, outputs = coalesce($7, outputs)
-    WHERE request_id = $1 AND {_OPEN}
-    RETURNING {JOB_COLUMNS}
+
+async def _finish(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied | None:
+    """The change `decide` makes of a terminal change without logs on an open job, without reading
+    the job first; None when the job is not open (already ended, or not there): decide then."""
+    job = (await finish_many(connection, {request_id: change})).get(request_id)
+    return None if job is None else Applied(job=job, accepted=True)
+
+
+_J_COLUMNS = ", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(","))
+
+_FINISH_MANY = f"""
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS i(request_id text, status text, result jsonb, error text, error_type text, outputs jsonb)
+), changed AS (
+    UPDATE fal_jobs j SET status = i.status, queue_position = NULL, result = i.result, error = i.error,
+        error_type = i.error_type, completed_at = $2, updated_at = $2, version = j.version + 1,
+        outputs = coalesce(i.outputs, j.outputs)
+    FROM input i
+    WHERE j.request_id = i.request_id AND j.{_OPEN}
+    RETURNING {_J_COLUMNS}
 ), queued AS (
     INSERT INTO fal_job_outputs (request_id, index, user_id, kind, source_url, created_at, updated_at, next_attempt_at)
-    SELECT $1, t.i, changed.user_id, t.k, t.u, $6, $6, $6
-    FROM changed, unnest($8::int[], $9::text[], $10::text[]) AS t(i, k, u)
+    SELECT t.request_id, t.index, changed.user_id, t.kind, t.url, $2, $2, $2
+    FROM jsonb_to_recordset($3::jsonb) AS t(request_id text, index int, kind text, url text)
+    JOIN changed ON changed.request_id = t.request_id
     ON CONFLICT DO NOTHING
 ), event AS (
     INSERT INTO fal_job_events (request_id, user_id, version, status, data, created_at)
     SELECT request_id, user_id, version, status,
-        to_jsonb(changed) || jsonb_build_object('created_at', {_msgspec_timestamp("changed.created_at")}) || $11::jsonb,
-        $6
+        to_jsonb(changed) || jsonb_build_object('created_at', {_msgspec_timestamp("changed.created_at")}) || $4::jsonb,
+        $2
     FROM changed
 )
 SELECT {JOB_COLUMNS} FROM changed
 """
-"""A job's end in one statement: the row is updated only while it is open (the row lock the UPDATE
-takes re-checks that against a concurrent writer's commit), its outputs are queued, and the event
+"""Jobs' ends in one statement: each row is updated only while it is open (the row lock the UPDATE
+takes re-checks that against a concurrent writer's commit), its outputs are queued, and its event
 carries the job after the change. The event's JSON is the row's, with the timestamps written as
 msgspec writes them (`updated_at` and `completed_at` come from here, `created_at` is formatted
 above), so it equals what `_read_decide_write` would have stored (tests/test_status_machine.py
 compares the two)."""
 
 
-async def _finish(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied | None:
-    """The change `decide` makes of a terminal change without logs on an open job, without reading
-    the job first; None when the job is not open (already ended, or not there): decide then."""
+class _Finishing(msgspec.Struct, frozen=True):
+    request_id: str
+    status: str
+    result: Any
+    error: str | None
+    error_type: str | None
+    outputs: list[JobOutput] | None
+
+
+class _QueuedFile(msgspec.Struct, frozen=True):
+    request_id: str
+    index: int
+    kind: str
+    url: str
+
+
+def can_finish_at_once(change: JobChange) -> bool:
+    """A job's end without log lines: what `finish_many` (and `_finish`) apply without a read."""
+    return change.status in TERMINAL_STATUSES and not change.logs
+
+
+async def finish_many(connection: asyncpg.Connection, changes: dict[str, JobChange]) -> dict[str, Job]:
+    """End several open jobs in one statement (one commit): each as `apply_change` would end it,
+    with its outputs queued and one event. Returns the jobs it ended; a job missing from the
+    answer was not open (ended already, or no row yet): `apply_change` decides about it then.
+
+    Every change must pass `can_finish_at_once`; the dict's keys make the request ids distinct."""
     now = datetime.now(UTC)
-    files = media_files(change.result) if change.status == "completed" else []
-    row = await connection.fetchrow(
-        _FINISH, request_id, change.status, change.result, change.error, change.error_type, now,
-        pending_outputs(request_id, files) if files else None,
-        list(range(len(files))), [f.kind for f in files], [f.url for f in files],
-        {"updated_at": now, "completed_at": now},
-    )
-    if row is None:
-        return None
-    job = job_from_row(row)
-    metrics.job_finished(job.model_id, job.status, job.created_at, job.completed_at)
-    return Applied(job=job, accepted=True)
+    rows: list[_Finishing] = []
+    files: list[_QueuedFile] = []
+    for request_id, change in changes.items():
+        if not can_finish_at_once(change):
+            raise ValueError(f"job {request_id!r}: finish_many takes only terminal changes without logs")
+        change = storable_struct(change)
+        found = media_files(change.result) if change.status == "completed" else []
+        files.extend(_QueuedFile(request_id, index, f.kind, f.url) for index, f in enumerate(found))
+        rows.append(_Finishing(request_id, change.status, change.result, change.error, change.error_type,
+                               pending_outputs(request_id, found) if found else None))
+    finished = await connection.fetch(_FINISH_MANY, rows, now, files, {"updated_at": now, "completed_at": now})
+    jobs = {}
+    for row in finished:
+        job = job_from_row(row)
+        metrics.job_finished(job.model_id, job.status, job.created_at, job.completed_at)
+        jobs[job.request_id] = job
+    return jobs
+
+
+async def read_decide_write(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied:
+    """`apply_change` without its one-statement end: for a change `finish_many` left alone."""
+    return await _read_decide_write(connection, request_id, storable_struct(change))
 
 
 async def _read_decide_write(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied:
