@@ -74,6 +74,12 @@ OUTPUT_COPIES = Counter(PREFIX + "output_copies_total", "Output copies into the 
                         ["outcome"])
 OUTPUT_BYTES = Counter(PREFIX + "output_copied_bytes_total", "Bytes of outputs stored")
 RETENTION_DELETED = Counter(PREFIX + "retention_deleted_rows_total", "Rows deleted by retention, by table", ["table"])
+FINISH_BATCHES = Histogram(PREFIX + "finish_batch_jobs",
+                           "Jobs ended per statement by the webhooks' batches (1 = a lone webhook; failed batches "
+                           "are counted in finish_batch_failures_total)",
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 100))
+FINISH_BATCH_FAILURES = Counter(PREFIX + "finish_batch_failures_total",
+                                "Batches of job ends that failed (each of their webhooks was then applied alone)")
 LIMIT_REFUSALS = Counter(PREFIX + "limit_refusals_total",
                          "Requests refused with 429 by a limit (open_jobs, jobs_per_minute, streams, waits)", ["limit"])
 
@@ -121,6 +127,13 @@ def event_delivered(written_at: float) -> None:
     """`written_at`: the event's write time in Unix seconds (0 when unknown)."""
     if written_at:
         _observe_lag(max(0.0, time.time() - written_at))
+
+
+def finish_batch(jobs: int, *, failed: bool = False) -> None:
+    if failed:
+        FINISH_BATCH_FAILURES.inc()
+    else:
+        FINISH_BATCHES.observe(jobs)
 
 
 def followers(active: int, waiting: int) -> None:

@@ -106,6 +106,11 @@ async def test_a_round_trip_moves_every_counter_by_what_it_did(
     assert 0.5 <= duration < 20, f"submit to completed took {duration}s; the emulator queued 0.3 s and ran 0.3 s"
     assert moved(before, after, "fal_jobs_webhooks_total", outcome="applied", reason="") == 1
     assert moved(before, after, "fal_jobs_webhooks_total", outcome="duplicate", reason="") == 2
+    # Each delivery that found no batch holding its job joined one (the first ended the job; a
+    # duplicate that came later found it ended): batches of this one job.
+    batches = moved(before, after, "fal_jobs_finish_batch_jobs_count")
+    assert 1 <= batches <= 3 and moved(before, after, "fal_jobs_finish_batch_jobs_sum") == batches
+    assert moved(before, after, "fal_jobs_finish_batch_failures_total") == 0
     assert moved(before, after, "fal_jobs_http_requests_total", method="POST", route="/api/jobs", status="202") == 1
     assert moved(before, after, "fal_jobs_http_requests_total", method="POST", route="/api/webhooks/fal", status="200") == 3
     assert moved(before, after, "fal_jobs_http_request_duration_seconds_count", method="POST", route="/api/webhooks/fal") == 3

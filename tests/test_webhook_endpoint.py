@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from service.emulator import FalEmulator
 from service.emulator.signing import SigningKey, signed_headers
@@ -149,6 +150,7 @@ async def test_a_database_outage_answers_503_so_fal_retries(fal: FalEmulator, ht
     dsn = server.get_uri()
     apply_migrations(dsn)
     service = await serve(lambda url: create_app(fal_settings(dsn, fal, url)))
+    failed_batches = REGISTRY.get_sample_value("fal_jobs_finish_batch_failures_total") or 0
     try:
         server.cleanup()  # Postgres goes away
         request_id = str(uuid.uuid4())
@@ -156,6 +158,8 @@ async def test_a_database_outage_answers_503_so_fal_retries(fal: FalEmulator, ht
         response = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
         assert response.status_code == 503, response.text
         assert response.json()["error"] == "unavailable" and response.headers["retry-after"]
+        # Its batch failed first; applied alone, it met the outage itself, and answered with it.
+        assert REGISTRY.get_sample_value("fal_jobs_finish_batch_failures_total") == failed_batches + 1
     finally:
         await service.stop()
 

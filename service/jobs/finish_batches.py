@@ -20,6 +20,7 @@ import logging
 
 import asyncpg
 
+from service import metrics
 from service.jobs.models import Job, JobChange
 from service.jobs.status_machine import finish_many
 
@@ -63,7 +64,9 @@ class FinishBatches:
                         ended = await finish_many(connection, {r: change for r, (change, _) in batch.items()})
                     self.batches += 1
                     self.jobs += len(batch)
+                    metrics.finish_batch(len(batch))
                 except Exception as error:
+                    metrics.finish_batch(len(batch), failed=True)
                     log.warning("a batch of job ends failed; each is applied alone",
                                 extra={"action": "jobs.finish_batch_failed", "jobs": len(batch),
                                        "error": type(error).__name__})
