@@ -559,3 +559,24 @@ async def test_copier_refuses_unexpected_types_and_keeps_nothing(tmp_path: Path)
             assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["png"]  # no staging file either
     finally:
         await cdn.stop()
+
+
+async def test_media_files_finds_every_url_in_order_once_and_nothing_else() -> None:
+    from service.jobs.media import MAX_OUTPUTS, media_files
+
+    result = {
+        "images": [{"url": "https://fal.media/a.png", "width": 1, "content_type": "image/png"},
+                   {"url": "https://fal.media/b.webp"}],
+        "seed": 7, "timings": {"inference": 0.5}, "embedding": [0.1] * 1000,
+        "video": {"url": "https://fal.media/c.mp4", "file_size": 3},
+        "nested": [[{"audio_file": {"url": "https://fal.media/d.wav"}}]],
+        "again": {"url": "https://fal.media/a.png"},  # the same file twice: once
+        "local": {"url": "file:///etc/passwd"}, "relative": {"url": "/x.png"}, "not_text": {"url": 3},
+    }
+    assert [(f.url, f.kind) for f in media_files(result)] == [
+        ("https://fal.media/a.png", "image"), ("https://fal.media/b.webp", "image"),
+        ("https://fal.media/c.mp4", "video"), ("https://fal.media/d.wav", "audio"),
+    ]
+    assert media_files({"images": [{"url": f"https://fal.media/{i}.png"} for i in range(MAX_OUTPUTS + 5)]})[-1].url == \
+        f"https://fal.media/{MAX_OUTPUTS - 1}.png"
+    assert media_files(None) == [] and media_files([1, "x", None]) == [] and media_files("https://fal.media/a.png") == []

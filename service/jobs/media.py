@@ -64,11 +64,13 @@ def media_files(result: Any) -> list[MediaFile]:
                 seen.add(url)
                 found.append(MediaFile(url, _kind(key, value, url)))
             for child_key, child in value.items():
-                if child_key != "url":
+                # Only containers can name a file: scalars (most of a result) cost no call.
+                if child_key != "url" and isinstance(child, (dict, list)):
                     visit(child, child_key)
         elif isinstance(value, list):
             for item in value:
-                visit(item, key)
+                if isinstance(item, (dict, list)):
+                    visit(item, key)
 
     visit(result, "")
     return found
