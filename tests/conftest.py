@@ -39,6 +39,14 @@ def _with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+def _with_user(dsn: str, user: str) -> str:
+    """`dsn` connecting as `user` (no password), everything else kept: a TCP host and port, or none
+    at all when the server is reached over a Unix socket (`?host=/dir`, the embedded server)."""
+    parts = urlsplit(dsn)
+    where = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{where}"))
+
+
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """A Postgres server: DATABASE_URL's, or an embedded one that lives as long as the run."""
@@ -225,8 +233,7 @@ async def scratch_role(dsn: str, *, create: bool = True) -> AsyncIterator[tuple[
     Its connections are told apart from the test's own in pg_stat_activity by `usename`. With
     create=False the role does not exist yet: `CREATE ROLE` it when the test wants it to work."""
     role = f"fal_jobs_role_{uuid.uuid4().hex[:10]}"
-    parts = urlsplit(dsn)
-    role_dsn = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+    role_dsn = _with_user(dsn, role)
     admin = await asyncpg.connect(dsn)
     try:
         if create:
