@@ -4,6 +4,9 @@
 connections stay open, bytes go in, nothing comes back and nothing is refused. `heal()` forwards
 again (what was held is delivered). Before `start()` nobody listens on its port, which is what a
 database that is down at start-up looks like to a client.
+
+The proxy always listens on TCP 127.0.0.1; upstream it reaches Postgres the way the DSN does, over
+TCP or over a Unix socket (the embedded server listens on a socket only: `?host=/dir`).
 """
 
 from __future__ import annotations
@@ -11,10 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# The DSN query parameters that say where the server is; in the proxy's URL the netloc says it.
+_WHERE = ("host", "port")
+
+
+def _server_of(dsn: str) -> tuple[str, int]:
+    """Where `dsn` reaches its server: (host, port), the host a directory for a Unix socket. As
+    libpq reads a URI: the netloc's host and port, else the `host` and `port` query parameters."""
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    host = parts.hostname or query.get("host") or "127.0.0.1"
+    port = parts.port or int(query.get("port") or 5432)
+    return host, port
 
 
 class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        """`upstream_host` may be a directory (it starts with a slash, as in libpq): the server's
+        Unix socket in it, `.s.PGSQL.<port>`."""
         self._upstream = (upstream_host, upstream_port)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -26,14 +45,18 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
 
-    def url_for(self, dsn: str) -> str:
-        """`dsn` with its host and port replaced by this proxy's."""
-        from urllib.parse import urlsplit, urlunsplit
+    @classmethod
+    def for_dsn(cls, dsn: str) -> TcpProxy:
+        """A proxy in front of the server `dsn` reaches, over TCP or a Unix socket."""
+        return cls(*_server_of(dsn))
 
+    def url_for(self, dsn: str) -> str:
+        """`dsn` with its host and port replaced by this proxy's (a socket's `?host=` dropped too)."""
         parts = urlsplit(dsn)
         netloc = parts.netloc.rsplit("@", 1)
         auth = netloc[0] + "@" if len(netloc) == 2 else ""
-        return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{self.port}"))
+        query = urlencode([(key, value) for key, value in parse_qsl(parts.query) if key not in _WHERE])
+        return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{self.port}", query=query))
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
@@ -60,7 +83,11 @@ class TcpProxy:
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self._upstream)
+            host, port = self._upstream
+            if host.startswith("/"):
+                upstream_reader, upstream_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
         except OSError:
             client_writer.close()
             return

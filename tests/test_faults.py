@@ -27,7 +27,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -68,8 +67,7 @@ async def direct(fault_db: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 def proxy_for(dsn: str) -> TcpProxy:
-    parts = urlsplit(dsn)
-    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    return TcpProxy.for_dsn(dsn)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, within_s: float, what: str) -> None:
