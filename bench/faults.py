@@ -43,7 +43,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -257,8 +256,7 @@ async def run(args: argparse.Namespace) -> None:
         emulator = FalEmulator(f"http://{host}:{port}", fal_key, retry_schedule_s=(0.5, 1, 2, 4, 8, 16))
         fal_server = uvicorn.Server(uvicorn.Config(create_emulator_app(emulator), log_config=None, access_log=False))
         fal_task = asyncio.create_task(fal_server.serve(sockets=[sock]))
-        parts = urlsplit(dsn)
-        proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+        proxy = TcpProxy.for_dsn(dsn)  # over TCP or, for the embedded server, its Unix socket
         await proxy.start()
         bench = Bench(dsn, proxy, emulator, fal_key, user, logs)
         bench.start_service()
