@@ -188,7 +188,8 @@ WITH input AS (
         error_type = i.error_type, completed_at = $2, updated_at = $2, version = j.version + 1,
         outputs = coalesce(i.outputs, j.outputs)
     FROM input i
-    WHERE j.request_id = i.request_id AND j.{_OPEN}
+    -- The ids again as an array: joined to a function's rows alone, the planner scans the table.
+    WHERE j.request_id = ANY($5::text[]) AND j.request_id = i.request_id AND j.{_OPEN}
     RETURNING {_J_COLUMNS}
 ), queued AS (
     INSERT INTO fal_job_outputs (request_id, index, user_id, kind, source_url, created_at, updated_at, next_attempt_at)
@@ -251,7 +252,8 @@ async def finish_many(connection: asyncpg.Connection, changes: dict[str, JobChan
         files.extend(_QueuedFile(request_id, index, f.kind, f.url) for index, f in enumerate(found))
         rows.append(_Finishing(request_id, change.status, change.result, change.error, change.error_type,
                                pending_outputs(request_id, found) if found else None))
-    finished = await connection.fetch(_FINISH_MANY, rows, now, files, {"updated_at": now, "completed_at": now})
+    finished = await connection.fetch(_FINISH_MANY, rows, now, files, {"updated_at": now, "completed_at": now},
+                                      list(changes))
     jobs = {}
     for row in finished:
         job = job_from_row(row)
