@@ -179,7 +179,8 @@ async def _finish(connection: asyncpg.Connection, request_id: str, change: JobCh
 
 _J_COLUMNS = ", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(","))
 
-_FINISH_MANY = f"""
+def _finish_statement(rows_wanted: str) -> str:
+    return f"""
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
         AS i(request_id text, status text, result jsonb, error text, error_type text, outputs jsonb)
@@ -189,7 +190,7 @@ WITH input AS (
         outputs = coalesce(i.outputs, j.outputs)
     FROM input i
     -- The ids again as an array: joined to a function's rows alone, the planner scans the table.
-    WHERE j.request_id = ANY($5::text[]) AND j.request_id = i.request_id AND j.{_OPEN}
+    WHERE {rows_wanted} AND j.request_id = i.request_id AND j.{_OPEN}
     RETURNING {_J_COLUMNS}
 ), queued AS (
     INSERT INTO fal_job_outputs (request_id, index, user_id, kind, source_url, created_at, updated_at, next_attempt_at)
@@ -206,12 +207,19 @@ WITH input AS (
 )
 SELECT {JOB_COLUMNS} FROM changed
 """
+
+
+_FINISH_MANY = _finish_statement("j.request_id = ANY($5::text[])")
 """Jobs' ends in one statement: each row is updated only while it is open (the row lock the UPDATE
 takes re-checks that against a concurrent writer's commit), its outputs are queued, and its event
 carries the job after the change. The event's JSON is the row's, with the timestamps written as
 msgspec writes them (`updated_at` and `completed_at` come from here, `created_at` is formatted
 above), so it equals what `_read_decide_write` would have stored (tests/test_status_machine.py
 compares the two)."""
+_FINISH_ONE = _finish_statement("j.request_id = $5::text")
+"""The same for one job: its id as a scalar lets Postgres keep one generic plan for the statement.
+With an array it planned each execution anew (a custom plan looks cheaper for a 1-element array
+than the generic one for any array): 0.66-0.69 ms a round trip against 0.38-0.40 ms."""
 
 
 class _Finishing(msgspec.Struct, frozen=True):
@@ -252,8 +260,8 @@ async def finish_many(connection: asyncpg.Connection, changes: dict[str, JobChan
         files.extend(_QueuedFile(request_id, index, f.kind, f.url) for index, f in enumerate(found))
         rows.append(_Finishing(request_id, change.status, change.result, change.error, change.error_type,
                                pending_outputs(request_id, found) if found else None))
-    finished = await connection.fetch(_FINISH_MANY, rows, now, files, {"updated_at": now, "completed_at": now},
-                                      list(changes))
+    statement, ids = (_FINISH_ONE, rows[0].request_id) if len(rows) == 1 else (_FINISH_MANY, list(changes))
+    finished = await connection.fetch(statement, rows, now, files, {"updated_at": now, "completed_at": now}, ids)
     jobs = {}
     for row in finished:
         job = job_from_row(row)
