@@ -14,9 +14,11 @@ import asyncpg
 import httpx
 
 from service.auth.api_keys import NewUser
-from tests.conftest import bearer, free_socket
+from service.emulator import FalEmulator
+from tests.conftest import FAL_KEY, bearer, free_socket
 from tests.sse import SseReader
 from tests.test_live_operations import start_process, wait_ready
+from tests.test_production_stance import ROOT, procfile_env, procfile_web_command
 
 PROCESSES = 2
 
@@ -50,10 +52,35 @@ async def test_run_with_several_processes_delivers_across_them(
     env.pop("STREAM_TOKEN_SECRET", None)  # run shares one of its own among its processes
     log = tmp_path / "run.log"
     process = start_process(env, log)
+    await delivers_across_processes(url, process, log, user, emulator_is_local=True)
+
+
+async def test_the_procfile_with_several_processes_delivers_across_them(
+    database_url: str, fal: FalEmulator, user: NewUser, tmp_path: Path,
+) -> None:
+    """The Procfile's web command as a deployment runs it: a real fal (here the emulator on its own
+    port, as fal would be), its webhooks to APP_URL, one stream-token secret for every process."""
+    port = free_socket().getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = procfile_env(database_url, port, WEB_CONCURRENCY=str(PROCESSES), FAL_KEY=FAL_KEY,
+                       FAL_QUEUE_URL=fal.base_url, FAL_JWKS_URL=fal.jwks_url, APP_URL=url,
+                       STREAM_TOKEN_SECRET="procfile-test-" + "s" * 32, RECONCILE_INTERVAL_S="3600")
+    env.pop("LISTEN_DATABASE_URL", None)
+    log = tmp_path / "web.log"
+    process = subprocess.Popen(["bash", "-c", procfile_web_command()], cwd=ROOT, env=env, stdout=log.open("ab"),
+                               stderr=subprocess.STDOUT)
+    await delivers_across_processes(url, process, log, user, emulator_is_local=False)
+
+
+async def delivers_across_processes(url: str, process: subprocess.Popen[bytes], log: Path, user: NewUser, *,
+                                    emulator_is_local: bool) -> None:
+    """A job created through one process; a subscriber on every process; each sees it complete,
+    whichever process fal's webhook reached. Then the metrics sum every process, and the server
+    stops cleanly."""
     clients: dict[int, httpx.AsyncClient] = {}
     try:
         await asyncio.to_thread(wait_ready, url, process, log)
-        assert "LOCAL fal EMULATOR" in log.read_text()
+        assert ("LOCAL fal EMULATOR" in log.read_text()) == emulator_is_local
         clients = await pinned_clients(url, PROCESSES)
         first, *others = clients.values()
         created = await first.post("/api/jobs", headers=bearer(user), json={
