@@ -158,7 +158,7 @@ async def test_a_database_outage_answers_503_so_fal_retries(fal: FalEmulator, ht
         response = await post(http, service.url, body, signed(fal.keyset.current, request_id, body))
         assert response.status_code == 503, response.text
         assert response.json()["error"] == "unavailable" and response.headers["retry-after"]
-        # Its batch failed first; applied alone, it met the outage itself, and answered with it.
+        # Its batch met the outage and answered for it at once (not once more alone).
         assert REGISTRY.get_sample_value("fal_jobs_finish_batch_failures_total") == failed_batches + 1
     finally:
         await service.stop()
@@ -200,6 +200,37 @@ async def test_a_burst_is_written_in_batches_and_each_job_ends_once(service: Run
     assert {(r["request_id"], r["status"], r["version"], r["events"]) for r in rows} == \
         {*((r, "completed", 2, 2) for r in jobs), (failing, "failed", 2, 2)}
     assert finishes.jobs - jobs_before > finishes.batches - batches_before, "at least one statement ended several jobs"
+
+
+async def test_a_batch_stuck_on_a_row_lock_does_not_hold_the_other_webhooks(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    """One job's row held by a long transaction stalls the batch that ends it; a webhook for
+    another job, gathered behind that batch, gives up waiting after `MAX_WAIT_S` and is applied
+    alone, while the row is still held."""
+    stuck, other = await open_job(pool), await open_job(pool)
+    bodies = {request_id: webhook(request_id) for request_id in (stuck, other)}
+
+    def deliver(request_id: str) -> Any:
+        return asyncio.create_task(post(http, service.url, bodies[request_id],
+                                        signed(fal.keyset.current, request_id, bodies[request_id])))
+
+    async with pool.acquire() as holder:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM fal_jobs WHERE request_id = $1 FOR UPDATE", stuck)
+        stuck_answer = deliver(stuck)
+        await asyncio.sleep(0.2)  # its batch is at the database, waiting for the row
+        other_answer = await asyncio.wait_for(deliver(other), 10)
+        assert not stuck_answer.done(), "the stuck job's webhook waits for its row"
+        assert other_answer.status_code == 200 and other_answer.json()["outcome"] == "applied", other_answer.text
+        await transaction.rollback()
+    # The statement time-out (2 s) may have ended the stuck batch first: a 503, which fal retries.
+    first = await stuck_answer
+    assert first.status_code in (200, 503), first.text
+    if first.status_code == 503:
+        again = await post(http, service.url, bodies[stuck], signed(fal.keyset.current, stuck, bodies[stuck]))
+        assert again.status_code == 200, again.text
+    assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", stuck) == "completed"
+    assert await pool.fetchval("SELECT count(*) FROM fal_job_events WHERE request_id = $1", other) == 2
 
 
 async def test_an_oversized_webhook_is_413(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient) -> None:

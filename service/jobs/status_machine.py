@@ -252,7 +252,8 @@ async def finish_many(connection: asyncpg.Connection, changes: dict[str, JobChan
     now = datetime.now(UTC)
     rows: list[_Finishing] = []
     files: list[_QueuedFile] = []
-    for request_id, change in changes.items():
+    # In key order: two processes' batches sharing jobs lock their rows in the same order.
+    for request_id, change in sorted(changes.items()):
         if not can_finish_at_once(change):
             raise ValueError(f"job {request_id!r}: finish_many takes only terminal changes without logs")
         change = storable_struct(change)
@@ -260,7 +261,7 @@ async def finish_many(connection: asyncpg.Connection, changes: dict[str, JobChan
         files.extend(_QueuedFile(request_id, index, f.kind, f.url) for index, f in enumerate(found))
         rows.append(_Finishing(request_id, change.status, change.result, change.error, change.error_type,
                                pending_outputs(request_id, found) if found else None))
-    statement, ids = (_FINISH_ONE, rows[0].request_id) if len(rows) == 1 else (_FINISH_MANY, list(changes))
+    statement, ids = (_FINISH_ONE, rows[0].request_id) if len(rows) == 1 else (_FINISH_MANY, [r.request_id for r in rows])
     finished = await connection.fetch(statement, rows, now, files, {"updated_at": now, "completed_at": now}, ids)
     jobs = {}
     for row in finished:
