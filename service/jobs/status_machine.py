@@ -173,11 +173,12 @@ _OPEN = "status NOT IN (" + ", ".join(f"'{status}'" for status in sorted(TERMINA
 async def _finish(connection: asyncpg.Connection, request_id: str, change: JobChange) -> Applied | None:
     """The change `decide` makes of a terminal change without logs on an open job, without reading
     the job first; None when the job is not open (already ended, or not there): decide then."""
-    job = (await finish_many(connection, {request_id: change})).get(request_id)
+    job = (await _finish_many(connection, {request_id: change})).get(request_id)
     return None if job is None else Applied(job=job, accepted=True)
 
 
 _J_COLUMNS = ", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(","))
+
 
 def _finish_statement(rows_wanted: str) -> str:
     return f"""
@@ -249,6 +250,11 @@ async def finish_many(connection: asyncpg.Connection, changes: dict[str, JobChan
     answer was not open (ended already, or no row yet): `apply_change` decides about it then.
 
     Every change must pass `can_finish_at_once`; the dict's keys make the request ids distinct."""
+    return await _finish_many(connection, {request_id: storable_struct(change) for request_id, change in changes.items()})
+
+
+async def _finish_many(connection: asyncpg.Connection, changes: dict[str, JobChange]) -> dict[str, Job]:
+    """`finish_many` for changes already made storable (`apply_change` does that first)."""
     now = datetime.now(UTC)
     rows: list[_Finishing] = []
     files: list[_QueuedFile] = []
@@ -256,7 +262,6 @@ async def finish_many(connection: asyncpg.Connection, changes: dict[str, JobChan
     for request_id, change in sorted(changes.items()):
         if not can_finish_at_once(change):
             raise ValueError(f"job {request_id!r}: finish_many takes only terminal changes without logs")
-        change = storable_struct(change)
         found = media_files(change.result) if change.status == "completed" else []
         files.extend(_QueuedFile(request_id, index, f.kind, f.url) for index, f in enumerate(found))
         rows.append(_Finishing(request_id, change.status, change.result, change.error, change.error_type,
