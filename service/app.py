@@ -155,7 +155,8 @@ def create_app(settings: Settings) -> Litestar:
             commands=JobCommands(
                 pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=webhook_url,
                 limits=Limits(max_open_jobs=settings.max_open_jobs_per_user,
-                              max_jobs_per_minute=settings.max_jobs_per_minute),
+                              max_jobs_per_minute=settings.max_jobs_per_minute,
+                              cancel_hold_max_s=settings.cancel_hold_max_s),
             ),
             admission=admission,
             reconciler=reconciler,

@@ -84,6 +84,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Proxies whose X-Forwarded-For/-Proto uvicorn trusts (comma-separated IPs or CIDRs, or *)."""
     max_open_jobs_per_user: Count = 10
     max_jobs_per_minute: Count = 60
+    cancel_hold_max_s: Seconds = 1800.0
+    """A job cancelled while fal ran it counts against max_open_jobs_per_user until fal reports its
+    end, and at most this long: longer than the longest run of an allowed model (fal may let a
+    cancelled request run to its end), while a slot whose end is never seen comes back."""
     max_streams_per_user: Count = 50
     """Open SSE streams per API key or browser session in one process; as many concurrent ?wait=."""
     host: str = "127.0.0.1"

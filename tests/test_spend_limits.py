@@ -55,6 +55,20 @@ async def test_a_retried_create_with_its_idempotency_key_answers_the_same_job_an
     assert submitted(fal, marker) == 2
 
 
+async def test_an_idempotency_key_reused_for_another_model_or_type_answers_422_not_the_first_job(
+    service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser,
+) -> None:
+    url, marker = f"{service.url}/api/jobs", f"idem-model-{user.name}"
+    headers = {**bearer(user), "Idempotency-Key": "create-1"}
+    first = await http.post(url, headers=headers, json=job_body(marker))
+    assert first.status_code == 202
+    same_input = job_body(marker)["input"]
+    for model_id, job_type in (("fal-ai/flux/schnell", "image"), ("fal-ai/minimax/video-01", "video")):
+        other = await http.post(url, headers=headers, json={"type": job_type, "model_id": model_id, "input": same_input})
+        assert (other.status_code, other.json().get("error")) == (422, "idempotency_key_reused"), other.text
+    assert submitted(fal, marker) == 1
+
+
 async def test_twenty_racing_creates_with_one_key_submit_to_fal_once(
     service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser,
 ) -> None:

@@ -46,6 +46,9 @@ class FalJob(Table, tablename="fal_jobs"):
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)
+    # Set with `cancelled` when fal may still run the request (cancelled while running): the
+    # open-jobs limit counts the job until then, or until fal's end is seen (back to NULL).
+    counts_open_until = Timestamptz(null=True, default=None)
 
 
 class FalJobEvent(Table, tablename="fal_job_events"):

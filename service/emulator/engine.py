@@ -8,7 +8,8 @@ Decisions where fal's behaviour is not documented (see the report and module doc
   per-request `fal_emulator.queue_position` countdown (which ticks down to 0 over queue_ms).
 - cancel: a queued or running request stops at once and becomes COMPLETED with
   error "Request was cancelled"; its result answers 400 with that detail; NO webhook is sent
-  (fal's docs: a queued request "is removed and never processed").
+  (fal's docs: a queued request "is removed and never processed"). With `cancel_ignored`, a
+  running request takes the cancel and runs on to its own end.
 """
 
 from __future__ import annotations
@@ -322,6 +323,8 @@ class FalEmulator:
             return 404, {"status": "NOT_FOUND"}
         if req.state == "COMPLETED":
             return 400, {"status": "ALREADY_COMPLETED"}
+        if req.state == "IN_PROGRESS" and req.faults.cancel_ignored:
+            return 202, {"status": "CANCELLATION_REQUESTED"}
         req.cancelled = True
         if req.task is not None:
             req.task.cancel()

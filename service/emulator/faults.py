@@ -58,6 +58,10 @@ class FaultOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     # first event; with stream_stall they go silent instead, sending nothing, heartbeats included.
     stream_breaks: Annotated[int, Meta(ge=0, le=1000)] = 0
     stream_stall: bool = False
+    # A runner without cancellation handling: a cancel of the running request is taken (202) and the
+    # request runs on to its own end, webhook included (fal's docs: it "continues consuming GPU time
+    # until it finishes naturally"). A queued request is still removed at once.
+    cancel_ignored: bool = False
 
 
 class FaultOptionsError(ValueError):

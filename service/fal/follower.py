@@ -6,6 +6,10 @@ Each follower holds one long-lived HTTP stream to fal, so a process follows at m
 lost: webhook jobs still complete through their webhook, and the reconciliation sweep asks fal
 about every job that stays open past its deadline. When the stream fails, the follower falls back
 to status polls with capped exponential backoff, then tries the stream again.
+
+A job cancelled while fal ran it is followed on until fal ends it (fal may let the runner finish):
+until then it counts against the open-jobs limit (see `reservations.hold_after_cancel`), and its
+end, whatever it is, only frees that slot; the job stays `cancelled`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import msgspec
 from service import metrics
 from service.errors import DatabaseUnavailable
 from service.fal.gateway import FalGateway, FalRequestFailed, FalStatus, change_from_status, sleep_backoff, was_cancelled
+from service.jobs import reservations
 from service.jobs.models import JobChange, JobMode
 from service.jobs.status_machine import apply_change
 
@@ -40,6 +45,8 @@ class JobFollower:
         self._give_up_after_s = give_up_after_s
         self._running: dict[str, asyncio.Task[None]] = {}
         self._waiting: collections.OrderedDict[str, FollowTarget] = collections.OrderedDict()
+        self._awaiting_end: set[str] = set()
+        """Followed jobs found cancelled while fal still runs them: only fal's end matters now."""
         self._closed = False
 
     @property
@@ -77,6 +84,7 @@ class JobFollower:
 
     def _finished(self, request_id: str) -> None:
         self._running.pop(request_id, None)
+        self._awaiting_end.discard(request_id)
         while self._waiting and len(self._running) < self._max and not self._closed:
             _, target = self._waiting.popitem(last=False)
             self._start(target)
@@ -138,6 +146,8 @@ class JobFollower:
 
     async def _take(self, target: FollowTarget, status: FalStatus) -> bool:
         """Apply what fal said; True when there is nothing more to follow."""
+        if target.request_id in self._awaiting_end:
+            return await self._take_end(target, status)
         change: JobChange | None = change_from_status(status)
         if change is None:
             if target.mode == "webhook" and not was_cancelled(status.error, None):
@@ -145,4 +155,25 @@ class JobFollower:
             change = await self._gateway.completion_change(target.model_id, target.request_id, status)
         async with self._pool.acquire() as connection:
             applied = await apply_change(connection, target.request_id, change)
+            # Cancelled (here, or in another process) while fal ran it: follow on to fal's end.
+            awaits_end = (applied.job is not None and not applied.accepted
+                          and applied.job.status in ("cancelled", "deleted")
+                          and await reservations.awaits_fal_end(connection, target.request_id))
+        if awaits_end:
+            self._awaiting_end.add(target.request_id)
+            return await self._take_end(target, status)
         return status.status == "COMPLETED" or (applied.job is not None and applied.job.is_terminal)
+
+    def await_end(self, target: FollowTarget) -> None:
+        """Follow a job just cancelled while fal ran it until fal ends it (see the module docstring)."""
+        if not self._closed:
+            self._awaiting_end.add(target.request_id)
+            self.follow(target)
+
+    async def _take_end(self, target: FollowTarget, status: FalStatus) -> bool:
+        """For a job cancelled while fal ran it: True once fal says it ended (its slot is then free)."""
+        if status.status != "COMPLETED":
+            return False
+        async with self._pool.acquire() as connection:
+            await reservations.fal_ended(connection, target.request_id)
+        return True

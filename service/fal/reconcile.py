@@ -1,6 +1,7 @@
 """The reconciliation sweep: asks fal about jobs that stay open past a deadline, and applies what it
 says. Only a 404 from fal fails an open job (fal does not know it); any other failure leaves it
-for the next sweep. It also applies parked early webhooks whose job has appeared (should the
+for the next sweep. Jobs cancelled while fal ran them are asked about the same way until fal's end
+(a 404 included) frees the open-jobs slot they keep (`reservations.fal_ended`). It also applies parked early webhooks whose job has appeared (should the
 adoption right after creation have failed), then applies retention (`service.db.retention`: old
 events, expired sessions, unclaimed parked webhooks, day-old reservations).
 
@@ -32,7 +33,8 @@ from service.db.retention import apply_retention
 from service.fal.follower import FollowTarget, JobFollower
 from service.fal.gateway import FalGateway, FalRequestFailed, change_from_status
 from service.fal.webhooks import WebhookIntake
-from service.jobs.models import JobChange
+from service.jobs import reservations
+from service.jobs.models import TERMINAL_STATUSES, JobChange
 from service.jobs.status_machine import apply_change
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,23 @@ SWEEP_LOCK_KEY = 0x66616C6A6F6273  # "faljobs"
 PAGE = 100
 
 _OVERDUE_PAGE = """
-SELECT request_id, model_id, mode, updated_at FROM fal_jobs
+SELECT request_id, model_id, mode, updated_at AS page_key FROM fal_jobs
 WHERE status IN ('pending', 'in_progress') AND updated_at < $1
   AND (updated_at, request_id) > ($2, $3)
   AND NOT (request_id = ANY($4::text[]))
 ORDER BY updated_at, request_id
 LIMIT $5
 """
+
+_CANCELLED_RUNNING_PAGE = """
+SELECT request_id, model_id, mode, counts_open_until AS page_key FROM fal_jobs
+WHERE counts_open_until > now() AND updated_at < $1
+  AND (counts_open_until, request_id) > ($2, $3)
+  AND NOT (request_id = ANY($4::text[]))
+ORDER BY counts_open_until, request_id
+LIMIT $5
+"""
+"""Jobs cancelled while fal ran them, whose end at fal nobody has seen yet (cancelled before the cut-off)."""
 
 LockConnector = Callable[[], Awaitable[asyncpg.Connection]]
 
@@ -60,6 +72,8 @@ class SweepReport(msgspec.Struct):
     failed: int = 0
     """Jobs whose check failed this time (logged one by one); the next sweep tries them again."""
     adopted_webhooks: int = 0
+    fal_ended: int = 0
+    """Jobs cancelled while running whose end at fal was seen: their open-jobs slots are free."""
     deleted: dict[str, int] = msgspec.field(default_factory=dict)
     """Rows removed by retention, per table."""
 
@@ -82,7 +96,8 @@ class Reconciler:
         while True:
             try:
                 report = await self.sweep_once()
-                if report.changed or report.unknown_to_fal or report.adopted_webhooks or report.failed or report.deleted:
+                if (report.changed or report.unknown_to_fal or report.adopted_webhooks or report.failed or report.deleted
+                        or report.fal_ended):
                     log.info("reconciliation sweep", extra={"action": "sweep", **msgspec.structs.asdict(report)})
             except asyncio.CancelledError:
                 raise
@@ -113,16 +128,17 @@ class Reconciler:
     async def _sweep(self, lock: asyncpg.Connection) -> SweepReport:
         report = SweepReport(ran=True)
         cutoff: datetime = await self._pool.fetchval("SELECT now() - make_interval(secs => $1)", self._overdue_after_s)
-        after: tuple[datetime, str] = (datetime.min.replace(tzinfo=cutoff.tzinfo), "")
-        while not lock.is_closed():
-            followed = self._follower.streaming_ids()
-            rows = await self._pool.fetch(_OVERDUE_PAGE, cutoff, after[0], after[1], followed, PAGE)
-            for row in rows:
-                await self._reconcile_one(FollowTarget(request_id=row["request_id"], model_id=row["model_id"],
-                                                       mode=row["mode"]), report)
-            if len(rows) < PAGE:
-                break
-            after = (rows[-1]["updated_at"], rows[-1]["request_id"])
+        for page in (_OVERDUE_PAGE, _CANCELLED_RUNNING_PAGE):
+            after: tuple[datetime, str] = (datetime.min.replace(tzinfo=cutoff.tzinfo), "")
+            while not lock.is_closed():
+                followed = self._follower.streaming_ids()
+                rows = await self._pool.fetch(page, cutoff, after[0], after[1], followed, PAGE)
+                for row in rows:
+                    await self._reconcile_one(FollowTarget(request_id=row["request_id"], model_id=row["model_id"],
+                                                           mode=row["mode"]), report)
+                if len(rows) < PAGE:
+                    break
+                after = (rows[-1]["page_key"], rows[-1]["request_id"])
         if lock.is_closed():
             log.warning("the sweep lost its lock connection; stopping here", extra={"action": "sweep"})
             return report
@@ -144,6 +160,10 @@ class Reconciler:
                 report.unknown_to_fal += 1
             async with self._pool.acquire() as connection:
                 applied = await apply_change(connection, target.request_id, change)
+                cancelled_before = (applied.job is not None and not applied.accepted
+                                    and applied.job.status in ("cancelled", "deleted"))
+                if cancelled_before and change.status in TERMINAL_STATUSES:  # fal ended it, or lost it
+                    report.fal_ended += await reservations.fal_ended(connection, target.request_id)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # one job's failure never stops the others
@@ -153,8 +173,9 @@ class Reconciler:
                                "detail": str(error)[:300]})
             return
         report.changed += applied.accepted
-        if applied.job is not None and not applied.job.is_terminal:
-            self._follower.follow(target)
+        if applied.job is not None and (not applied.job.is_terminal or
+                                        (cancelled_before and change.status not in TERMINAL_STATUSES)):
+            self._follower.follow(target)  # a cancelled job: followed on only while it awaits fal's end
 
     async def _adopt_parked(self, report: SweepReport) -> None:
         try:

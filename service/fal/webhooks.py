@@ -4,6 +4,10 @@ A webhook can beat the INSERT of the job it is about (a fast model answers befor
 returns). Such a webhook is parked in `fal_early_webhooks` and applied when the job row appears;
 an advisory lock on the request id makes "no row yet, park it" and "row created, adopt what is
 parked" mutually exclusive, so nothing slips between them.
+
+A webhook for a job already cancelled changes nothing of the job (terminal states are final), but
+it is fal's word that the request ended: a job cancelled while fal ran it stops counting against
+the open-jobs limit then (`reservations.fal_ended`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from service.db.storable import storable_json
 from service.errors import InvalidRequest, NotAuthenticated, Unavailable
 from service.fal.gateway import CANCELLED_ERROR, FalGateway, FalRequestFailed, describe_error, was_cancelled
 from service.fal.signatures import JwksUnavailable, WebhookSignatureError, WebhookVerifier
+from service.jobs import reservations
 from service.jobs.finish_batches import FinishBatches
 from service.jobs.models import JobChange
 from service.jobs.status_machine import Applied, apply_change, can_finish_at_once, lock_request, read_decide_write
@@ -73,6 +78,7 @@ class WebhookIntake:
                 else:
                     applied = await apply_change(connection, webhook.request_id, change)
                 if applied.job is not None:
+                    await _note_fal_end(connection, applied)
                     return applied
             async with connection.transaction():
                 # No row yet (or the output must be fetched first): serialize with the job's creation.
@@ -93,7 +99,9 @@ class WebhookIntake:
                     return await apply_change(connection, webhook.request_id, change)
         change = await self._change_for(webhook, model_id)
         async with self._pool.acquire() as connection:
-            return await apply_change(connection, webhook.request_id, change)
+            applied = await apply_change(connection, webhook.request_id, change)
+            await _note_fal_end(connection, applied)
+            return applied
 
     async def adopt_early(self, request_id: str, model_id: str) -> int:
         """Apply the webhooks parked for a job whose row now exists; returns how many."""
@@ -123,6 +131,13 @@ class WebhookIntake:
         except Exception as error:  # transport errors: fal retries the webhook we refuse
             raise Unavailable(f"could not fetch the result from fal ({type(error).__name__}); retry") from None
         return JobChange(status="completed", result=output)
+
+
+async def _note_fal_end(connection: asyncpg.Connection, applied: Applied) -> None:
+    """A webhook is fal's end of its request: for a job cancelled before it (and only then: one
+    statement more, for those jobs alone), the end frees the open-jobs slot the job kept."""
+    if applied.job is not None and not applied.accepted and applied.job.status in ("cancelled", "deleted"):
+        await reservations.fal_ended(connection, applied.job.request_id)
 
 
 def _change_from_payload(webhook: FalWebhook) -> JobChange | None:

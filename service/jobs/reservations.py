@@ -5,11 +5,18 @@ what the user already has: open jobs plus reservations still submitting, and cre
 minute. Two processes therefore cannot together exceed a limit, and a refused create costs
 nothing. The job's INSERT then takes the reservation over (it records the request id), so an
 `Idempotency-Key` finds the job its first request made, for 24 hours.
+
+A job cancelled while fal ran it still counts as open: fal's cancel only signals the runner, and
+the work (and its bill) may go on until it ends by itself. The cancel sets `counts_open_until`
+(`hold_after_cancel`); whoever then sees fal's end of the request (its webhook, a follower, the
+sweep) sets it back to NULL (`fal_ended`), and a job whose end is never seen stops counting at that
+time. The job itself stays `cancelled`: its status, version and events do not change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from datetime import timedelta
 
@@ -19,6 +26,8 @@ import msgspec
 from service import metrics
 from service.errors import IdempotencyInProgress, IdempotencyKeyReused, InvalidRequest, NotAuthenticated, TooManyRequests
 
+log = logging.getLogger(__name__)
+
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 SUBMIT_GRACE = timedelta(minutes=2)
 """A reservation still without its job after this was left by a crash mid-submit: it stops
@@ -27,9 +36,11 @@ OPEN_JOBS_RETRY_AFTER_S = 10
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
-class Limits(msgspec.Struct, frozen=True):
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_open_jobs: int
     max_jobs_per_minute: int
+    cancel_hold_max_s: float = 1800.0
+    """How long a job cancelled while running counts as open at most, when fal's end is not seen."""
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -57,6 +68,7 @@ SELECT
     (SELECT count(*) FROM fal_jobs WHERE user_id = $1 AND status IN ('pending', 'in_progress'))
   + (SELECT count(*) FROM fal_job_reservations
       WHERE user_id = $1 AND request_id IS NULL AND created_at > now() - $2::interval) AS open,
+    (SELECT count(*) FROM fal_jobs WHERE user_id = $1 AND counts_open_until > now()) AS cancelled_running,
     count(*) AS last_minute,
     extract(epoch FROM min(created_at) + interval '1 minute' - now()) AS oldest_leaves_in
 FROM fal_job_reservations WHERE user_id = $1 AND created_at > now() - interval '1 minute'
@@ -95,10 +107,12 @@ async def reserve(
                 await connection.execute("DELETE FROM fal_job_reservations WHERE id = $1", earlier["id"])
         counts = await connection.fetchrow(_COUNTS, user_id, SUBMIT_GRACE)
         max_open = user["max_open_jobs"] or defaults.max_open_jobs
-        if counts["open"] >= max_open:
+        cancelled_running = counts["cancelled_running"]
+        if counts["open"] + cancelled_running >= max_open:
             metrics.limit_refused("open_jobs")
+            held = f", {cancelled_running} of them cancelled but not yet ended at fal" if cancelled_running else ""
             raise TooManyRequests(
-                f"open jobs: {counts['open']} of at most {max_open} are pending or running "
+                f"open jobs: {counts['open'] + cancelled_running} of at most {max_open} are pending or running{held} "
                 "(MAX_OPEN_JOBS_PER_USER); wait for one to finish",
                 retry_after_s=OPEN_JOBS_RETRY_AFTER_S,
             )
@@ -127,3 +141,35 @@ async def fulfil(connection: asyncpg.Connection, reservation_id: int, request_id
 async def cancel(pool: asyncpg.Pool, reservation_id: int) -> None:
     """fal refused the submit: nothing was created, so nothing counts and the key may be retried."""
     await pool.execute("DELETE FROM fal_job_reservations WHERE id = $1", reservation_id)
+
+
+async def hold_after_cancel(connection: asyncpg.Connection, request_id: str, hold_s: float) -> None:
+    """The job was cancelled while fal may still run it: it counts as open until fal's end is
+    seen, `hold_s` at most. Meant for the transaction that records the cancel, so that no create
+    finds the job neither open nor held."""
+    await connection.execute(
+        "UPDATE fal_jobs SET counts_open_until = now() + make_interval(secs => $2) WHERE request_id = $1",
+        request_id, hold_s,
+    )
+
+
+async def awaits_fal_end(connection: asyncpg.Connection, request_id: str) -> bool:
+    """Whether the job still counts as open until fal's end is seen (see `hold_after_cancel`)."""
+    return bool(await connection.fetchval(
+        "SELECT counts_open_until > now() FROM fal_jobs WHERE request_id = $1", request_id
+    ))
+
+
+async def fal_ended(connection: asyncpg.Connection, request_id: str) -> bool:
+    """fal's end of a cancelled job was seen: it stops counting as open. True when it counted.
+    Nothing else of the job changes (terminal states are final)."""
+    released = await connection.fetchval(
+        "UPDATE fal_jobs SET counts_open_until = NULL WHERE request_id = $1 AND counts_open_until IS NOT NULL "
+        "RETURNING 1",
+        request_id,
+    )
+    if released is None:
+        return False
+    log.info("fal ended a job cancelled while running: its open-jobs slot is free",
+             extra={"action": "jobs.cancel_hold_released", "request_id": request_id})
+    return True
