@@ -1,4 +1,4 @@
-"""What both benchmarks need: a Postgres server, a scratch database on it, loopback sockets,
+"""What the benchmarks share: a Postgres server, a scratch database on it, loopback sockets,
 nearest-rank percentiles, CPU/memory readings from /proc, the emulator, and the service under test
 as one process or N behind one port (`--processes N`). Scripts, not tests: nothing here asserts."""
 
@@ -14,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,32 @@ async def admin_execute(server_dsn: str, sql: str) -> None:
         await connection.execute(sql)
     finally:
         await connection.close()
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_dsn: str, prefix: str,
+                           log: Callable[[str], None] = _silent) -> AsyncIterator[tuple[str, str]]:
+    """(name, DSN) of a migrated database of the bench's own, `<prefix>_<random>` on the server, so
+    that runs side by side do not clash; dropped at the end, also on errors and Ctrl-C."""
+    from service.db.migrations import apply_migrations
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    await admin_execute(server_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        dsn = with_database(server_dsn, name)
+        log(f"database {name}: applying migrations")
+        await asyncio.to_thread(apply_migrations, dsn)
+        yield name, dsn
+    finally:
+        try:
+            await admin_execute(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            log(f"database {name} dropped")
+        except Exception as error:  # noqa: BLE001 - reported, never hidden
+            log(f"could not drop database {name}: {error!r}")
 
 
 def open_server(database_url: str | None) -> tuple[str, Any]:
