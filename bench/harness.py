@@ -14,17 +14,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import uvicorn
+
+# Shared with the test suite; the benches import them from here.
+from service.testing import admin_execute, scratch_database, with_database  # noqa: F401
+from service.testing import loopback_socket as listening_socket
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,57 +42,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # uvicorn sets TCP_NODELAY only on sockets it binds itself; keep-alive requests would stall on Nagle.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-async def admin_execute(server_dsn: str, sql: str) -> None:
-    connection = await asyncpg.connect(server_dsn)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-def _silent(message: str) -> None:
-    pass
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(server_dsn: str, prefix: str,
-                           log: Callable[[str], None] = _silent) -> AsyncIterator[tuple[str, str]]:
-    """(name, DSN) of a migrated database of the bench's own, `<prefix>_<random>` on the server, so
-    that runs side by side do not clash; dropped at the end, also on errors and Ctrl-C."""
-    from service.db.migrations import apply_migrations
-
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    await admin_execute(server_dsn, f'CREATE DATABASE "{name}"')
-    try:
-        dsn = with_database(server_dsn, name)
-        log(f"database {name}: applying migrations")
-        await asyncio.to_thread(apply_migrations, dsn)
-        yield name, dsn
-    finally:
-        try:
-            await admin_execute(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            log(f"database {name} dropped")
-        except Exception as error:  # noqa: BLE001 - reported, never hidden
-            log(f"could not drop database {name}: {error!r}")
 
 
 def open_server(database_url: str | None) -> tuple[str, Any]:
