@@ -44,7 +44,7 @@ Two clocks per delivery:
     the socket: the service's share, without the load generator's.
 
 The SSE clients are raw non-blocking sockets with loop.add_reader (no task, no StreamReader per
-client); HTTP chunked framing and the `event:`/`id:`/`data:` lines are parsed here. Pollers are
+client); HTTP chunked framing and the `event:`/`id:`/`data:` lines are parsed by hand. Pollers are
 asyncio Protocols driven by call_at timers: no task per client either.
 
 Poll step (P clients): each keeps one keep-alive connection and GETs /api/jobs/{id} (Bearer API
@@ -60,6 +60,12 @@ the idle window (every subscriber open, nothing else) starts 11 s after the last
 so it is exact. In `sse-job` the latency window also holds the W re-subscribes (each stream open
 reads the job's owner and snapshot), so its db tx are per round = one webhook + one open; the
 `broadcast` rows have webhooks only.
+
+Where each part lives: this file holds the flags and the run; bench/fanout_sse.py the raw-socket
+SSE subscribers; fanout_http.py the keep-alive connection and the webhook sender; fanout_setup.py
+the per-step service, users, jobs and warm-up; fanout_sse_steps.py the `sse-job` and `broadcast`
+steps; fanout_poll.py the pollers and their step; fanout_meters.py the CPU and transaction
+counters; fanout_report.py the tables; harness.py what every bench shares.
 """
 
 from __future__ import annotations

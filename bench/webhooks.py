@@ -25,6 +25,11 @@ variable BENCH_SERVICE_LOG_LEVEL=INFO runs it at the production level (one JSON 
 --profile-service FILE runs the service under cProfile, switched on only for phase 1 (SIGUSR1 /
 SIGUSR2), writes the stats to FILE and prints the top entries. Profiling slows the service down:
 its numbers are then not the benchmark's.
+
+Where each part lives: this file holds the flags and the order of the phases; bench/webhooks_jobs.py
+the pending jobs and their checks; webhooks_load.py the signed webhooks and the two clients;
+webhooks_phases.py the measured phases; webhooks_measures.py the results and CPU readings;
+webhooks_report.py the table; harness.py what every bench shares.
 """
 
 from __future__ import annotations
