@@ -31,11 +31,15 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
+ADMIN_TIMEOUT_S = 60.0
+"""Bounds connecting and one admin statement: a stuck server fails the run instead of hanging it."""
+
+
 async def admin_execute(server_dsn: str, sql: str) -> None:
     """One statement on a connection of its own (CREATE/DROP DATABASE cannot run in a transaction)."""
-    connection = await asyncpg.connect(server_dsn)
+    connection = await asyncpg.connect(server_dsn, timeout=ADMIN_TIMEOUT_S)
     try:
-        await connection.execute(sql)
+        await connection.execute(sql, timeout=ADMIN_TIMEOUT_S)
     finally:
         await connection.close()
 
