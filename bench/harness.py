@@ -1,4 +1,4 @@
-"""What both benchmarks need: a Postgres server, a scratch database on it, loopback sockets,
+"""What the benchmarks share: a Postgres server, a scratch database on it, loopback sockets,
 nearest-rank percentiles, CPU/memory readings from /proc, the emulator, and the service under test
 as one process or N behind one port (`--processes N`). Scripts, not tests: nothing here asserts."""
 
@@ -19,11 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import uvicorn
+
+# Shared with the test suite; the benches import them from here.
+from service.testing import admin_execute, scratch_database, with_database  # noqa: F401
+from service.testing import loopback_socket as listening_socket
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,31 +42,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # uvicorn sets TCP_NODELAY only on sockets it binds itself; keep-alive requests would stall on Nagle.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-async def admin_execute(server_dsn: str, sql: str) -> None:
-    connection = await asyncpg.connect(server_dsn)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
 
 
 def open_server(database_url: str | None) -> tuple[str, Any]:

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,11 +48,10 @@ import httpx  # noqa: E402
 
 from bench.harness import (  # noqa: E402
     BenchFailure,
-    admin_execute,
     free_port,
     open_server,
     percentile,
-    with_database,
+    scratch_database,
 )
 
 KEY = "bench-key"
@@ -174,16 +172,13 @@ async def copies(sizes_mb: list[int], tmp: Path) -> list[str]:
 
 async def serving(database_url: str | None, tmp: Path, size_mb: int = 50) -> list[str]:
     from service.auth.api_keys import create_user
-    from service.db.migrations import apply_migrations
 
     server_dsn, embedded = open_server(database_url)
-    name = f"fal_jobs_bench_{uuid.uuid4().hex[:10]}"
-    await admin_execute(server_dsn, f'CREATE DATABASE "{name}"')
-    dsn = with_database(server_dsn, name)
     media_dir = Path(tempfile.mkdtemp(prefix="fal-jobs-bench-media-", dir=tmp))
     process: subprocess.Popen[bytes] | None = None
+    database = contextlib.AsyncExitStack()
     try:
-        apply_migrations(dsn)
+        _, dsn = await database.enter_async_context(scratch_database(server_dsn, "fal_jobs_bench"))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "DATABASE_URL": dsn, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING",
@@ -273,7 +268,7 @@ async def serving(database_url: str | None, tmp: Path, size_mb: int = 50) -> lis
             if process.poll() is None:
                 process.kill()
         shutil.rmtree(media_dir, ignore_errors=True)
-        await admin_execute(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await database.aclose()
         if embedded is not None:
             embedded.cleanup()
 

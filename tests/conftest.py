@@ -26,17 +26,15 @@ import pytest_asyncio
 import uvicorn
 
 from service.auth.api_keys import NewUser, create_user
-from service.db.migrations import apply_migrations
 from service.db.pool import create_pool
 from service.emulator import FalEmulator, create_emulator_app
 from service.settings import Settings, load_settings
+from service.testing import loopback_socket as free_socket
+from service.testing import migrated_database
+from service.testing import scratch_database as shared_scratch_database
+from service.testing import with_database as _with_database  # noqa: F401 - tests import it from here
 
 NO_DOTENV = Path("/nonexistent/.env")
-
-
-def _with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 def _with_user(dsn: str, user: str) -> str:
@@ -62,28 +60,6 @@ def server_dsn() -> Iterator[str]:
         server.cleanup()
 
 
-@contextlib.contextmanager
-def migrated_database(server_dsn: str, prefix: str) -> Iterator[str]:
-    """A migrated database of the caller's own on the server, dropped at the end (for sync fixtures;
-    `scratch_database` is the same inside a running event loop)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(server_dsn)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        dsn = _with_database(server_dsn, name)
-        apply_migrations(dsn)
-        yield dsn
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 @pytest.fixture(scope="session")
 def database_url(server_dsn: str) -> Iterator[str]:
     with migrated_database(server_dsn, "fal_jobs_test") as dsn:
@@ -99,16 +75,6 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 def service_settings(database_url: str, **overrides: str) -> Settings:
     return load_settings({"DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", **overrides}, dotenv=NO_DOTENV)
-
-
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # uvicorn sets TCP_NODELAY only on sockets it binds itself; without it keep-alive requests
-    # stall ~40 ms on Nagle's algorithm.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 class RunningServer(msgspec.Struct):
@@ -215,16 +181,8 @@ async def other_user(pool: asyncpg.Pool) -> NewUser:
 async def scratch_database(server_dsn: str) -> AsyncIterator[str]:
     """A migrated database of the caller's own, dropped at the end: for a test whose service must see
     no other test's jobs (a sweep would fail them) or whose counts must be its own."""
-    name = f"fal_jobs_scratch_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        dsn = _with_database(server_dsn, name)
-        await asyncio.to_thread(apply_migrations, dsn)
+    async with shared_scratch_database(server_dsn, "fal_jobs_scratch") as (_, dsn):
         yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @contextlib.asynccontextmanager
