@@ -50,6 +50,7 @@ from service.outputs.access import MediaAccess
 from service.outputs.copier import Copier
 from service.outputs.sources import SourcePolicy
 from service.outputs.store import MediaStore
+from service.outputs.upkeep import OutputUpkeep
 from service.outputs.workers import OutputWorkers
 from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
@@ -135,7 +136,8 @@ def create_app(settings: Settings) -> Litestar:
         media_http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=settings.output_workers * 2))
         output_workers = OutputWorkers(
             pool, store, Copier(media_http, store, media_policy, max_bytes=settings.max_output_bytes),
-            concurrency=settings.output_workers,
+            concurrency=settings.output_workers, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
+            store_retry_max_s=settings.output_store_retry_max_s,
         )
         intake = WebhookIntake(pool, gateway)
         follower = JobFollower(pool, gateway, max_followers=settings.max_followers)
@@ -145,6 +147,8 @@ def create_app(settings: Settings) -> Litestar:
                                                  server_settings={"application_name": "fal-jobs-sweep"}),
             overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
             event_retention_days=settings.event_retention_days,
+            outputs=OutputUpkeep(pool, store, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
+                                 redrive_after_s=settings.output_redrive_after_s),
         )
         app.state.update(
             pool=pool,

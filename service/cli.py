@@ -1,4 +1,4 @@
-"""The command line: run, migrate, test, users create."""
+"""The command line: run, migrate, test, users, keys, outputs."""
 
 from __future__ import annotations
 
@@ -372,10 +372,65 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     return _with_pool(settings, work)
 
 
+def cmd_outputs_retry(settings: Settings, args: argparse.Namespace) -> int:
+    from service.outputs.upkeep import redrive_failed
+
+    async def work(pool: asyncpg.Pool) -> int:
+        total = 0
+        while batch := await redrive_failed(pool, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
+                                            retryable_after_s=None, request_id=args.job, by="command"):
+            for output in batch:
+                print(f"{output.request_id} {output.index} was: {output.error or '-'}")
+            total += len(batch)
+        print(f"fal-jobs: {total} failed output(s) set pending again; the service's copy workers take them "
+              "(only outputs whose fal copy lives, by FAL_MEDIA_EXPIRY_S or fal's 7 days)", file=sys.stderr)
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def cmd_outputs_gc(settings: Settings, args: argparse.Namespace) -> int:
+    from service.outputs.store import MediaStore
+    from service.outputs.upkeep import orphans
+
+    store = MediaStore.open(settings.media_store_url, settings.media_dir)
+
+    async def work(pool: asyncpg.Pool) -> int:
+        found = removed = size = 0
+        async for obj in orphans(pool, store, older_than_s=args.older_than_h * 3600):
+            found += 1
+            size += obj.size
+            if args.delete:
+                await store.delete(obj.key)
+                removed += 1
+            print(f"{obj.key} {obj.size} {obj.last_modified.isoformat(timespec='seconds')}"
+                  f"{' deleted' if args.delete else ''}")
+        what = "deleted" if args.delete else "found (run again with --delete to remove them)"
+        print(f"fal-jobs: {found} object(s) under outputs/ that no output names, {size} bytes, older than "
+              f"{args.older_than_h:g} h in {store.description}: {what}", file=sys.stderr)
+        if removed:
+            from service import metrics
+
+            metrics.output_orphan_removed("gc", removed)
+        return 0
+
+    try:
+        return _with_pool(settings, work)
+    finally:
+        store.close()
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be above 0")
+    return value
+
+
+def _hours(text: str) -> float:
+    value = float(text)
+    if not value >= 1:  # nan too: a younger object may be a copy whose outcome is being written
+        raise argparse.ArgumentTypeError("must be at least 1 (hours)")
     return value
 
 
@@ -403,6 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("create", help="make another API key for a user and print it once").add_argument("name")
     keys.add_parser("list", help="list a user's keys by prefix").add_argument("name")
     keys.add_parser("revoke", help="revoke the key with this prefix (as 'keys list' shows it)").add_argument("prefix")
+    outputs = commands.add_parser("outputs", help="the durable copies of outputs").add_subparsers(
+        dest="outputs_command", required=True)
+    retry = outputs.add_parser("retry", help="set failed outputs pending again (those whose fal copy lives) and "
+                                             "print them; the service's copy workers take them")
+    retry.add_argument("--job", metavar="REQUEST_ID", help="only this job's outputs")
+    gc = outputs.add_parser("gc", help="list store objects under outputs/ that no output names (dry run)")
+    gc.add_argument("--delete", action="store_true", help="remove them")
+    gc.add_argument("--older-than-h", type=_hours, default=24.0,
+                    help="only objects last written this many hours ago or more (default 24, at least 1)")
     return parser
 
 
@@ -427,4 +491,6 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
         user_handlers = {"create": cmd_users_create, "sign-in": cmd_users_sign_in, "list": cmd_users_list,
                          "disable": cmd_users_disable, "enable": cmd_users_disable, "limits": cmd_users_limits}
         return user_handlers[args.users_command](settings, args)
+    if args.command == "outputs":
+        return {"retry": cmd_outputs_retry, "gc": cmd_outputs_gc}[args.outputs_command](settings, args)
     return handlers[args.command](settings, args)

@@ -73,6 +73,14 @@ SWEEP_FIXED = Counter(PREFIX + "sweep_jobs_fixed_total", "Jobs whose state the s
 OUTPUT_COPIES = Counter(PREFIX + "output_copies_total", "Output copies into the store, by outcome (stored, failed)",
                         ["outcome"])
 OUTPUT_BYTES = Counter(PREFIX + "output_copied_bytes_total", "Bytes of outputs stored")
+OUTPUT_RETRIES = Counter(PREFIX + "output_copy_retries_total",
+                         "Output copies scheduled for another try, by where the try failed (source, store)", ["cause"])
+OUTPUT_REDRIVES = Counter(PREFIX + "output_redrives_total",
+                          "Failed outputs set pending again, by who did it (sweep, command)", ["by"])
+OUTPUT_ORPHANS_REMOVED = Counter(PREFIX + "output_orphans_removed_total",
+                                 "Store objects no output names, removed: by a copy whose outcome was not written "
+                                 "(copy), by `outputs gc` (gc), staging files left by a stopped upload (staging)",
+                                 ["by"])
 RETENTION_DELETED = Counter(PREFIX + "retention_deleted_rows_total", "Rows deleted by retention, by table", ["table"])
 FINISH_BATCHES = Histogram(PREFIX + "finish_batch_jobs",
                            "Jobs ended per statement by the webhooks' batches (1 = a lone webhook; failed batches "
@@ -164,6 +172,20 @@ def output_copied(outcome: str, size: int | None) -> None:
     OUTPUT_COPIES.labels(outcome).inc()
     if outcome == "stored" and size:
         OUTPUT_BYTES.inc(size)
+
+
+def output_copy_retry(cause: str) -> None:
+    OUTPUT_RETRIES.labels(cause).inc()
+
+
+def output_redriven(by: str, outputs: int) -> None:
+    if outputs:
+        OUTPUT_REDRIVES.labels(by).inc(outputs)
+
+
+def output_orphan_removed(by: str, objects: int = 1) -> None:
+    if objects:
+        OUTPUT_ORPHANS_REMOVED.labels(by).inc(objects)
 
 
 def retention_deleted(table: str, rows: int) -> None:

@@ -20,6 +20,8 @@ from dotenv.parser import parse_stream
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FAL_QUEUE_URL_DEFAULT = "https://queue.fal.run"
 FAL_JWKS_URL_DEFAULT = "https://rest.fal.ai/.well-known/jwks.json"
+FAL_MEDIA_LIFETIME_S = 7 * 24 * 3600
+"""fal keeps generated media at least this long unless asked otherwise (its FAQ)."""
 
 DEFAULT_ALLOWED_MODELS = (
     "fal-ai/flux/dev",
@@ -124,6 +126,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Copies one process makes at once."""
     fal_media_expiry_s: Count | None = None
     """Asks fal to delete its copy of a request's media this long after it is made."""
+    output_store_retry_max_s: Seconds = 300.0
+    """The longest wait between two tries of a copy that failed at our store (2 s, doubling up
+    to this); such tries go on for as long as fal keeps its copy."""
+    output_redrive_after_s: Seconds = 3600.0
+    """A copy that spent its budget of transient failures is set pending again by the sweep this
+    long after it failed, while fal keeps its copy."""
     emulator_media_url: HttpUrl | None = None
     """The local emulator's media base (`run` sets it): copied although it is http on loopback."""
     fal_call_timeout_s: Seconds = 30.0
@@ -146,6 +154,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             value = getattr(self, name)
             if value is not None and value.endswith("/"):
                 msgspec.structs.force_setattr(self, name, value.rstrip("/"))
+
+    @property
+    def fal_copy_lifetime_s(self) -> int:
+        """How long fal keeps its copy of an output, as far as we know: what we asked for, else
+        its documented least (7 days)."""
+        return self.fal_media_expiry_s or FAL_MEDIA_LIFETIME_S
 
     @property
     def uses_emulator(self) -> bool:

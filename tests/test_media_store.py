@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -245,3 +246,33 @@ async def test_a_file_url_store_takes_the_same_path(tmp_path: Path) -> None:
         assert files_in(tmp_path / "media") == [KEY]
     finally:
         store.close()
+
+
+async def test_a_local_upload_is_synced_before_its_rename_and_its_folders_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Power-loss safety, told by what each sync saw: the staging file synced whole while the
+    object's name did not exist yet (before the rename), then the folders synced once the name
+    existed (after it): the new folder that holds the object, and the one that holds that new
+    folder. All in the upload's thread, so before `put` returns (and before any `stored`)."""
+    calls: list[tuple[str, bool, int, bool]] = []
+    final = tmp_path.resolve() / KEY
+    final.parent.parent.mkdir()  # outputs/ exists; the request's folder is new
+
+    def recording_sync(descriptor: int) -> None:
+        calls.append((os.readlink(f"/proc/self/fd/{descriptor}"), final.exists(), os.fstat(descriptor).st_size,
+                      threading.current_thread() is threading.main_thread()))
+        os.fsync(descriptor)
+
+    monkeypatch.setattr(staged_file._StagedFile, "sync", staticmethod(recording_sync))
+    store = MediaStore.open(None, str(tmp_path))
+    data = sample(staged_file.BATCH_BYTES + 777)
+    try:
+        await store.put(KEY, pieces(data))
+    finally:
+        store.close()
+    [(file, exists_then, size, on_loop), *folders] = calls
+    assert file.startswith(str(final) + "#") and not exists_then and size == len(data) and not on_loop
+    assert [(path, exists) for path, exists, _, _ in folders] == [
+        (str(final.parent), True), (str(final.parent.parent), True)]
+    assert not any(on_loop for *_, on_loop in folders)

@@ -352,7 +352,8 @@ async def test_failing_media_is_retried_and_lifecycle_header_is_sent(
         assert job["outputs"][0]["status"] == "stored", job["outputs"]
         row = await outputs_pool.fetchrow(
             "SELECT attempts, last_error FROM fal_job_outputs WHERE request_id = $1", request_id)
-        assert row["attempts"] >= 2 and "503" in row["last_error"]
+        # Counted as tries fail: the first met a 503, a later one stored.
+        assert row["attempts"] >= 1 and "503" in row["last_error"]
         [submission] = [s for s in emulator_of(running).submissions if s.request_id == request_id]
         assert msgspec.json.decode(submission.lifecycle_preference or "null") == {"expiration_duration_seconds": 3600}
 
@@ -516,7 +517,7 @@ async def test_a_dead_workers_claim_lapses_and_another_takes_over(
             await asyncio.sleep(0.05)
     row = await outputs_pool.fetchrow("SELECT status, attempts, sha256 FROM fal_job_outputs WHERE request_id = $1",
                                       request_id)
-    assert row["status"] == "stored" and row["attempts"] == 2
+    assert row["status"] == "stored" and row["attempts"] == 1  # a lapsed lease spends no try of the budget
     assert row["sha256"] == sha(video_slice(0, 50000))
     assert len(stored_files(media_dir, request_id)) == 1
 

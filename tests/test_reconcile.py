@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import asyncpg
@@ -9,7 +10,7 @@ import msgspec
 
 from service.emulator import FalEmulator
 from service.fal.gateway import FalGateway
-from service.fal.reconcile import SWEEP_LOCK_KEY, Reconciler
+from service.fal.reconcile import SWEEP_LOCK_KEY, Reconciler, SweepReport
 from service.jobs.models import NewJob
 from service.jobs.status_machine import create_job
 from tests.conftest import FAL_KEY, RunningServer
@@ -17,6 +18,15 @@ from tests.conftest import FAL_KEY, RunningServer
 
 def reconciler_of(service: RunningServer) -> Reconciler:
     return service.app.state.reconciler
+
+
+async def sweep(service: RunningServer) -> SweepReport:
+    for _ in range(100):  # the service's own start-up sweep may hold the lock for a moment
+        report = await reconciler_of(service).sweep_once()
+        if report.ran:
+            return report
+        await asyncio.sleep(0.05)
+    raise AssertionError("the sweep never got its lock")
 
 
 async def job_row(pool: asyncpg.Pool, request_id: str, *, mode: str = "webhook", overdue: bool = True) -> None:
@@ -31,7 +41,7 @@ async def job_row(pool: asyncpg.Pool, request_id: str, *, mode: str = "webhook",
 async def test_a_job_fal_does_not_know_becomes_failed(service: RunningServer, pool: asyncpg.Pool) -> None:
     request_id = str(uuid.uuid4())
     await job_row(pool, request_id)
-    report = await reconciler_of(service).sweep_once()
+    report = await sweep(service)
     assert report.ran and report.unknown_to_fal >= 1
     row = await pool.fetchrow("SELECT status, error, error_type FROM fal_jobs WHERE request_id = $1", request_id)
     assert row["status"] == "failed" and "fal does not know this request" in row["error"]
@@ -46,7 +56,7 @@ async def test_a_completed_job_whose_webhook_never_came_is_completed_by_the_swee
         await gateway.aclose()
     await job_row(pool, request_id)
     not_yet = await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id)
-    await reconciler_of(service).sweep_once()
+    await sweep(service)
     row = await pool.fetchrow("SELECT status, result FROM fal_jobs WHERE request_id = $1", request_id)
     assert (not_yet, row["status"]) == ("pending", "completed")
     assert row["result"]["images"]
@@ -55,7 +65,7 @@ async def test_a_completed_job_whose_webhook_never_came_is_completed_by_the_swee
 async def test_a_job_not_yet_overdue_is_left_alone(service: RunningServer, pool: asyncpg.Pool) -> None:
     request_id = str(uuid.uuid4())
     await job_row(pool, request_id, overdue=False)
-    await reconciler_of(service).sweep_once()
+    await sweep(service)
     assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id) == "pending"
 
 
@@ -64,7 +74,7 @@ async def test_a_parked_webhook_is_adopted_by_the_sweep(service: RunningServer, 
     parked = {"request_id": request_id, "status": "OK", "payload": {"images": [], "seed": 7}}
     await pool.execute("INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2)", request_id, parked)
     await job_row(pool, request_id, overdue=False)
-    report = await reconciler_of(service).sweep_once()
+    report = await sweep(service)
     assert report.adopted_webhooks >= 1
     assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", request_id) == "completed"
     assert await pool.fetchval("SELECT count(*) FROM fal_early_webhooks WHERE request_id = $1", request_id) == 0
@@ -79,3 +89,25 @@ async def test_only_one_process_sweeps_at_a_time(service: RunningServer, databas
     finally:
         await other_process.close()
     assert (await reconciler_of(service).sweep_once()).ran
+
+
+async def test_the_sweep_re_drives_a_failed_output_while_fal_keeps_the_file(
+    service: RunningServer, pool: asyncpg.Pool,
+) -> None:
+    from service.jobs.models import JobChange
+    from service.jobs.status_machine import apply_change
+
+    request_id = str(uuid.uuid4())
+    await job_row(pool, request_id, overdue=False)
+    async with pool.acquire() as connection:
+        await apply_change(connection, request_id, JobChange(
+            status="completed", result={"images": [{"url": "https://v3.fal.media/files/x.png"}]}))
+    # Its fetches failed 8 times an hour ago (OUTPUT_REDRIVE_AFTER_S); fal keeps the file for days.
+    await pool.execute(
+        "UPDATE fal_job_outputs SET status = 'failed', retryable = true, last_error = 'gave up after 8 attempts', "
+        "claim = NULL, updated_at = now() - interval '2 hours' WHERE request_id = $1", request_id)
+    report = await sweep(service)
+    assert report.outputs.get("outputs_redriven", 0) >= 1
+    # One more event shows it pending again (the service's copiers may have had a go at it since).
+    assert await pool.fetchval("SELECT count(*) FROM fal_job_events WHERE request_id = $1 "
+                               "AND data->'outputs'->0->>'status' = 'pending'", request_id) == 2

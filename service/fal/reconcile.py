@@ -1,9 +1,11 @@
 """The reconciliation sweep: asks fal about jobs that stay open past a deadline, and applies what it
 says. Only a 404 from fal fails an open job (fal does not know it); any other failure leaves it
 for the next sweep. Jobs cancelled while fal ran them are asked about the same way until fal's end
-(a 404 included) frees the open-jobs slot they keep (`reservations.fal_ended`). It also applies parked early webhooks whose job has appeared (should the
-adoption right after creation have failed), then applies retention (`service.db.retention`: old
-events, expired sessions, unclaimed parked webhooks, day-old reservations).
+(a 404 included) frees the open-jobs slot they keep (`reservations.fal_ended`). It also applies
+parked early webhooks whose job has appeared (should the adoption right after creation have failed),
+then applies retention (`service.db.retention`: old events, expired sessions, unclaimed parked
+webhooks, day-old reservations), and keeps the outputs
+(`service.outputs.upkeep`: failed copies re-driven while fal keeps the file, staging leftovers).
 
 Background work that never wedges:
 - Each job is isolated: whatever fails for one (fal, the database, a change Postgres rejects) is
@@ -36,6 +38,7 @@ from service.fal.webhooks import WebhookIntake
 from service.jobs import reservations
 from service.jobs.models import TERMINAL_STATUSES, JobChange
 from service.jobs.status_machine import apply_change
+from service.outputs.upkeep import OutputUpkeep
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +79,15 @@ class SweepReport(msgspec.Struct):
     """Jobs cancelled while running whose end at fal was seen: their open-jobs slots are free."""
     deleted: dict[str, int] = msgspec.field(default_factory=dict)
     """Rows removed by retention, per table."""
+    outputs: dict[str, int] = msgspec.field(default_factory=dict)
+    """What the outputs' upkeep did (outputs re-driven, staging files removed)."""
 
 
 class Reconciler:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, follower: JobFollower, intake: WebhookIntake,
         *, connect_lock: LockConnector, overdue_after_s: float, interval_s: float, event_retention_days: int = 30,
+        outputs: OutputUpkeep | None = None,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -91,13 +97,14 @@ class Reconciler:
         self._overdue_after_s = overdue_after_s
         self._interval_s = interval_s
         self._event_retention_days = event_retention_days
+        self._outputs = outputs
 
     async def run_forever(self) -> None:
         while True:
             try:
                 report = await self.sweep_once()
-                if (report.changed or report.unknown_to_fal or report.adopted_webhooks or report.failed or report.deleted
-                        or report.fal_ended):
+                if (report.changed or report.unknown_to_fal or report.adopted_webhooks or report.failed
+                        or report.deleted or report.fal_ended or report.outputs):
                     log.info("reconciliation sweep", extra={"action": "sweep", **msgspec.structs.asdict(report)})
             except asyncio.CancelledError:
                 raise
@@ -148,6 +155,12 @@ class Reconciler:
                 report.deleted = await apply_retention(connection, event_retention_days=self._event_retention_days)
         except Exception as error:  # the next sweep tries again
             log.warning("retention failed", extra={"action": "retention", "error": type(error).__name__})
+        if self._outputs is not None:
+            try:
+                report.outputs = await self._outputs.sweep()
+            except Exception as error:  # the next sweep tries again
+                log.warning("the outputs' upkeep failed", extra={"action": "outputs.upkeep",
+                                                                 "error": type(error).__name__})
         return report
 
     async def _reconcile_one(self, target: FollowTarget, report: SweepReport) -> None:

@@ -344,6 +344,8 @@ class OutputChange(msgspec.Struct, kw_only=True, frozen=True):
     sha256: str | None = None
     store_key: str | None = None
     error: str | None = None
+    retryable: bool = False
+    """A failure that may pass (a budget of transient failures spent): the sweep re-drives it."""
 
 
 async def _append_event(connection: asyncpg.Connection, job: Job, now: datetime) -> None:
@@ -384,9 +386,10 @@ async def apply_output_change(
         updated = msgspec.structs.replace(job, outputs=outputs, version=job.version + 1, updated_at=now)
         await connection.execute(
             "UPDATE fal_job_outputs SET status = $3, content_type = $4, size = $5, sha256 = $6, store_key = $7, "
-            "last_error = coalesce($8, last_error), claim = NULL, lease_until = NULL, updated_at = $9 WHERE request_id = $1 AND index = $2",
+            "last_error = coalesce($8, last_error), claim = NULL, lease_until = NULL, updated_at = $9, retryable = $10 "
+            "WHERE request_id = $1 AND index = $2",
             request_id, index, change.status, change.content_type, change.size, change.sha256, change.store_key,
-            change.error, now,
+            change.error, now, change.retryable,
         )
         await connection.execute(
             "UPDATE fal_jobs SET outputs = $2, version = $3, updated_at = $4 WHERE request_id = $1",
@@ -394,6 +397,42 @@ async def apply_output_change(
         )
         await _append_event(connection, updated, now)
     metrics.output_copied(change.status, change.size)
+    return Applied(job=updated, accepted=True)
+
+
+async def reopen_failed_outputs(connection: asyncpg.Connection, request_id: str, indexes: list[int]) -> Applied:
+    """Set the job's `failed` outputs among `indexes` `pending` again, with fresh budgets: the
+    copy workers take them as new (one event). Not accepted when none of them is failed any more
+    or the job is no longer `completed` (deleted meanwhile)."""
+    async with connection.transaction():
+        row = await connection.fetchrow(
+            f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1 FOR UPDATE", request_id
+        )
+        if row is None:
+            return Applied(job=None, accepted=False)
+        job = job_from_row(row)
+        if job.status != "completed":
+            return Applied(job=job, accepted=False)
+        now = datetime.now(UTC)
+        reopened = await connection.fetch(
+            "UPDATE fal_job_outputs SET status = 'pending', attempts = 0, store_failures = 0, retryable = false, "
+            "claim = NULL, lease_until = NULL, next_attempt_at = $3, updated_at = $3 "
+            "WHERE request_id = $1 AND index = ANY($2::int[]) AND status = 'failed' RETURNING index",
+            request_id, indexes, now,
+        )
+        again = {r["index"] for r in reopened}
+        if not again:
+            return Applied(job=job, accepted=False)
+        outputs = [
+            msgspec.structs.replace(output, status="pending", error=None) if output.index in again else output
+            for output in job.outputs
+        ]
+        updated = msgspec.structs.replace(job, outputs=outputs, version=job.version + 1, updated_at=now)
+        await connection.execute(
+            "UPDATE fal_jobs SET outputs = $2, version = $3, updated_at = $4 WHERE request_id = $1",
+            request_id, outputs, updated.version, now,
+        )
+        await _append_event(connection, updated, now)
     return Applied(job=updated, accepted=True)
 
 

@@ -8,6 +8,7 @@ worth another try.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from urllib.parse import urljoin
@@ -17,6 +18,8 @@ import httpx
 from service.jobs.status_machine import OutputChange
 from service.outputs.sources import SourcePolicy, SourceRefused
 from service.outputs.store import MediaStore
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
@@ -32,7 +35,13 @@ _MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9][a-z0-9.+-]{0,100}")
 
 
 class CopyRetry(Exception):
-    """A failure that may pass (a time-out, a 5xx, a reset): try again later."""
+    """A failure that may pass (a time-out, a 5xx, a reset): try again later. `store` tells a
+    failure of our store (an outage, a full disk, expired credentials) from one of the source:
+    they are retried on budgets of their own."""
+
+    def __init__(self, message: str, *, store: bool = False) -> None:
+        super().__init__(message)
+        self.store = store
 
 
 class _Failed(Exception):
@@ -105,12 +114,17 @@ class Copier:
             # The store lets what the source raised through as it was: the source's failures are
             # told from the store's by identity, not by type (both can be an OSError).
             if error is not source_error:
-                raise CopyRetry(f"writing to the store failed: {type(error).__name__}: {str(error)[:300]}") from None
+                raise CopyRetry(f"writing to the store failed: {type(error).__name__}: {str(error)[:300]}",
+                                store=True) from None
             if isinstance(error, (_Failed, httpx.TransportError, ConnectionError, TimeoutError)):
                 raise  # copy() tells a failure for good from one worth another try
             raise CopyRetry(f"reading the source failed: {type(error).__name__}: {str(error)[:300]}") from None
         if declared is not None and declared.isdigit() and int(declared) != size:
-            await self._store.delete(key)
+            try:
+                await self._store.delete(key)
+            except Exception as error:  # unreferenced: `outputs gc` finds it
+                log.warning("could not remove a short copy", extra={"action": "outputs.copy", "key": key,
+                                                                     "error": type(error).__name__})
             raise CopyRetry(f"source sent {size} of {declared} bytes")
         return OutputChange(status="stored", content_type=content_type, size=size, sha256=sha256,
                             store_key=key)

@@ -17,6 +17,9 @@ staging name in the same folder, then `os.replace`d, atomic within one filesyste
 staging name, `<name>#<digits>`, is the form LocalStore gives its own uploads and leaves out of
 listings. Reads, deletes and listings still go through obstore, so the path must be the one
 LocalStore reads for the key: `local_path` answers only for keys LocalStore keeps as they are.
+And it survives a power loss once the upload has returned (the database says `stored` after
+that): the file's bytes are synced before the rename, and its folder (with any folder the upload
+created, in its parent) after it, so the new name never points at a short or empty file.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import queue
 import re
 import secrets
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import IO
@@ -65,8 +68,14 @@ class _StagedFile:
     """The thread's side. Every step holds the lock, so a discard that follows a step still in
     flight (the loop stopped waiting: cancelled, timed out) waits for it, and no step follows."""
 
+    sync: Callable[[int], None] = staticmethod(os.fsync)
+    """How a file descriptor's data reaches the disk (a seam for the tests to record the order)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._folders: list[Path] = []
+        """Folders whose entries must reach the disk after the rename: the file's own, and the
+        parent of each folder this upload created."""
         self.staging = path.with_name(f"{path.name}#{secrets.randbelow(10**16)}")
         self.digest = hashlib.sha256()
         self._file: IO[bytes] | None = None
@@ -79,7 +88,12 @@ class _StagedFile:
             if self._discarded:
                 raise RuntimeError("the upload was abandoned")
             for tries_left in (1, 0):
+                folder, created = self.path.parent, []
+                while not folder.exists() and folder != folder.parent:
+                    created.append(folder)
+                    folder = folder.parent
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._folders = [self.path.parent, *(new.parent for new in created)]
                 try:
                     self._file = open(self.staging, "xb")  # closed by commit or discard
                     return
@@ -99,10 +113,18 @@ class _StagedFile:
         with self._lock:
             if self._file is None:
                 raise RuntimeError("the staging file is not open")
+            self._file.flush()
+            self.sync(self._file.fileno())
             self._file.close()
             self._file = None
             os.replace(self.staging, self.path)
             self._committed = True
+            for folder in dict.fromkeys(self._folders):
+                descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    self.sync(descriptor)
+                finally:
+                    os.close(descriptor)
 
     def discard(self) -> None:
         with self._lock:

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import obstore
 from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, ObjectStore, from_url
@@ -43,10 +47,20 @@ CALL_TIMEOUT_S = 30.0
 READ_CHUNK_BYTES = 1024 * 1024
 THREADS = 64
 """Each upload holds a thread for its length, each read one per piece: enough for both at once."""
+LIST_BATCH = 1000
+"""Objects a listing hands over at a time."""
+_STAGING_NAME = re.compile(r".+#[0-9]+")
+"""The name of an upload in progress in a local folder (ours and LocalStore's own)."""
 
 
 class ObjectMissing(Exception):
     """The store has no object under that key."""
+
+
+class StoredObject(msgspec.Struct, frozen=True):
+    key: str
+    size: int
+    last_modified: datetime
 
 
 class MediaStore:
@@ -125,3 +139,38 @@ class MediaStore:
     async def keys(self, prefix: str) -> list[str]:
         metas = await self._call(lambda: obstore.list(self._store, prefix).collect())
         return sorted(meta["path"] for meta in metas)
+
+    async def objects(self, prefix: str) -> AsyncIterator[list[StoredObject]]:
+        """Every object under `prefix`, in batches (a store holds more than memory should)."""
+        stream = await self._call(lambda: iter(obstore.list(self._store, prefix, chunk_size=LIST_BATCH)))
+        done = object()
+        while (batch := await self._call(next, stream, done)) is not done:
+            yield [StoredObject(key=meta["path"], size=int(meta["size"]), last_modified=meta["last_modified"])
+                   for meta in batch]
+
+    async def remove_staging_leftovers(self, prefix: str, older_than_s: float) -> list[str]:
+        """Staging files of a local folder store (`<name>#<digits>`, left by a process that was
+        killed mid-upload; listings do not show them) last written more than `older_than_s` ago:
+        removed, and their paths (relative to the folder) answered. Nothing for other stores."""
+        if self._local_root is None:
+            return []
+        root = self._local_root
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, _remove_staging, root, root / prefix, older_than_s)
+
+
+def _remove_staging(root: Path, folder: Path, older_than_s: float) -> list[str]:
+    before = time.time() - older_than_s
+    removed: list[str] = []
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            if not _STAGING_NAME.fullmatch(name):
+                continue
+            path = Path(directory, name)
+            try:
+                if path.stat().st_mtime < before:
+                    path.unlink()
+                    removed.append(str(path.relative_to(root)))
+            except FileNotFoundError:
+                pass  # finished or discarded meanwhile
+    return removed

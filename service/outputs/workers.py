@@ -6,8 +6,14 @@ an open transaction would hold back every snapshot's xmin, which the event liste
 reads). While copying it renews the lease; a process that dies stops renewing, its lease lapses,
 and any process claims the row again. Each claim writes under a key of its own, so a late worker
 whose claim was taken over removes its own bytes instead of clobbering the winner's: each file is
-stored once. The outcome goes through the status machine (one event); a failure that may pass is
-retried with backoff, up to `MAX_ATTEMPTS` claims.
+stored once. The outcome goes through the status machine (one event).
+
+A failure that may pass is retried with backoff, on one of two budgets counted when a try fails
+(a claim handed back at shutdown, a lapsed lease or a copy whose outcome could not be written
+spends neither): a failure at fal's CDN (the source) up to `MAX_ATTEMPTS` tries, after which the
+output is `failed` but `retryable` (the sweep re-drives it later); a failure at our store (an
+outage, a full disk, expired credentials) for as long as fal keeps its copy, since the file is
+not lost until then.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from datetime import timedelta
 import asyncpg
 import msgspec
 
+from service import metrics
 from service.jobs.status_machine import OutputChange, apply_output_change
 from service.outputs.copier import Copier, CopyRetry
 from service.outputs.store import MediaStore
 from service.realtime.events import JobEvent
+from service.settings import FAL_MEDIA_LIFETIME_S
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +42,13 @@ SAFETY_POLL_S = 30.0
 """Work is found when a completion's event arrives (any process's, through the listener), and at
 the time the next row falls due (a retry, a lapsed lease); this slow poll is the safety net."""
 MAX_ATTEMPTS = 8
+"""Tries that fail at the source before the output is `failed` (retryable)."""
 BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 300.0
+STORE_RETRY_MAX_S = 300.0
+"""The default longest wait between tries that failed at the store (OUTPUT_STORE_RETRY_MAX_S)."""
+FORGET_TIMEOUT_S = 2.0
+"""Checking, after a failed write of an outcome, whether the row took the key (then it is kept)."""
 
 
 class DueOutput(msgspec.Struct, frozen=True):
@@ -46,12 +59,15 @@ class DueOutput(msgspec.Struct, frozen=True):
     status: str
     store_key: str | None
     attempts: int
+    """Tries that failed at the source."""
+    store_failures: int
+    fal_copy_alive: bool
+    """fal still keeps its copy, as far as we know (FAL_MEDIA_EXPIRY_S, else its least)."""
 
 
 _CLAIM = """
 UPDATE fal_job_outputs o
-SET claim = $1, lease_until = now() + make_interval(secs => $2),
-    attempts = o.attempts + CASE WHEN o.status = 'pending' THEN 1 ELSE 0 END, updated_at = now()
+SET claim = $1, lease_until = now() + make_interval(secs => $2), updated_at = now()
 FROM (
     SELECT request_id, index FROM fal_job_outputs
     WHERE (status = 'pending' OR (status = 'deleted' AND store_key IS NOT NULL))
@@ -61,7 +77,8 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) due
 WHERE o.request_id = due.request_id AND o.index = due.index
-RETURNING o.request_id, o.index, o.kind, o.source_url, o.status, o.store_key, o.attempts
+RETURNING o.request_id, o.index, o.kind, o.source_url, o.status, o.store_key, o.attempts, o.store_failures,
+    o.created_at > now() - make_interval(secs => $4) AS fal_copy_alive
 """
 
 
@@ -69,14 +86,16 @@ def object_key(request_id: str, index: int, claim: str) -> str:
     return f"outputs/{request_id}/{index}-{claim}"
 
 
-def backoff_s(attempts: int) -> float:
-    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(attempts - 1, 0))
+def backoff_s(failures: int, *, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> float:
+    return min(cap_s, base_s * 2 ** max(failures - 1, 0))
 
 
 class OutputWorkers:
     def __init__(
         self, pool: asyncpg.Pool, store: MediaStore, copier: Copier, *,
         concurrency: int, lease_s: float = 60.0, poll_s: float = SAFETY_POLL_S,
+        fal_copy_lifetime_s: float = FAL_MEDIA_LIFETIME_S, store_retry_max_s: float = STORE_RETRY_MAX_S,
+        backoff_base_s: float = BACKOFF_BASE_S, max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -84,6 +103,10 @@ class OutputWorkers:
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._poll_s = poll_s
+        self._fal_copy_lifetime_s = fal_copy_lifetime_s
+        self._store_retry_max_s = store_retry_max_s
+        self._backoff_base_s = backoff_base_s
+        self._max_attempts = max_attempts
         self._running: dict[asyncio.Task[None], tuple[str, int, str]] = {}
         self._wake = asyncio.Event()
         self._next_due: float | None = None
@@ -151,7 +174,8 @@ class OutputWorkers:
 
     async def _claim(self, limit: int) -> list[tuple[DueOutput, str]]:
         claim = secrets.token_hex(8)
-        rows = await self._pool.fetch(_CLAIM, claim, self._lease_s, limit, timeout=DB_TIMEOUT_S)
+        rows = await self._pool.fetch(_CLAIM, claim, self._lease_s, limit, float(self._fal_copy_lifetime_s),
+                                      timeout=DB_TIMEOUT_S)
         return [(msgspec.convert(dict(row), DueOutput), claim) for row in rows]
 
     async def _learn_next_due(self) -> None:
@@ -202,12 +226,17 @@ class OutputWorkers:
         try:
             change = await self._copier.copy(row.source_url, row.kind, key)
         except CopyRetry as retry:
-            if row.attempts < MAX_ATTEMPTS:
-                await self._retry_later(row, claim, str(retry))
+            given_up = await self._retry_or_give_up(row, claim, retry)
+            if given_up is None:
                 return
-            change = OutputChange(status="failed", error=f"gave up after {row.attempts} attempts: {retry}")
-        async with self._pool.acquire(timeout=DB_TIMEOUT_S) as connection:
-            applied = await apply_output_change(connection, row.request_id, row.index, change, claim=claim)
+            change = given_up
+        try:
+            async with self._pool.acquire(timeout=DB_TIMEOUT_S) as connection:
+                applied = await apply_output_change(connection, row.request_id, row.index, change, claim=claim)
+        except BaseException:
+            if change.status == "stored":
+                await self._forget_unrecorded(row, key)
+            raise
         if change.status == "stored" and not applied.accepted:
             # Deleted meanwhile, or our lease lapsed and another claim took the row over.
             await self._store.delete(key)
@@ -215,21 +244,61 @@ class OutputWorkers:
                  extra={"action": "outputs.copy", "request_id": row.request_id, "index": row.index,
                         "size": change.size, "error": change.error})
 
-    async def _retry_later(self, row: DueOutput, claim: str, error: str) -> None:
-        delay = backoff_s(row.attempts)
+    async def _retry_or_give_up(self, row: DueOutput, claim: str, retry: CopyRetry) -> OutputChange | None:
+        """Schedule the next try on the budget the failure belongs to; the failed outcome once
+        that budget is spent (None: a try is scheduled)."""
+        if retry.store:
+            failures = row.store_failures + 1
+            if row.fal_copy_alive:
+                delay = backoff_s(failures, base_s=self._backoff_base_s, cap_s=self._store_retry_max_s)
+                await self._retry_later(row, claim, str(retry), delay, store_failures=failures)
+                return None
+            # fal's copy is gone by now (as far as we know): another try would find nothing.
+            return OutputChange(status="failed",
+                                error=f"the store failed {failures} times until fal's copy expired: {retry}")
+        attempts = row.attempts + 1
+        if attempts < self._max_attempts:
+            delay = backoff_s(attempts, base_s=self._backoff_base_s)
+            await self._retry_later(row, claim, str(retry), delay, attempts=attempts)
+            return None
+        return OutputChange(status="failed", error=f"gave up after {attempts} attempts: {retry}", retryable=True)
+
+    async def _forget_unrecorded(self, row: DueOutput, key: str) -> None:
+        """The outcome of a stored copy could not be written (the database is unavailable, a
+        time-out, shutdown): remove its bytes, which no row names, unless the write did commit
+        after all (its reply was lost). When that cannot be told, the key stays for `outputs gc`."""
+        try:
+            async with asyncio.timeout(FORGET_TIMEOUT_S):
+                recorded = await self._pool.fetchval(
+                    "SELECT store_key FROM fal_job_outputs WHERE request_id = $1 AND index = $2",
+                    row.request_id, row.index, timeout=FORGET_TIMEOUT_S,
+                )
+                if recorded != key:
+                    await self._store.delete(key)
+                    metrics.output_orphan_removed("copy")
+        except Exception as error:
+            log.warning("a copy's bytes stay in the store unrecorded; `outputs gc` removes them",
+                        extra={"action": "outputs.forget", "request_id": row.request_id, "index": row.index,
+                               "key": key, "error": type(error).__name__})
+
+    async def _retry_later(self, row: DueOutput, claim: str, error: str, delay: float, *,
+                           attempts: int | None = None, store_failures: int | None = None) -> None:
         self._due_in(delay + 0.05)
+        metrics.output_copy_retry("store" if store_failures is not None else "source")
         await self._pool.execute(
             "UPDATE fal_job_outputs SET claim = NULL, lease_until = NULL, last_error = $4, "
-            "next_attempt_at = now() + $5::interval, updated_at = now() "
+            "next_attempt_at = now() + $5::interval, attempts = coalesce($6, attempts), "
+            "store_failures = coalesce($7, store_failures), updated_at = now() "
             "WHERE request_id = $1 AND index = $2 AND claim = $3",
-            row.request_id, row.index, claim, error, timedelta(seconds=delay), timeout=DB_TIMEOUT_S,
+            row.request_id, row.index, claim, error, timedelta(seconds=delay), attempts, store_failures,
+            timeout=DB_TIMEOUT_S,
         )
         log.info("output copy will be retried", extra={"action": "outputs.retry", "request_id": row.request_id,
                                                         "index": row.index, "in_s": delay, "error": error})
 
     async def _purge(self, row: DueOutput, claim: str) -> None:
-        assert row.store_key is not None
-        await self._store.delete(row.store_key)
+        if row.store_key is not None:  # claimed for that reason
+            await self._store.delete(row.store_key)
         await self._pool.execute(
             "UPDATE fal_job_outputs SET store_key = NULL, claim = NULL, lease_until = NULL, updated_at = now() "
             "WHERE request_id = $1 AND index = $2 AND claim = $3",
