@@ -72,7 +72,7 @@ from service.db.migrations import apply_migrations  # noqa: E402
 from service.db.pool import create_pool  # noqa: E402
 from service.emulator import FalEmulator  # noqa: E402
 from service.emulator.signing import signed_headers  # noqa: E402
-from service.fal.webhooks import FalWebhook, WebhookIntake  # noqa: E402
+from service.usecases.receive_webhook import FalWebhook, WebhookIntake  # noqa: E402
 from service.jobs.models import Job  # noqa: E402
 
 WEBHOOK_PATH = "/api/webhooks/fal"

@@ -1,10 +1,9 @@
-"""Creating and cancelling jobs: the seed's `createFalJob`, and its counterpart.
+"""Submitting a job: the seed's `createFalJob` (its counterpart: `cancel_job`).
 
-Create: validate, submit to fal (with our webhook URL when fal can reach us), then record the job
-as `pending`. fal answers first, so a refused submit leaves no job behind; a webhook that beats
-the INSERT is parked and adopted right after it.
+Validate, reserve within the user's limits, submit to fal (with our webhook URL when fal can reach
+us), then record the job as `pending`. fal answers first, so a refused submit leaves no job
+behind; a webhook that beats the INSERT is parked and adopted right after it.
 """
-
 from __future__ import annotations
 
 import logging
@@ -15,15 +14,15 @@ import asyncpg
 import msgspec
 
 from service import metrics
-from service.errors import Conflict, InvalidRequest, UpstreamError
-from service.fal.follower import FollowTarget, JobFollower
-from service.fal.gateway import FalGateway, was_cancelled
-from service.fal.webhooks import WebhookIntake
+from service.errors import InvalidRequest
+from service.fal.gateway import FalGateway
 from service.jobs import queries, reservations
 from service.jobs.catalog import model_type
-from service.jobs.models import Job, JobChange, JobType, NewJob
+from service.jobs.models import Job, JobType, NewJob
 from service.jobs.reservations import Limits, body_digest
-from service.jobs.status_machine import apply_change, create_job
+from service.jobs.status_machine import create_job
+from service.usecases.follow_jobs import FollowTarget, JobFollower
+from service.usecases.receive_webhook import WebhookIntake
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def _unstorable(value: Any, path: str) -> str | None:
     return None
 
 
-class JobCommands:
+class SubmitJob:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, intake: WebhookIntake, follower: JobFollower,
         *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits,
@@ -130,28 +129,3 @@ class JobCommands:
         if not job.is_terminal:
             self._follower.follow(FollowTarget(request_id=request_id, model_id=request.model_id, mode=mode))
         return Created(job=job, replayed=False)
-
-    async def cancel(self, user_id: str, request_id: str) -> Job:
-        """Cancel at fal, then record it. Safe to retry: when fal says "already completed" (say, a
-        first try reached fal but not the database), fal's own status is read: a request fal
-        cancelled is recorded `cancelled` and answered as such, not as "already completed"."""
-        job = await queries.get_job(self._pool, user_id, request_id)
-        if job.is_terminal:
-            raise Conflict(f"job {request_id!r} is already {job.status}")
-        outcome = await self._gateway.cancel(job.model_id, request_id)
-        if outcome == "not_found":
-            raise UpstreamError(f"fal does not know request {request_id!r}")
-        change = JobChange(status="cancelled", error="cancelled by the user")
-        if outcome == "already_completed":
-            status = await self._gateway.status(job.model_id, request_id)
-            if status.status != "COMPLETED" or not was_cancelled(status.error, None):
-                job = await queries.get_job(self._pool, user_id, request_id)
-                if job.status == "cancelled":
-                    return job
-                raise Conflict(f"job {request_id!r} already completed at fal; its result is on its way")
-        async with self._pool.acquire() as connection:
-            applied = await apply_change(connection, request_id, change)
-        assert applied.job is not None
-        if not applied.accepted and applied.job.status != "cancelled":
-            raise Conflict(f"job {request_id!r} is already {applied.job.status}")
-        return applied.job
