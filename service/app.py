@@ -53,6 +53,7 @@ from service.realtime.shutdown import close_streams_on_exit_signal
 from service.serving import check_can_serve
 from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, load_settings
 from service.usecases.cancel_job import CancelJob
+from service.usecases.delete_job import DeleteJob
 from service.usecases.follow_jobs import JobFollower
 from service.usecases.receive_webhook import WebhookIntake, WebhookReceiver
 from service.usecases.submit_job import SubmitJob
@@ -159,6 +160,7 @@ def create_app(settings: Settings) -> Litestar:
                               max_jobs_per_minute=settings.max_jobs_per_minute),
             ),
             cancellations=CancelJob(pool, gateway),
+            deletions=DeleteJob(pool, store),
             admission=admission,
             reconciler=reconciler,
             follower=follower,
@@ -224,6 +226,7 @@ def create_app(settings: Settings) -> Litestar:
             "admission": _from_state("admission"),
             "submissions": _from_state("submissions"),
             "cancellations": _from_state("cancellations"),
+            "deletions": _from_state("deletions"),
             "webhooks": _from_state("webhooks"),
             "hub": _from_state("hub"),
             "tokens": _from_state("tokens"),

@@ -16,10 +16,10 @@ from service.jobs import queries
 from service.jobs.models import Job
 from service.jobs.reservations import check_idempotency_key
 from service.realtime.admission import Admission
-from service.outputs.access import MediaAccess
 from service.realtime.hub import Hub
 from service.realtime.waiting import wait_for_job
 from service.usecases.cancel_job import CancelJob
+from service.usecases.delete_job import DeleteJob
 from service.usecases.submit_job import MAX_INPUT_BYTES, CreateJobRequest, SubmitJob
 
 MAX_WAIT_S = 300
@@ -124,6 +124,6 @@ class JobsController(Controller):
     @delete("/{request_id:str}", status_code=200,
             summary="Delete a finished job's media: removed from our store, outputs answer 410; the job stays, as deleted")
     async def delete_job(
-        self, user_id: UserIdDependency, request_id: FromPath[str], media: NamedDependency[MediaAccess]
+        self, user_id: UserIdDependency, request_id: FromPath[str], deletions: NamedDependency[DeleteJob]
     ) -> JobView:
-        return job_view(await media.delete(user_id, request_id))
+        return job_view(await deletions.delete(user_id, request_id))
