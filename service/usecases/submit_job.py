@@ -4,6 +4,7 @@ Validate, reserve within the user's limits, submit to fal (with our webhook URL 
 us), then record the job as `pending`. fal answers first, so a refused submit leaves no job
 behind; a webhook that beats the INSERT is parked and adopted right after it.
 """
+
 from __future__ import annotations
 
 import logging
