@@ -15,7 +15,7 @@ from bench.webhooks_load import PHASE_TIMEOUT_S, Post, fire_webhooks, run_worker
 from bench.webhooks_measures import CpuSnapshot, CpuUse, Result, postgres_pids
 from service.db.pool import create_pool
 from service.emulator import FalEmulator
-from service.fal.webhooks import FalWebhook, WebhookIntake
+from service.usecases.receive_webhook import FalWebhook, WebhookIntake
 
 RAW_CONCURRENCIES = (4, 8, 16)
 SERVICE_POOL_SIZE = 10  # service.db.pool.create_pool's default max_size, which the service uses

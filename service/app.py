@@ -21,11 +21,8 @@ from service.db.embedded import start_embedded_postgres
 from service import metrics
 from service.db.pool import create_pool
 from service.emulator import FalEmulator, create_emulator_app
-from service.fal.follower import JobFollower
 from service.fal.gateway import FalGateway
-from service.fal.reconcile import Reconciler
 from service.fal.signatures import JwksKeyring, WebhookVerifier
-from service.fal.webhooks import WebhookIntake, WebhookReceiver
 from service.auth.callers import revoked_among
 from service.auth.stream_tokens import StreamTokens
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
@@ -42,7 +39,6 @@ from service.http.request_log import request_log_middleware
 from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
 from service.http.security_headers import security_headers
 from service.http.webhooks import WEBHOOK_PATH, fal_webhook
-from service.jobs.commands import JobCommands
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
 from service.realtime.admission import Admission
@@ -57,6 +53,12 @@ from service.realtime.listener import EventListener
 from service.realtime.shutdown import close_streams_on_exit_signal
 from service.serving import check_can_serve
 from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, load_settings
+from service.usecases.cancel_job import CancelJob
+from service.usecases.delete_job import DeleteJob
+from service.usecases.follow_jobs import JobFollower
+from service.usecases.receive_webhook import WebhookIntake, WebhookReceiver
+from service.usecases.submit_job import SubmitJob
+from service.usecases.sweep import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +158,14 @@ def create_app(settings: Settings) -> Litestar:
             webhooks=WebhookReceiver(
                 WebhookVerifier(JwksKeyring(jwks_url, http), expected_user_id=webhook_user_id), intake
             ),
-            commands=JobCommands(
+            submissions=SubmitJob(
                 pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=webhook_url,
                 limits=Limits(max_open_jobs=settings.max_open_jobs_per_user,
                               max_jobs_per_minute=settings.max_jobs_per_minute,
                               cancel_hold_max_s=settings.cancel_hold_max_s),
             ),
+            cancellations=CancelJob(pool, gateway, follower, cancel_hold_max_s=settings.cancel_hold_max_s),
+            deletions=DeleteJob(pool, store),
             admission=admission,
             reconciler=reconciler,
             follower=follower,
@@ -225,7 +229,9 @@ def create_app(settings: Settings) -> Litestar:
             "caller": Provide(provide_caller),
             "user_id": Provide(provide_user_id, sync_to_thread=False),
             "admission": _from_state("admission"),
-            "commands": _from_state("commands"),
+            "submissions": _from_state("submissions"),
+            "cancellations": _from_state("cancellations"),
+            "deletions": _from_state("deletions"),
             "webhooks": _from_state("webhooks"),
             "hub": _from_state("hub"),
             "tokens": _from_state("tokens"),

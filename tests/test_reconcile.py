@@ -10,7 +10,7 @@ import msgspec
 
 from service.emulator import FalEmulator
 from service.fal.gateway import FalGateway
-from service.fal.reconcile import SWEEP_LOCK_KEY, Reconciler, SweepReport
+from service.usecases.sweep import SWEEP_LOCK_KEY, Reconciler, SweepReport
 from service.jobs.models import NewJob
 from service.jobs.status_machine import create_job
 from tests.conftest import FAL_KEY, RunningServer

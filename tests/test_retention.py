@@ -14,7 +14,7 @@ import httpx
 from service.auth.api_keys import NewUser
 from service.auth.browser_sessions import issue_sign_in_token
 from service.db.retention import apply_retention
-from service.fal.reconcile import SweepReport
+from service.usecases.sweep import SweepReport
 from tests.conftest import RunningServer, bearer
 from tests.sse import SseReader
 from tests.test_fal_round_trip import submit, wait_until_terminal

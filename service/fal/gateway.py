@@ -26,7 +26,6 @@ from httpx_sse import aconnect_sse
 from service import metrics
 from service.db.storable import storable_json
 from service.errors import UpstreamError
-from service.jobs.models import JobChange, LogLine
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +42,20 @@ class FalRequestFailed(Exception):
         self.detail = detail
 
 
+class FalLogLine(msgspec.Struct, kw_only=True):
+    """One line of a request's logs, as fal sends it."""
+
+    message: str
+    level: str | None = None
+    source: str | None = None
+    timestamp: str | None = None
+
+
 class FalStatus(msgspec.Struct, kw_only=True):
     status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
     request_id: str | None = None
     queue_position: int | None = None
-    logs: list[LogLine] | None = None
+    logs: list[FalLogLine] | None = None
     error: str | None = None
     error_type: str | None = None
 
@@ -122,7 +130,7 @@ class FalGateway:
             raise FalRequestFailed(error.status_code, _detail(error)) from None
         if isinstance(status, fal_client.Queued):
             return FalStatus(status="IN_QUEUE", request_id=request_id, queue_position=status.position)
-        logs = msgspec.convert(status.logs, list[LogLine] | None)
+        logs = msgspec.convert(status.logs, list[FalLogLine] | None)
         if isinstance(status, fal_client.InProgress):
             return FalStatus(status="IN_PROGRESS", request_id=request_id, logs=logs)
         assert isinstance(status, fal_client.Completed)
@@ -165,29 +173,6 @@ class FalGateway:
             raise UpstreamError(f"fal could not be reached: {type(error).__name__}") from None
         return "requested"
 
-    async def completion_change(self, model_id: str, request_id: str, status: FalStatus) -> JobChange:
-        """The terminal change for a COMPLETED status: fetch its result, or record its error."""
-        if was_cancelled(status.error, None):
-            return JobChange(status="cancelled", error=status.error, error_type=status.error_type, logs=status.logs)
-        try:
-            output = await self.result(model_id, request_id)
-        except FalRequestFailed as failure:
-            if failure.status_code >= 500 and status.error is None:
-                raise
-            if was_cancelled(status.error, failure.detail):
-                return JobChange(status="cancelled", error=CANCELLED_ERROR, error_type=status.error_type, logs=status.logs)
-            return JobChange(
-                status="failed",
-                error=describe_error(status.error or f"fal answered {failure.status_code}", failure.detail),
-                error_type=status.error_type,
-                result=failure.detail,
-                logs=status.logs,
-            )
-        if status.error:
-            return JobChange(status="failed", error=describe_error(status.error, output), error_type=status.error_type,
-                             result=output, logs=status.logs)
-        return JobChange(status="completed", result=output, logs=status.logs)
-
     def _request_url(self, model_id: str, request_id: str) -> str:
         app, _ = _app_path(model_id)
         return f"{self._queue_url}/{app}/requests/{request_id}"
@@ -214,15 +199,6 @@ def describe_error(error: str | None, detail: Any) -> str:
     if isinstance(items, str) and items:
         return f"{text}: {items}"
     return text
-
-
-def change_from_status(status: FalStatus) -> JobChange | None:
-    """Queue position and progress as job changes; COMPLETED needs a result fetch (see above)."""
-    if status.status == "IN_QUEUE":
-        return JobChange(status="pending", queue_position=status.queue_position)
-    if status.status == "IN_PROGRESS":
-        return JobChange(status="in_progress", logs=status.logs)
-    return None
 
 
 def _body(response: httpx.Response) -> Any:

@@ -13,13 +13,14 @@ from service.auth.stream_tokens import StreamTokens, job_scope
 from service.errors import Conflict
 from service.http.dependencies import CallerDependency, PoolDependency, UserIdDependency
 from service.jobs import queries
-from service.jobs.commands import MAX_INPUT_BYTES, CreateJobRequest, JobCommands
 from service.jobs.models import Job
 from service.jobs.reservations import check_idempotency_key
 from service.realtime.admission import Admission
-from service.outputs.access import MediaAccess
 from service.realtime.hub import Hub
 from service.realtime.waiting import wait_for_job
+from service.usecases.cancel_job import CancelJob
+from service.usecases.delete_job import DeleteJob
+from service.usecases.submit_job import MAX_INPUT_BYTES, CreateJobRequest, SubmitJob
 
 MAX_WAIT_S = 300
 MAX_CREATE_BODY_BYTES = 2 * MAX_INPUT_BYTES
@@ -61,7 +62,7 @@ class JobsController(Controller):
     @post("/", status_code=202, summary="Submit an image or video job to fal; answers at once",
           request_max_body_size=MAX_CREATE_BODY_BYTES)
     async def create_job(
-        self, data: JSONBody[CreateJobRequest], caller: CallerDependency, commands: NamedDependency[JobCommands],
+        self, data: JSONBody[CreateJobRequest], caller: CallerDependency, submissions: NamedDependency[SubmitJob],
         tokens: NamedDependency[StreamTokens],
         idempotency_key: Annotated[str | None, HeaderParameter(
             name="Idempotency-Key",
@@ -69,7 +70,7 @@ class JobsController(Controller):
         )] = None,
     ) -> Response[CreatedJob]:
         key = check_idempotency_key(idempotency_key) if idempotency_key is not None else None
-        created = await commands.create(caller.user_id, data, idempotency_key=key)
+        created = await submissions.create(caller.user_id, data, idempotency_key=key)
         job = job_view(created.job)
         token, expires_at = tokens.issue(caller, job_scope(job.request_id))
         body = CreatedJob(**msgspec.structs.asdict(job), stream_token=token, stream_token_expires_at=expires_at)
@@ -115,14 +116,14 @@ class JobsController(Controller):
 
     @post("/{request_id:str}/cancel", status_code=200, summary="Cancel a job that has not finished")
     async def cancel_job(
-        self, user_id: UserIdDependency, request_id: FromPath[str], commands: NamedDependency[JobCommands]
+        self, user_id: UserIdDependency, request_id: FromPath[str], cancellations: NamedDependency[CancelJob]
     ) -> JobView:
         queries.check_request_id(request_id)
-        return job_view(await commands.cancel(user_id, request_id))
+        return job_view(await cancellations.cancel(user_id, request_id))
 
     @delete("/{request_id:str}", status_code=200,
             summary="Delete a finished job's media: removed from our store, outputs answer 410; the job stays, as deleted")
     async def delete_job(
-        self, user_id: UserIdDependency, request_id: FromPath[str], media: NamedDependency[MediaAccess]
+        self, user_id: UserIdDependency, request_id: FromPath[str], deletions: NamedDependency[DeleteJob]
     ) -> JobView:
-        return job_view(await media.delete(user_id, request_id))
+        return job_view(await deletions.delete(user_id, request_id))

@@ -21,7 +21,7 @@ from litestar.exceptions import HTTPException, MethodNotAllowedException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
-from service.fal.webhooks import WebhookReceiver
+from service.usecases.receive_webhook import WebhookReceiver
 
 WEBHOOK_PATH = "/api/webhooks/fal"
 MAX_WEBHOOK_BYTES = 1024 * 1024

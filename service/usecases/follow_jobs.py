@@ -23,10 +23,11 @@ import msgspec
 
 from service import metrics
 from service.errors import DatabaseUnavailable
-from service.fal.gateway import FalGateway, FalRequestFailed, FalStatus, change_from_status, sleep_backoff, was_cancelled
+from service.fal.gateway import FalGateway, FalRequestFailed, FalStatus, sleep_backoff, was_cancelled
 from service.jobs import reservations
 from service.jobs.models import JobChange, JobMode
 from service.jobs.status_machine import apply_change
+from service.usecases.fal_news import change_from_status, completion_change
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class JobFollower:
         if change is None:
             if target.mode == "webhook" and not was_cancelled(status.error, None):
                 return True  # the webhook carries the result (fal sends none for a cancelled request)
-            change = await self._gateway.completion_change(target.model_id, target.request_id, status)
+            change = await completion_change(self._gateway, target.model_id, target.request_id, status)
         async with self._pool.acquire() as connection:
             applied = await apply_change(connection, target.request_id, change)
             # Cancelled (here, or in another process) while fal ran it: follow on to fal's end.

@@ -32,13 +32,14 @@ import msgspec
 from service import metrics
 from service.errors import DatabaseUnavailable
 from service.db.retention import apply_retention
-from service.fal.follower import FollowTarget, JobFollower
-from service.fal.gateway import FalGateway, FalRequestFailed, change_from_status
-from service.fal.webhooks import WebhookIntake
+from service.fal.gateway import FalGateway, FalRequestFailed
 from service.jobs import reservations
 from service.jobs.models import TERMINAL_STATUSES, JobChange
 from service.jobs.status_machine import apply_change
 from service.outputs.upkeep import OutputUpkeep
+from service.usecases.fal_news import change_from_status, completion_change
+from service.usecases.follow_jobs import FollowTarget, JobFollower
+from service.usecases.receive_webhook import WebhookIntake
 
 log = logging.getLogger(__name__)
 
@@ -221,4 +222,4 @@ class Reconciler:
         change = change_from_status(status)
         if change is not None:
             return change
-        return await self._gateway.completion_change(target.model_id, target.request_id, status)
+        return await completion_change(self._gateway, target.model_id, target.request_id, status)
