@@ -2,6 +2,8 @@
 and finished requests that carry a `fal_webhook` are delivered, signed, with retries.
 
 Everything lives in memory: the emulator stands in for fal in tests and local runs, not in production.
+This module answers the queue calls and runs each request's task; what a request holds is in
+`records`, how it spends its time in `pacing`, how it ends in `outcomes`.
 
 Decisions where fal's behaviour is not documented (see the report and module docs):
 - queue_position = requests for the same owner/app submitted earlier and still queued, plus the
@@ -17,113 +19,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-from .faults import FAULTS_KEY, FaultOptions, parse_fault_options
-from .media import is_video_model
-from .outputs import build_output, forced_error_detail, media_query, validation_errors
+from . import outcomes
+from .pacing import Pace, queue_and_run, request_faults
+from .records import AppRef, EmulatedRequest, QueueError, SubmitRecord, new_request, split_model_path
 from .signing import KeySet
 from .webhooks import FAL_RETRY_SCHEDULE_S, WebhookSender
-from .wire import DeliveryAttempt, LogEntry, QueueState, StatusResponse, SubmitResponse, WebhookBody
-
-# fal-client's AppId understands these leading namespaces (workflows/owner/app/...).
-APP_NAMESPACES = ("workflows", "comfy")
-CANCELLED_ERROR = "Request was cancelled"
-APP_ERROR = "Invalid status code: 422"
-PAYLOAD_ERROR = "Failed to serialize the payload (emulated: fal_emulator.outcome = payload_error)"
-
-DEMO_PACE = {
-    # What a new user of `run` sees: seconds in the queue with a falling position, seconds running
-    # with log lines, as on fal; a video takes longer. Tests keep the engine's fast defaults.
-    "image": FaultOptions(queue_ms=3000, run_ms=4000, logs=4, queue_position=3),
-    "video": FaultOptions(queue_ms=5000, run_ms=15000, logs=8, queue_position=4),
-}
-
-
-class QueueError(Exception):
-    """An answer other than 2xx from a queue call, with fal's status code and JSON body."""
-
-    def __init__(self, status_code: int, body: dict[str, Any]) -> None:
-        super().__init__(f"{status_code}: {body}")
-        self.status_code = status_code
-        self.body = body
-
-
-class SubmitRecord(msgspec.Struct, frozen=True):
-    model_id: str
-    status_code: int
-    request_id: str | None
-    lifecycle_preference: str | None = None
-    """The X-Fal-Object-Lifecycle-Preference header the submit carried."""
-
-
-@dataclass(frozen=True)
-class AppRef:
-    """owner/app (with an optional namespace): what status, result and cancel URLs are keyed by."""
-
-    owner: str
-    app: str
-    namespace: str | None = None
-
-    @property
-    def path(self) -> str:
-        prefix = f"{self.namespace}/" if self.namespace else ""
-        return f"{prefix}{self.owner}/{self.app}"
-
-
-def split_model_path(path: str) -> tuple[AppRef, str] | None:
-    """'[ns/]owner/app[/sub...]' -> (AppRef, full model id); None when too short."""
-    parts = [p for p in path.strip("/").split("/") if p]
-    namespace = parts.pop(0) if parts and parts[0] in APP_NAMESPACES else None
-    if len(parts) < 2:
-        return None
-    return AppRef(parts[0], parts[1], namespace), "/".join(([namespace] if namespace else []) + parts)
-
-
-@dataclass(eq=False)
-class EmulatedRequest:
-    seq: int
-    request_id: str
-    gateway_request_id: str
-    app_ref: AppRef
-    model_id: str
-    input: dict[str, Any]
-    faults: FaultOptions
-    webhook_url: str | None
-    queue_ms: int
-    run_ms: int
-    state: QueueState = "IN_QUEUE"
-    countdown: int = 0
-    logs: list[LogEntry] = field(default_factory=list)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    output: dict[str, Any] | None = None
-    result_status: int = 200
-    result_body: dict[str, Any] | None = None
-    error: str | None = None
-    error_type: str | None = None
-    cancelled: bool = False
-    # Counted down by the faults of the same names (see FaultOptions).
-    status_failures: int = 0
-    result_failures: int = 0
-    status_stalls: int = 0
-    stream_breaks: int = 0
-    released: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(0))
-    status_calls: int = 0
-    forgotten: bool = False
-    # Set once the first webhook attempt is over, or when no webhook will be sent.
-    webhook_settled: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from .wire import DeliveryAttempt, StatusResponse, SubmitResponse, WebhookBody
 
 
 class FalEmulator:
@@ -138,7 +45,7 @@ class FalEmulator:
         default_queue_ms: int = 50,
         default_run_ms: int = 100,
         user_id: str = "fal-emulator-user",
-        pace: Literal["fast", "demo"] = "fast",
+        pace: Pace = "fast",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.accepted_keys = frozenset([keys] if isinstance(keys, str) else keys)
@@ -223,43 +130,24 @@ class FalEmulator:
             raise QueueError(404, {"detail": f"Application not found: {model_path!r}"})
         app_ref, model_id = split
         model_input = dict(model_input)
-        if FAULTS_KEY not in model_input and self.pace == "demo":
-            faults = DEMO_PACE["video" if is_video_model(model_id) else "image"]
-        else:
-            faults = parse_fault_options(model_input.pop(FAULTS_KEY, None))  # FaultOptionsError -> 422 in app
+        faults = request_faults(model_id, model_input, self.pace)  # FaultOptionsError -> 422 in app
         if faults.submit_status is not None:
             self.submissions.append(SubmitRecord(model_id, faults.submit_status, None))
             raise QueueError(
                 faults.submit_status,
                 {"detail": f"Emulated queue failure (fal_emulator.submit_status = {faults.submit_status})"},
             )
-        request_id = str(uuid.uuid4())
-        req = EmulatedRequest(
-            seq=next(self._seq),
-            request_id=request_id,
-            gateway_request_id=str(uuid.uuid4()),
-            app_ref=app_ref,
-            model_id=model_id,
-            input=model_input,
-            faults=faults,
-            webhook_url=webhook_url or None,
-            queue_ms=self.default_queue_ms if faults.queue_ms is None else faults.queue_ms,
-            run_ms=self.default_run_ms if faults.run_ms is None else faults.run_ms,
-            countdown=faults.queue_position,
-            status_failures=faults.status_failures,
-            status_stalls=faults.status_stalls,
-            result_failures=faults.result_failures,
-            stream_breaks=faults.stream_breaks,
+        req = new_request(
+            seq=next(self._seq), request_id=str(uuid.uuid4()), gateway_request_id=str(uuid.uuid4()),
+            app_ref=app_ref, model_id=model_id, model_input=model_input, faults=faults, webhook_url=webhook_url,
+            default_queue_ms=self.default_queue_ms, default_run_ms=self.default_run_ms,
         )
-        self.requests[request_id] = req
-        self.submissions.append(SubmitRecord(model_id, 200, request_id, lifecycle_preference))
+        self.requests[req.request_id] = req
+        self.submissions.append(SubmitRecord(model_id, 200, req.request_id, lifecycle_preference))
+        url = self._request_url(req)
         answer = SubmitResponse(
-            request_id=request_id,
-            response_url=self._request_url(req),
-            status_url=self._request_url(req) + "/status",
-            cancel_url=self._request_url(req) + "/cancel",
-            queue_position=self._queue_position(req),
-            gateway_request_id=req.gateway_request_id,
+            request_id=req.request_id, response_url=url, status_url=url + "/status", cancel_url=url + "/cancel",
+            queue_position=self._queue_position(req), gateway_request_id=req.gateway_request_id,
         )
         req.task = self._spawn(self._lifecycle(req))
         self._notify()
@@ -275,17 +163,15 @@ class FalEmulator:
         req = self._find(app_ref, request_id)
         req.status_calls += 1
         self._notify()
-        if req.status_failures:
-            req.status_failures -= 1
+        if req.take_status_failure():
             raise QueueError(req.faults.failure_status, {"detail": "Emulated status failure (fal_emulator.status_failures)"})
         return self.current_status(req, with_logs=with_logs)
 
     def stalls(self, app_ref: AppRef, request_id: str) -> bool:
         """Whether this status poll must never answer (`status_stalls`); counted as a status call."""
         req = self._find(app_ref, request_id)
-        if not req.status_stalls:
+        if not req.take_status_stall():
             return False
-        req.status_stalls -= 1
         req.status_calls += 1
         self._notify()
         return True
@@ -310,8 +196,7 @@ class FalEmulator:
 
     def result(self, app_ref: AppRef, request_id: str) -> tuple[int, dict[str, Any]]:
         req = self._find(app_ref, request_id)
-        if req.result_failures and req.state == "COMPLETED":
-            req.result_failures -= 1
+        if req.take_result_failure():
             raise QueueError(req.faults.failure_status, {"detail": "Emulated result failure (fal_emulator.result_failures)"})
         if req.state != "COMPLETED" or req.result_body is None:
             raise QueueError(400, {"detail": "Request is still in progress"})
@@ -325,11 +210,8 @@ class FalEmulator:
             return 400, {"status": "ALREADY_COMPLETED"}
         if req.state == "IN_PROGRESS" and req.faults.cancel_ignored:
             return 202, {"status": "CANCELLATION_REQUESTED"}
-        req.cancelled = True
-        if req.task is not None:
-            req.task.cancel()
-        self._complete(req, status=400, body={"detail": CANCELLED_ERROR}, error=CANCELLED_ERROR)
-        req.webhook_settled.set()
+        outcomes.cancel(req)
+        self._notify()
         return 202, {"status": "CANCELLATION_REQUESTED"}
 
     # ---- views --------------------------------------------------------------------------------
@@ -377,73 +259,27 @@ class FalEmulator:
 
     async def _lifecycle(self, req: EmulatedRequest) -> None:
         try:
-            await self._queue_and_run(req)
-            self._finish(req)
+            await queue_and_run(req, self._notify)
+            outcomes.finish(req, self.media_base)
+            self._notify()
             if req.webhook_url is not None:
-                await self._deliver(req)
+                await self._deliver(req, req.webhook_url)
         finally:
             # Whatever happened (done, cancelled, emulator closing), a submit waiting on this must go on.
             req.webhook_settled.set()
 
-    async def _queue_and_run(self, req: EmulatedRequest) -> None:
-        steps = req.faults.queue_position
-        tick = req.queue_ms / 1000 / (steps + 1)
-        for remaining in range(steps, -1, -1):
-            req.countdown = remaining
-            self._notify()
-            await asyncio.sleep(tick)
-        if req.faults.hold:
-            await req.released.acquire()
-        req.state = "IN_PROGRESS"
-        self._notify()
-        lines = req.faults.logs
-        interval = req.run_ms / 1000 / (lines + 1)
-        for index in range(lines):
-            await asyncio.sleep(interval)
-            req.logs.append(
-                LogEntry(message=f"Step {index + 1}/{lines}", level="INFO", source="USER", timestamp=_now_iso())
-            )
-            self._notify()
-        await asyncio.sleep(interval)
-        if req.faults.hold:
-            await req.released.acquire()
-
-    def _finish(self, req: EmulatedRequest) -> None:
-        inference_s = req.run_ms / 1000
-        req.metrics = {"inference_time": inference_s}
-        errors = forced_error_detail() if req.faults.outcome == "error" else validation_errors(req.model_id, req.input)
-        if errors:
-            self._complete(req, status=422, body={"detail": errors}, error=APP_ERROR)
-            return
-        req.output = build_output(
-            req.model_id, req.input, request_id=req.request_id, media_base=req.faults.media_base_url or self.media_base,
-            inference_s=inference_s, media_query=media_query(req.faults, time.time()),
-        )
-        self._complete(req, status=200, body=req.output, error=None)
-
-    def _complete(self, req: EmulatedRequest, *, status: int, body: dict[str, Any], error: str | None) -> None:
-        req.result_status, req.result_body, req.error = status, body, error
-        req.state = "COMPLETED"
-        self._notify()
-
     # ---- webhooks -----------------------------------------------------------------------------
 
     def webhook_body(self, req: EmulatedRequest) -> WebhookBody:
-        base = {"request_id": req.request_id, "gateway_request_id": req.gateway_request_id}
-        if req.result_status != 200:
-            return WebhookBody(**base, status="ERROR", error=req.error, payload=req.result_body)
-        if req.faults.outcome == "payload_error":
-            return WebhookBody(**base, status="OK", payload=None, payload_error=PAYLOAD_ERROR)
-        return WebhookBody(**base, status="OK", payload=req.output)
+        return outcomes.webhook_body(req)
 
-    async def _deliver(self, req: EmulatedRequest) -> None:
-        assert req.webhook_url is not None
+    async def _deliver(self, req: EmulatedRequest, url: str) -> None:
         if req.faults.webhook_delay_ms:
             await asyncio.sleep(req.faults.webhook_delay_ms / 1000)
-        body = msgspec.json.encode(self.webhook_body(req))
+        body = msgspec.json.encode(outcomes.webhook_body(req))
         for delivery in range(1, req.faults.duplicates + 1):
             await self._sender.deliver(
-                req.webhook_url,
+                url,
                 body,
                 request_id=req.request_id,
                 delivery=delivery,

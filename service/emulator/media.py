@@ -67,8 +67,8 @@ def is_drawn(width: int, height: int) -> bool:
 
 
 def _gradient_idat(width: int, height: int) -> bytes:
-    """The compressed pixels of a diagonal gradient of palette indices: the costly part of an image
-    (tens of ms at 2048x2048), the same for every seed, so drawn once per size (the last 16 kept)."""
+    """The compressed pixels of a diagonal gradient of palette indices: the costly part of an image,
+    the same for every seed, so drawn once per size (the last 16 kept)."""
     key = (width, height)
     if key in _DRAWN:
         _DRAWN.move_to_end(key)
@@ -121,7 +121,7 @@ VIDEO_SLICE_MAX = 1024 * 1024
 
 def video_slice(start: int, end: int) -> bytes:
     """Bytes `start` to `end` (at most VIDEO_SLICE_MAX apart) of the sample repeated end to end:
-    a video of any size, made on the fly, so a 500 MB output costs the emulator no memory."""
+    a video of any size, made on the fly, so even a very large output costs the emulator no memory."""
     if end - start > VIDEO_SLICE_MAX:
         raise ValueError("video slice too long")
     offset = start % len(sample_mp4())
