@@ -14,7 +14,8 @@ from pathlib import Path
 SERVICE = Path(__file__).resolve().parent.parent / "service"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("service.__main__",),
+    # service.testing: helpers tests/ and bench/ share; nothing in the service imports it.
+    ("service.__main__", "service.testing"),
     ("service.app", "service.cli", "service.client"),
     ("service.http", "service.emulator"),
     ("service.usecases",),
