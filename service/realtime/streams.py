@@ -13,7 +13,9 @@ skipped, see `cursor`) reach open streams as they are read: on a job stream with
 ids grow with its versions), on a user stream with a resume token `<position>.<seq>` as its id
 (see `hub`). A stream that sends a snapshot (a resume, a resync) sends the late events it owes
 first, placed at the snapshot's lower bound, so that no stream sends a job's version below one it
-sent.
+sent. Once a user stream has sent a late event, its other events carry tokens too
+(`<event id>.<seq>`), so that a client resuming from its newest id does not get that late event
+again on every resume.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ class LiveStream:
         self._initial = initial
         """What the stream sends before its live events: late ones carry their place in it."""
         self._ends_on_terminal = ends_on_terminal
+        self._stamped = False
+        """A user stream that sent a late event gives its later events tokens too: a resume from
+        a plain id would send every remembered late event at or below it again."""
+
+    def _message(self, event: JobEvent) -> Outgoing:
+        if self._stamped:
+            return job_message(event, id=f"{event.id}.{self._subscription.late_seq}")
+        return job_message(event)
+
+    def _late_message(self, late: Late) -> Outgoing:
+        self._stamped = True
+        return job_message(late.event, id=late.token)
 
     def close(self) -> None:
         """End the stream and release its subscription (also when it never started)."""
@@ -72,10 +86,10 @@ class LiveStream:
             for item in self._initial:
                 if isinstance(item, Late):  # a user stream's resume: placed at its resume point
                     subscription.sent(item.event)
-                    yield job_message(item.event, id=item.token)
+                    yield self._late_message(item)
                     continue
                 subscription.sent(item)
-                yield job_message(item)
+                yield self._message(item)
                 if self._ends_on_terminal and item.is_terminal:
                     return
             while True:
@@ -101,23 +115,23 @@ class LiveStream:
                     events = await _latest_per_job(self._pool, subscription, after, position)
                     for item in late:
                         subscription.sent(item.event)
-                        yield job_message(item.event, id=item.token)
+                        yield self._late_message(item)
                     for event in events:
                         if self._hub.may_come_late(event.id, late_seq):
                             subscription.expect_late(event)
                         subscription.sent(event)
-                        yield job_message(event)
+                        yield self._message(event)
                     if self._ends_on_terminal and events and events[-1].is_terminal:
                         return
                 elif isinstance(item, Late):
                     # On a job stream its own id (a job's ids grow with its versions); on a user
                     # stream its token, which a resume from it understands.
-                    yield job_message(item.event, id=None if self._ends_on_terminal else item.token)
+                    yield job_message(item.event) if self._ends_on_terminal else self._late_message(item)
                     if self._ends_on_terminal and item.event.is_terminal:
                         return
                 else:
                     metrics.event_delivered(item.written_at)
-                    yield job_message(item)
+                    yield self._message(item)
                     if self._ends_on_terminal and item.is_terminal:
                         return
         finally:
