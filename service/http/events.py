@@ -53,7 +53,8 @@ class AdmittedStream:
         self._ticket.release()
 
 
-_EVENT_ID = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,18}))?")
+# A late event's token: an event id, then a seq of up to 27 digits (a 48-bit run id, 12 digits of count).
+_EVENT_ID = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,27}))?")
 
 
 def last_event_id(request: Request, query_value: str | None) -> ResumePoint | None:

@@ -26,6 +26,8 @@ that the reads ask only for the missing ids until the gap closes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from service.realtime.events import JobEvent
 
 MAX_SKIPPED = 100_000
@@ -58,6 +60,11 @@ class EventCursor:
     @property
     def skipped_ids(self) -> list[int]:
         return sorted(self._skipped)
+
+    @property
+    def pending(self) -> Collection[int]:
+        """The ids skipped by timeout that may still come late (a live view, for the hub)."""
+        return self._skipped.keys()
 
     @property
     def waiting_on_gap(self) -> bool:

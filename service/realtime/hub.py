@@ -7,13 +7,22 @@ queue is capped, and on overflow the backlog is dropped and the subscriber is to
 (its stream then sends a fresh snapshot from the database).
 
 Late events (committed after the listener skipped their id, see `cursor`) are offered to every
-subscription that wants them even though their id is below its position: a job's subscription
-takes an event when its version is newer than the one it sent (within a job, versions and ids
-grow together), a user's subscription takes it unless its resume replay already held it. Each
-late event gets a place in the stream after every event up to the position at which it came: the
-resume token `<position>.<seq>` (seq counts this hub's late events). The hub remembers the recent
-late events with their place, so a resume from a position, or from such a token, gets exactly
-the late events that came after it.
+subscription that wants them even though their id is below its position. One rule holds on every
+stream: it never sends a job's version lower than one it sent. Within a job, ids grow with
+versions, and a newer version is written only once the older one has committed (the job's row
+lock), so the read that releases a newer version finds the older late one too: `publish` offers
+the late events of a read before the events it releases, and a stream that sends a snapshot
+(a resume, a resync) sends the late events it owes first. What is left, a late event that a
+stream's snapshot already held because it committed while that snapshot was read, is caught by
+version (`Subscription.expect_late`).
+
+Each late event is placed after every event up to the position before the read that found it: its
+resume token is `<position>.<seq>`, seq being this hub's run id (random) followed by a count. A
+resume from a token of this hub gets the remembered late events with a higher seq and an id at or
+below the token's position (the replay reads the ids above it). A plain event id or another
+process's token cannot be compared with this hub's placements (each process finds late events on
+its own), so such a resume gets every remembered late event at or below its position: at least
+once, and the job's version tells the client whether it has that state.
 """
 
 from __future__ import annotations
@@ -21,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-import time
-from collections.abc import Callable, Collection, Iterable
+import os
+from collections.abc import Callable, Collection, Container, Iterable
 
 import msgspec
 
@@ -40,9 +49,9 @@ class Late(msgspec.Struct, frozen=True):
 
     event: JobEvent
     position: int
-    """The hub's position when it came: every event up to here was published before it."""
+    """Its place: every event up to here was published before it."""
     seq: int
-    """Its number among this hub's late events (`Hub.late_base` + a count)."""
+    """Its number among this hub's late events (`Hub.run` * `SEQ_SPAN` + a count)."""
 
     @property
     def token(self) -> str:
@@ -58,6 +67,8 @@ class ResumePoint(msgspec.Struct, frozen=True):
 
 
 LATE_REMEMBERED = 1000
+SEQ_SPAN = 10**12
+"""A late event's seq is its hub's run id times this, plus its count: a token tells its hub apart."""
 HEARTBEAT_SLICES = 256
 """Heartbeats go out slice by slice, spread over the interval: one tick writing to every open
 stream at once held up a webhook's delivery behind 10,000 writes (130 ms measured)."""
@@ -70,18 +81,18 @@ class Subscription:
     # An idle subscription is most of what an open stream costs the hub, and there may be tens of
     # thousands: slots, a list for the queue (an empty deque takes ~740 bytes, an empty list 56),
     # one future while waiting instead of an asyncio.Event (which holds a deque of its own), and
-    # the shared empty set for what a resume replayed.
+    # no dict of versions until a late event may repeat what the stream sent.
     __slots__ = (
         "_capacity",
         "_closed",
         "_heartbeat_due",
         "_overflowed",
         "_queue",
+        "_versions",
         "_waiter",
         "heartbeat_slice",
         "last_id",
-        "replayed",
-        "replayed_late",
+        "late_seq",
         "request_id",
         "statuses",
         "types",
@@ -90,7 +101,7 @@ class Subscription:
     )
 
     def __init__(self, *, user_id: str, request_id: str | None, statuses: Collection[str] | None,
-                 types: Collection[str] | None, after: int, capacity: int) -> None:
+                 types: Collection[str] | None, after: int, capacity: int, late_seq: int = 0) -> None:
         self.user_id = user_id
         self.request_id = request_id
         self.statuses = frozenset(statuses) if statuses else None
@@ -99,10 +110,12 @@ class Subscription:
         """Events with an id at or below this one were delivered (or are covered by a snapshot)."""
         self.version = 0
         """A job's subscription: the newest version its stream sent."""
-        self.replayed: frozenset[int] = _NOTHING
-        """A user's subscription: ids its resume replay sent (a late event among them is not sent twice)."""
-        self.replayed_late: frozenset[int] = _NOTHING
-        """A user's subscription: the seqs of the late events its resume replay sent."""
+        self.late_seq = late_seq
+        """The seq of the last late event offered to it (or the hub's, when it subscribed): the
+        late events it was offered come in seq order, so a resync owes it only those above."""
+        self._versions: dict[str, int] | None = None
+        """A user's subscription: versions of jobs it sent in a snapshot that a late event may
+        repeat (see `expect_late`); None, the usual case, when there are none."""
         self._queue: list[JobEvent | Late] = []
         self._capacity = capacity
         self._waiter: asyncio.Future[None] | None = None
@@ -121,8 +134,23 @@ class Subscription:
 
     def sent(self, event: JobEvent) -> None:
         """The stream sent `event` (a snapshot, a replay, a live change)."""
-        if event.version > self.version and self.request_id is not None:
-            self.version = event.version
+        if self.request_id is not None:
+            if event.version > self.version:
+                self.version = event.version
+        elif self._versions is not None and self._versions.get(event.request_id, event.version) < event.version:
+            self._versions[event.request_id] = event.version
+
+    def expect_late(self, event: JobEvent) -> None:
+        """The stream's snapshot (a resume replay, a resync) holds `event`, whose id the hub may
+        still find late (skipped, or found since the snapshot's position was read): that late
+        copy is not sent. Only such events are remembered, so the dict stays empty unless a
+        snapshot meets a pending late event."""
+        if self.request_id is not None:
+            return  # a job's subscription compares every late event by version already
+        if self._versions is None:
+            self._versions = {}
+        if event.version > self._versions.get(event.request_id, 0):
+            self._versions[event.request_id] = event.version
 
     def _fresh(self, event: JobEvent) -> bool:
         if self.request_id is not None:
@@ -132,7 +160,7 @@ class Subscription:
     def _fresh_late(self, late: Late) -> bool:
         if self.request_id is not None:
             return late.event.version > self.version
-        return late.event.id not in self.replayed and late.seq not in self.replayed_late
+        return self._versions is None or late.event.version > self._versions.get(late.event.request_id, 0)
 
     def offer(self, event: JobEvent | Late) -> None:
         if self._overflowed or self._closed:
@@ -165,10 +193,13 @@ class Subscription:
     def backlog(self) -> int:
         return len(self._queue)
 
-    def resynced(self, position: int) -> None:
-        """The stream sent a snapshot as of `position`: forget the overflow and what it covers."""
+    def resynced(self, position: int, late_seq: int | None = None) -> None:
+        """The stream sends a snapshot as of `position` (and the late events up to the hub's
+        `late_seq`): forget the overflow and what it covers."""
         self._overflowed = False
         self.last_id = max(self.last_id, position)
+        if late_seq is not None:
+            self.late_seq = max(self.late_seq, late_seq)
 
     async def next(self, timeout: float | None = None) -> JobEvent | Late | Signal:
         """The next event, or a signal. Without `timeout` it waits for an event or the hub's shared
@@ -181,6 +212,7 @@ class Subscription:
             while self._queue:
                 item = self._queue.pop(0)  # short: capped at `capacity`, usually one event
                 if isinstance(item, Late):
+                    self.late_seq = item.seq
                     if self._fresh_late(item):
                         self.sent(item.event)
                         return item
@@ -221,10 +253,14 @@ class Hub:
         """Set by `shut_down`: every stream, open or opened from now on, ends."""
         self.recent_late: collections.deque[Late] = collections.deque(maxlen=LATE_REMEMBERED)
         """The latest late events, with their place in the streams."""
-        self.late_base = int(time.time()) * 1_000_000
-        """Seqs of this hub's late events start here: a token from another process (or an earlier
-        run of this one) is told apart by it."""
-        self._late_count = 0
+        self.run = int.from_bytes(os.urandom(6), "big")
+        """This hub's run id, the high digits of its late events' seqs: random, so that a token
+        from another process (or an earlier run of this one), however close in time it started,
+        is told apart."""
+        self.late_seq = self.run * SEQ_SPAN
+        """The seq of the newest late event (the run's base while there is none)."""
+        self.pending_late: Container[int] = _NOTHING
+        """Ids at or below `position` that may still come as late events (the listener's skipped ids)."""
         self._observers: list[Callable[[JobEvent], None]] = []
         self._heartbeat_slices: list[set[Subscription]] = [set() for _ in range(HEARTBEAT_SLICES)]
         self._subscribed = 0
@@ -243,7 +279,7 @@ class Hub:
         """Subscribe to one job, or to all of a user's jobs. Synchronous on purpose: the caller reads
         `position` right after, and every event above it will reach the subscription."""
         subscription = Subscription(user_id=user_id, request_id=request_id, statuses=statuses, types=types,
-                                    after=after, capacity=self._capacity)
+                                    after=after, capacity=self._capacity, late_seq=self.late_seq)
         index = self._by_request if request_id is not None else self._by_user
         index.setdefault(request_id if request_id is not None else user_id, set()).add(subscription)
         subscription.heartbeat_slice = self._subscribed % HEARTBEAT_SLICES
@@ -264,53 +300,54 @@ class Hub:
                 del index[key]
 
     def publish(self, events: Iterable[JobEvent], position: int, *, late: Iterable[JobEvent] = ()) -> None:
+        """Offer one read: its late events first, placed at the position before the read (every
+        event up to there was published before them), then the events it releases, in id order.
+        A newer version of a late event's job comes no earlier than this read, so within a job
+        every stream gets the versions in order."""
+        placed = self.position
+        for event in sorted(late, key=lambda event: event.id):
+            self.late_seq += 1
+            wrapped = Late(event, placed, self.late_seq)
+            self.recent_late.append(wrapped)
+            self._offer(event, wrapped)
         for event in events:
-            for subscription in self._by_request.get(event.request_id, ()):
-                if subscription.wants(event):
-                    subscription.offer(event)
-            for subscription in self._by_user.get(event.user_id, ()):
-                if subscription.wants(event):
-                    subscription.offer(event)
-            self.published += 1
-            for observer in self._observers:
-                observer(event)
+            self._offer(event, event)
         self.position = max(self.position, position)
         self.ready = True
-        # After the events released with them: a late event's token says "everything up to the
-        # position, and this", so whoever receives it has had every event up to the position.
-        for event in late:
-            self._late_count += 1
-            wrapped = Late(event, self.position, self.late_base + self._late_count)
-            self.recent_late.append(wrapped)
-            for subscription in self._by_request.get(event.request_id, ()):
-                if subscription.wants(event):
-                    subscription.offer(wrapped)
-            for subscription in self._by_user.get(event.user_id, ()):
-                if subscription.wants(event):
-                    subscription.offer(wrapped)
-            self.published += 1
-            for observer in self._observers:
-                observer(event)
+
+    def _offer(self, event: JobEvent, item: JobEvent | Late) -> None:
+        for subscription in self._by_request.get(event.request_id, ()):
+            if subscription.wants(event):
+                subscription.offer(item)
+        for subscription in self._by_user.get(event.user_id, ()):
+            if subscription.wants(event):
+                subscription.offer(item)
+        self.published += 1
+        for observer in self._observers:
+            observer(event)
 
     def late_since(self, resume: ResumePoint) -> list[Late]:
-        """The late events a client resuming from `resume` has not had: with ids at or below its
-        position (a replay "after the position" does not read them) and placed after it. A plain
-        position P: those that came at P or later (one received would have left its token, not
-        P, as the Last-Event-ID). A token of this hub: those placed after it. A token of another
-        process: those that came at its position or later (each process finds late events on its
-        own, so their tokens cannot be compared; a late event may come twice then, never not at
-        all)."""
-        own = resume.seq is not None and resume.seq // 1_000_000 == self.late_base // 1_000_000
-        found = []
-        for late in self.recent_late:
-            if late.event.id > resume.position:
-                continue  # a replay after the position reads it
-            if own and resume.seq is not None:
-                if late.position > resume.position or (late.position == resume.position and late.seq > resume.seq):
-                    found.append(late)
-            elif late.position >= resume.position:
-                found.append(late)
-        return found
+        """The remembered late events a client resuming from `resume` may lack, in seq order: all
+        have ids at or below its position (a replay "after the position" does not read them).
+        A token of this hub: those with a higher seq (it had every earlier one at or below its
+        position). A plain event id, or another process's token: all of them, since where this
+        hub placed a late event says nothing about whether that client had it."""
+        own = resume.seq is not None and resume.seq // SEQ_SPAN == self.run
+        return [late for late in self.recent_late
+                if late.event.id <= resume.position and (not own or late.seq > (resume.seq or 0))]
+
+    def may_come_late(self, event_id: int, since_seq: int) -> bool:
+        """Whether a snapshot read after `since_seq` that holds `event_id` may see it again as a
+        late event: its id is still skipped, or it was found late since (such a late event is on
+        its way to the subscription)."""
+        if event_id in self.pending_late:
+            return True
+        for late in reversed(self.recent_late):
+            if late.seq <= since_seq:
+                return False
+            if late.event.id == event_id:
+                return True
+        return False
 
     def start_heartbeats(self, interval_s: float) -> None:
         """One timer for the whole process: every `interval_s`, each stream sends a comment. The

@@ -131,6 +131,7 @@ class EventListener:
                                                timeout=self._read_timeout_s)
             self._cursor = EventCursor(floor=max(0, newest - STARTUP_LOOKBACK), gap_timeout_s=self._gap_timeout_s,
                                        max_held=self._max_held, batch=BATCH)
+            self._hub.pending_late = self._cursor.pending
             # Streams opened from now on read their snapshot up to here; the catch-up read that
             # follows publishes everything above it, so nothing falls in between.
             self._hub.publish((), self._cursor.floor)

@@ -11,8 +11,11 @@ message, not every change since). A user stream resumed after N replays the chan
 each changed job's latest state past `REPLAY_LIMIT`). Late events (committed after their id was
 skipped, see `cursor`) reach open streams as they are read: on a job stream with their id (a job's
 ids grow with its versions), on a user stream with a resume token `<position>.<seq>` as its id
-(see `hub`), after every event up to that position; a resume from a position or a token gets the
-late events placed after it, after its replay.
+(see `hub`). A stream that sends a snapshot (a resume, a resync) sends the late events it owes
+first, placed at the snapshot's lower bound, so that no stream sends a job's version below one it
+sent. Once a user stream has sent a late event, its other events carry tokens too
+(`<event id>.<seq>`), so that a client resuming from its newest id does not get that late event
+again on every resume.
 """
 
 from __future__ import annotations
@@ -49,15 +52,26 @@ class LiveStream:
     """An async iterator of `Outgoing` messages; `close()` ends it from outside (a disconnect)."""
 
     def __init__(self, hub: Hub, pool: asyncpg.Pool, subscription: Subscription, *, preamble: list[Outgoing],
-                 initial: list[JobEvent | Late], ends_on_terminal: bool, position: int = 0) -> None:
+                 initial: list[JobEvent | Late], ends_on_terminal: bool) -> None:
         self._hub = hub
         self._pool = pool
         self._subscription = subscription
         self._preamble = preamble
         self._initial = initial
+        """What the stream sends before its live events: late ones carry their place in it."""
         self._ends_on_terminal = ends_on_terminal
-        self._position = position
-        """The hub's position the initial events were read up to (late ones among them are placed there)."""
+        self._stamped = False
+        """A user stream that sent a late event gives its later events tokens too: a resume from
+        a plain id would send every remembered late event at or below it again."""
+
+    def _message(self, event: JobEvent) -> Outgoing:
+        if self._stamped:
+            return job_message(event, id=f"{event.id}.{self._subscription.late_seq}")
+        return job_message(event)
+
+    def _late_message(self, late: Late) -> Outgoing:
+        self._stamped = True
+        return job_message(late.event, id=late.token)
 
     def close(self) -> None:
         """End the stream and release its subscription (also when it never started)."""
@@ -70,12 +84,12 @@ class LiveStream:
             for message in self._preamble:
                 yield message
             for item in self._initial:
-                if isinstance(item, Late):  # a user stream's resume: after every event up to its position
+                if isinstance(item, Late):  # a user stream's resume: placed at its resume point
                     subscription.sent(item.event)
-                    yield job_message(item.event, id=f"{self._position}.{item.seq}")
+                    yield self._late_message(item)
                     continue
                 subscription.sent(item)
-                yield job_message(item)
+                yield self._message(item)
                 if self._ends_on_terminal and item.is_terminal:
                     return
             while True:
@@ -85,29 +99,39 @@ class LiveStream:
                 elif item is Signal.CLOSED:
                     return
                 elif item is Signal.RESYNC:
-                    # Re-arm first (no await in between), so that every event above `position`
-                    # is queued again while the snapshot up to `position` is read.
+                    # Re-arm first (no await in between), so that every event above `position`,
+                    # and every late event after `late_seq`, is queued again while the snapshot
+                    # up to `position` is read.
                     after, position = subscription.last_id, self._hub.position
-                    subscription.resynced(position)
+                    owed = subscription.late_seq
+                    late_seq = self._hub.late_seq
+                    subscription.resynced(position, late_seq)
+                    # The late events dropped with the backlog, placed where the stream stood:
+                    # it had every event up to `after` and every late one up to `owed`.
+                    late = [] if self._ends_on_terminal else [
+                        Late(item.event, after, item.seq) for item in self._hub.late_since(ResumePoint(after, owed))
+                        if subscription.wants(item.event)
+                    ]
                     events = await _latest_per_job(self._pool, subscription, after, position)
+                    for item in late:
+                        subscription.sent(item.event)
+                        yield self._late_message(item)
                     for event in events:
+                        if self._hub.may_come_late(event.id, late_seq):
+                            subscription.expect_late(event)
                         subscription.sent(event)
-                        yield job_message(event)
+                        yield self._message(event)
                     if self._ends_on_terminal and events and events[-1].is_terminal:
                         return
-                    if not self._ends_on_terminal:  # late events dropped with the backlog
-                        for late in self._hub.late_since(ResumePoint(after)):
-                            if subscription.wants(late.event):
-                                yield job_message(late.event, id=f"{position}.{late.seq}")
                 elif isinstance(item, Late):
                     # On a job stream its own id (a job's ids grow with its versions); on a user
                     # stream its token, which a resume from it understands.
-                    yield job_message(item.event, id=None if self._ends_on_terminal else item.token)
+                    yield job_message(item.event) if self._ends_on_terminal else self._late_message(item)
                     if self._ends_on_terminal and item.event.is_terminal:
                         return
                 else:
                     metrics.event_delivered(item.written_at)
-                    yield job_message(item)
+                    yield self._message(item)
                     if self._ends_on_terminal and item.is_terminal:
                         return
         finally:
@@ -164,10 +188,16 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, status
     resume = ResumePoint(last_event_id) if isinstance(last_event_id, int) else last_event_id
     last_event_id = resume.position if resume is not None else None
     subscription = hub.subscribe(user_id=user_id, statuses=statuses, types=types, after=last_event_id or 0)
-    position = hub.position
+    position, late_seq = hub.position, subscription.late_seq
+    # Taken with the subscription, before any await: late events found from now on are queued.
+    # They go first, placed at the resume point: the client has every event up to it (except
+    # these), and the replay's newer versions of their jobs follow them.
+    late = [] if resume is None else [
+        Late(item.event, resume.position, item.seq) for item in hub.late_since(resume) if subscription.wants(item.event)
+    ]
     try:
         preamble: list[Outgoing] = []
-        events: list[JobEvent | Late] = []
+        replay: list[JobEvent] = []
         if last_event_id is None:
             preamble = [Outgoing(event="ready", id=position, data=msgspec.json.encode({"position": position}).decode())]
         else:
@@ -179,19 +209,14 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, status
             replay = [e for e in map(event_from_row, rows) if subscription.wants(e)]
             if len(rows) > REPLAY_LIMIT:
                 replay = await _latest_per_job(pool, subscription, last_event_id, position)
-            # Late events placed after the client's resume point: below its position, so no replay
-            # reads them. They go after the replay, placed at `position`.
-            assert resume is not None
-            late = [item for item in hub.late_since(resume) if subscription.wants(item.event)]
-            events = [*replay, *late]
-            subscription.replayed = frozenset(e.id for e in replay)
-            subscription.replayed_late = frozenset(item.seq for item in late)
+            for event in replay:
+                if hub.may_come_late(event.id, late_seq):
+                    subscription.expect_late(event)
     except BaseException:
         hub.unsubscribe(subscription)
         raise
     subscription.last_id = max(subscription.last_id, position)
-    return LiveStream(hub, pool, subscription, preamble=preamble, initial=events, ends_on_terminal=False,
-                      position=position)
+    return LiveStream(hub, pool, subscription, preamble=preamble, initial=[*late, *replay], ends_on_terminal=False)
 
 
 async def _latest_per_job(pool: asyncpg.Pool, subscription: Subscription, after: int, position: int) -> list[JobEvent]:
