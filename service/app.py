@@ -1,7 +1,7 @@
 """create_app(): wiring only. Settings in, a Litestar app out.
 
 Each long-lived resource is an async context manager (service/resources.py), and the lifespan
-(`services`) enters them through one AsyncExitStack: a failure at start closes what had opened,
+(`lifespan`) enters them through one AsyncExitStack: a failure at start closes what had opened,
 in reverse order, and a close that raises does not skip the others.
 """
 
@@ -101,15 +101,14 @@ def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget
 
 
 @asynccontextmanager
-async def services(app: Litestar, *, settings: Settings, fal: FalTarget) -> AsyncIterator[None]:
+async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> AsyncIterator[None]:
     """The lifespan: every resource, opened in order and closed in reverse (see module docstring)."""
     dsn = settings.database_url or start_embedded_postgres(settings.embedded_pgdata)
     async with AsyncExitStack() as stack:
         enter = stack.enter_async_context
         pool = await enter(open_pool(settings, dsn))
         hub, listener = await enter(open_realtime(settings, settings.listen_database_url or dsn))
-        gateway, keyring = await enter(open_fal(key=fal.key, queue_url=fal.queue_url, jwks_url=fal.jwks_url,
-                                                settings=settings))
+        gateway, keyring = await enter(open_fal(settings, key=fal.key, queue_url=fal.queue_url, jwks_url=fal.jwks_url))
         media_policy = SourcePolicy(settings.media_hosts, emulator_media_base=fal.emulator_media_base)
         store = await enter(open_outputs(settings, pool, hub, media_policy))
         follower = await enter(open_follower(settings, pool, gateway))
@@ -163,7 +162,7 @@ def create_app(settings: Settings) -> Litestar:
             healthz, readyz, JobsController, OutputsController, EventsController, fal_webhook,
             page, current_session, sign_out, models, static_files, metrics_endpoint,
         ],
-        lifespan=[partial(services, settings=settings, fal=fal)],
+        lifespan=[partial(lifespan, settings=settings, fal=fal)],
         plugins=[emulator] if emulator else [],
         state=State({"settings": settings, SECURITY_HEADERS: security_headers(settings), "emulator": None}),
         dependencies={

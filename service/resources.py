@@ -105,7 +105,7 @@ async def open_realtime(settings: Settings, dsn: str) -> AsyncIterator[tuple[Hub
 
 
 @asynccontextmanager
-async def open_fal(*, key: str, queue_url: str, jwks_url: str, settings: Settings
+async def open_fal(settings: Settings, *, key: str, queue_url: str, jwks_url: str
                    ) -> AsyncIterator[tuple[FalGateway, JwksKeyring]]:
     """fal's queue (fal-client's HTTP client) and the keyring that checks its webhooks' signatures."""
     async with AsyncExitStack() as stack:
