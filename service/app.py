@@ -1,39 +1,39 @@
-"""create_app(): wiring only. Settings in, a Litestar app out; the lifespan owns every resource."""
+"""create_app(): wiring only. Settings in, a Litestar app out.
+
+Each long-lived resource is an async context manager (service/resources.py), and the lifespan
+(`lifespan`) enters them through one AsyncExitStack: a failure at start closes what had opened,
+in reverse order, and a close that raises does not skip the others.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import secrets
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 
 import asyncpg
-import httpx
-from litestar import Litestar, asgi
+import msgspec
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.types import Receive, Scope, Send
 
-from service.db.embedded import start_embedded_postgres
-from service import metrics
-from service.db.pool import create_pool
-from service.emulator import FalEmulator, create_emulator_app
-from service.fal.gateway import FalGateway
-from service.fal.signatures import JwksKeyring, WebhookVerifier
 from service.auth.callers import revoked_among
 from service.auth.stream_tokens import StreamTokens
+from service.db.embedded import start_embedded_postgres
+from service.db.pool import DatabasePool
+from service.fal.gateway import FalGateway
+from service.fal.signatures import WebhookVerifier
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
 from service.http.errors import EXCEPTION_HANDLERS
 from service.http.events import EventsController
 from service.http.health import healthz, readyz
 from service.http.jobs import JobsController
-from service.http.outputs import OutputsController
 from service.http.metrics import metrics_endpoint
 from service.http.openapi import tell_the_truth
 from service.http.options import options_allow_middleware
+from service.http.outputs import OutputsController
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
 from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
@@ -41,16 +41,21 @@ from service.http.security_headers import security_headers
 from service.http.webhooks import WEBHOOK_PATH, fal_webhook
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
-from service.realtime.admission import Admission
 from service.outputs.access import MediaAccess
-from service.outputs.copier import Copier
 from service.outputs.sources import SourcePolicy
-from service.outputs.store import MediaStore
 from service.outputs.upkeep import OutputUpkeep
-from service.outputs.workers import OutputWorkers
-from service.realtime.hub import Hub
-from service.realtime.listener import EventListener
-from service.realtime.shutdown import close_streams_on_exit_signal
+from service.realtime.admission import Admission
+from service.resources import (
+    LISTENER_START_WAIT_S,
+    MountedEmulator,
+    open_fal,
+    open_follower,
+    open_outputs,
+    open_pool,
+    open_realtime,
+    running,
+    sampling_pool_metrics,
+)
 from service.serving import check_can_serve
 from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, load_settings
 from service.usecases.cancel_job import CancelJob
@@ -60,6 +65,9 @@ from service.usecases.receive_webhook import WebhookIntake, WebhookReceiver
 from service.usecases.submit_job import SubmitJob
 from service.usecases.sweep import Reconciler
 
+__all__ = ["CREDENTIAL_CHECK_S", "EMULATOR_PATH", "LISTENER_START_WAIT_S", "create_app",
+           "create_app_from_environment"]
+
 log = logging.getLogger(__name__)
 
 EMULATOR_PATH = "/fal-emulator"
@@ -68,8 +76,81 @@ CREDENTIAL_CHECK_S = 2.0
 holding streams open: a revocation closes them everywhere within this."""
 
 
-LISTENER_START_WAIT_S = 3.0
-"""Start-up waits this long for the LISTEN connection, then serves without it (not ready)."""
+class FalTarget(msgspec.Struct, frozen=True):
+    """Which fal the service talks to, and how fal's webhooks reach it."""
+
+    key: str
+    queue_url: str
+    jwks_url: str
+    webhook_user_id: str | None
+    webhook_url: str | None
+    emulator_media_base: str | None
+
+
+def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget:
+    emulator = mounted.emulator if mounted else None
+    public_url = settings.app_url or (settings.local_url if emulator else None)
+    return FalTarget(
+        key=settings.fal_key or (mounted.key if mounted else ""),
+        # Set URLs win, emulator or not (a standalone emulator, a proxy in front of fal).
+        queue_url=settings.fal_queue_url or (emulator.base_url if emulator else FAL_QUEUE_URL_DEFAULT),
+        jwks_url=settings.fal_jwks_url or (emulator.jwks_url if emulator else FAL_JWKS_URL_DEFAULT),
+        # The mounted emulator is its own fal account; real fal needs FAL_WEBHOOK_USER_ID to pin ours.
+        webhook_user_id=settings.fal_webhook_user_id or (
+            emulator.user_id if emulator and settings.fal_jwks_url is None else None),
+        webhook_url=f"{public_url}{WEBHOOK_PATH}" if public_url else None,
+        emulator_media_base=emulator.media_base if emulator else settings.emulator_media_url,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> AsyncIterator[None]:
+    """The lifespan: every resource, opened in order and closed in reverse (see module docstring)."""
+    dsn = settings.database_url or start_embedded_postgres(settings.embedded_pgdata)
+    async with AsyncExitStack() as stack:
+        enter = stack.enter_async_context
+        pool = await enter(open_pool(settings, dsn))
+        hub, listener = await enter(open_realtime(settings, settings.listen_database_url or dsn))
+        gateway, keyring = await enter(open_fal(settings, key=fal.key, queue_url=fal.queue_url, jwks_url=fal.jwks_url))
+        media_policy = SourcePolicy(settings.media_hosts, emulator_media_base=fal.emulator_media_base)
+        store = await enter(open_outputs(settings, pool, hub, media_policy))
+        follower = await enter(open_follower(settings, pool, gateway))
+        intake = WebhookIntake(pool, gateway)
+        reconciler = Reconciler(
+            pool, gateway, follower, intake,
+            connect_lock=lambda: asyncpg.connect(dsn, timeout=settings.db_connect_timeout_s,
+                                                 server_settings={"application_name": "fal-jobs-sweep"}),
+            overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
+            event_retention_days=settings.event_retention_days,
+            outputs=OutputUpkeep(pool, store, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
+                                 redrive_after_s=settings.output_redrive_after_s),
+        )
+        await enter(running(reconciler.run_forever(), name="reconcile"))
+        admission = Admission(max_per_credential=settings.max_streams_per_user)
+        await enter(running(admission.revalidate_forever(partial(revoked_among, pool), every_s=CREDENTIAL_CHECK_S),
+                            name="revalidate-credentials"))
+        await enter(sampling_pool_metrics())
+        app.state.update(
+            pool=pool, intake=intake, admission=admission, reconciler=reconciler, follower=follower, hub=hub,
+            listener=listener, media=MediaAccess(pool, store), media_policy=media_policy,
+            webhooks=WebhookReceiver(WebhookVerifier(keyring, expected_user_id=fal.webhook_user_id), intake),
+            submissions=_submissions(settings, fal, pool, gateway, intake, follower),
+            cancellations=CancelJob(pool, gateway, follower, cancel_hold_max_s=settings.cancel_hold_max_s),
+            deletions=DeleteJob(pool, store),
+            tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
+        )
+        log.info("fal-jobs started", extra={"fal": "emulator" if settings.uses_emulator else "fal.ai",
+                                            "webhooks": bool(fal.webhook_url)})
+        yield
+
+
+def _submissions(settings: Settings, fal: FalTarget, pool: DatabasePool, gateway: FalGateway,
+                 intake: WebhookIntake, follower: JobFollower) -> SubmitJob:
+    return SubmitJob(
+        pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=fal.webhook_url,
+        limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute,
+                      cancel_hold_max_s=settings.cancel_hold_max_s),
+    )
 
 
 def _from_state(name: str) -> Provide:
@@ -81,148 +162,17 @@ def _from_state(name: str) -> Provide:
 
 
 def create_app(settings: Settings) -> Litestar:
-    route_handlers: list[object] = [
-        healthz, readyz, JobsController, OutputsController, EventsController, fal_webhook,
-        page, current_session, sign_out, models, static_files, metrics_endpoint,
-    ]
-
-    emulator: FalEmulator | None = None
-    if settings.uses_emulator:
-        # The local fal: it answers on our own port, and a fresh key per process stands in for FAL_KEY.
-        emulator = FalEmulator(f"{settings.local_url}{EMULATOR_PATH}", secrets.token_urlsafe(24),
-                               pace=settings.emulator_pace)
-        emulator_app = create_emulator_app(emulator)
-
-        @asgi(EMULATOR_PATH, is_mount=True, copy_scope=True, include_in_schema=False)
-        async def fal_emulator(scope: Scope, receive: Receive, send: Send) -> None:
-            await emulator_app(scope, receive, send)
-
-        route_handlers.append(fal_emulator)
-
-    fal_key = settings.fal_key or next(iter(emulator.accepted_keys))  # type: ignore[union-attr]
-    # Set URLs win, emulator or not (a standalone emulator, a proxy in front of fal).
-    queue_url = settings.fal_queue_url or (emulator.base_url if emulator else FAL_QUEUE_URL_DEFAULT)
-    jwks_url = settings.fal_jwks_url or (emulator.jwks_url if emulator else FAL_JWKS_URL_DEFAULT)
-    # The mounted emulator is its own fal account; real fal needs FAL_WEBHOOK_USER_ID to pin ours.
-    webhook_user_id = settings.fal_webhook_user_id or (
-        emulator.user_id if emulator and settings.fal_jwks_url is None else None
-    )
-    public_url = settings.app_url or (settings.local_url if emulator else None)
-    webhook_url = f"{public_url}{WEBHOOK_PATH}" if public_url else None
-
-    @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        dsn = settings.database_url or start_embedded_postgres(settings.embedded_pgdata)
-        pool = await create_pool(
-            dsn, min_size=min(2, settings.database_pool_max), max_size=settings.database_pool_max,
-            connect_timeout_s=settings.db_connect_timeout_s, acquire_timeout_s=settings.db_acquire_timeout_s,
-            statement_timeout_s=settings.db_statement_timeout_s,
-        )
-        metrics.watch_pool(pool)
-        hub = Hub()
-        hub.start_heartbeats(settings.sse_heartbeat_s)
-        admission = Admission(max_per_credential=settings.max_streams_per_user)
-        listener = EventListener(settings.listen_database_url or dsn, hub, connect_timeout_s=settings.db_connect_timeout_s,
-                                 gap_timeout_s=settings.gap_timeout_s)
-        await listener.start()
-        with contextlib.suppress(TimeoutError):
-            # Postgres may be down: serve anyway (/readyz says what is missing) and keep trying.
-            await listener.wait_connected(timeout=LISTENER_START_WAIT_S)
-        restore_signals = close_streams_on_exit_signal(hub)
-        http = httpx.AsyncClient(timeout=10)
-        gateway = FalGateway(key=fal_key, queue_url=queue_url, media_expiry_s=settings.fal_media_expiry_s,
-                             call_timeout_s=settings.fal_call_timeout_s)
-        store = MediaStore.open(settings.media_store_url, settings.media_dir)
-        media_policy = SourcePolicy(settings.media_hosts,
-                                    emulator_media_base=emulator.media_base if emulator else settings.emulator_media_url)
-        media_http = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=settings.output_workers * 2))
-        output_workers = OutputWorkers(
-            pool, store, Copier(media_http, store, media_policy, max_bytes=settings.max_output_bytes),
-            concurrency=settings.output_workers, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
-            store_retry_max_s=settings.output_store_retry_max_s,
-        )
-        intake = WebhookIntake(pool, gateway)
-        follower = JobFollower(pool, gateway, max_followers=settings.max_followers)
-        reconciler = Reconciler(
-            pool, gateway, follower, intake,
-            connect_lock=lambda: asyncpg.connect(dsn, timeout=settings.db_connect_timeout_s,
-                                                 server_settings={"application_name": "fal-jobs-sweep"}),
-            overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
-            event_retention_days=settings.event_retention_days,
-            outputs=OutputUpkeep(pool, store, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
-                                 redrive_after_s=settings.output_redrive_after_s),
-        )
-        app.state.update(
-            pool=pool,
-            intake=intake,
-            webhooks=WebhookReceiver(
-                WebhookVerifier(JwksKeyring(jwks_url, http), expected_user_id=webhook_user_id), intake
-            ),
-            submissions=SubmitJob(
-                pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=webhook_url,
-                limits=Limits(max_open_jobs=settings.max_open_jobs_per_user,
-                              max_jobs_per_minute=settings.max_jobs_per_minute,
-                              cancel_hold_max_s=settings.cancel_hold_max_s),
-            ),
-            cancellations=CancelJob(pool, gateway, follower, cancel_hold_max_s=settings.cancel_hold_max_s),
-            deletions=DeleteJob(pool, store),
-            admission=admission,
-            reconciler=reconciler,
-            follower=follower,
-            emulator=emulator,
-            hub=hub,
-            listener=listener,
-            tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
-            media=MediaAccess(pool, store),
-            media_policy=media_policy,
-        )
-        sweeping = asyncio.create_task(reconciler.run_forever(), name="reconcile")
-        revalidating = asyncio.create_task(
-            admission.revalidate_forever(lambda credentials: revoked_among(pool, credentials), every_s=CREDENTIAL_CHECK_S),
-            name="revalidate-credentials",
-        )
-        sampling = asyncio.create_task(metrics.sample_pools_forever(), name="metrics-pool")
-        if emulator is not None:
-            log.warning(
-                "serving the LOCAL fal emulator: jobs never reach fal.ai and make test images; set FAL_KEY for fal",
-                extra={"action": "emulator_mounted", "path": EMULATOR_PATH},
-            )
-        hub.observe(output_workers.on_event)
-        copying = asyncio.create_task(output_workers.run_forever(), name="outputs")
-        log.info("fal-jobs started", extra={"fal": "emulator" if emulator else "fal.ai", "webhooks": bool(webhook_url)})
-        try:
-            yield
-        finally:
-            restore_signals()
-            hub.shut_down()
-            hub.stop_heartbeats()
-            metrics.process_exiting()
-            for task in (sweeping, revalidating, sampling):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            copying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await copying
-            await output_workers.aclose()
-            await media_http.aclose()
-            store.close()
-            await follower.aclose()
-            if emulator is not None:
-                await emulator.aclose()
-            await gateway.aclose()
-            await http.aclose()
-            await listener.aclose()
-            try:
-                await asyncio.wait_for(pool.close(), timeout=5)
-            except (TimeoutError, asyncio.CancelledError):
-                pool.terminate()
-                raise
-
+    # The local fal (when FAL_KEY is unset) mounts itself on our port and joins the lifespan.
+    emulator = MountedEmulator(settings, EMULATOR_PATH) if settings.uses_emulator else None
+    fal = fal_target(settings, emulator)
     app = Litestar(
-        route_handlers=route_handlers,
-        lifespan=[lifespan],
-        state=State({"settings": settings, SECURITY_HEADERS: security_headers(settings)}),
+        route_handlers=[
+            healthz, readyz, JobsController, OutputsController, EventsController, fal_webhook,
+            page, current_session, sign_out, models, static_files, metrics_endpoint,
+        ],
+        lifespan=[partial(lifespan, settings=settings, fal=fal)],
+        plugins=[emulator] if emulator else [],
+        state=State({"settings": settings, SECURITY_HEADERS: security_headers(settings), "emulator": None}),
         dependencies={
             "pool": Provide(provide_pool, sync_to_thread=False, use_cache=True),
             "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
