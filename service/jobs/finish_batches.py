@@ -8,10 +8,16 @@ goes at once (no timer, no added wait). At most one batch is in flight per proce
 
 A batch writes through `status_machine.finish_many`, so every job gets what `apply_change` gives
 it. What the batch leaves alone (a job no longer open, a second delivery of a job already in the
-batch, a batch that failed on a value Postgres refused, a batch still not written after
-`MAX_WAIT_S`) comes back as None and the caller applies it alone: a change Postgres refuses then
-fails only its own webhook. A batch that met a sick database answers every caller with
-DatabaseUnavailable at once (a 503: fal retries).
+batch, a batch that failed on a value Postgres refused, a batch that waited past the lock
+time-out for a row another transaction holds) comes back as None and the caller applies it
+alone: a change Postgres refuses then fails only its own webhook, and a held row then stalls only
+its own job's webhook (which answers 503 after its own lock time-out; fal retries). A batch that
+met a sick database answers every caller with DatabaseUnavailable at once (a 503: fal retries).
+
+A webhook waits for its batch without a timer of its own: the server's lock time-out is what
+ends a batch stuck on a held row, and it also frees the rows the batch had locked before it,
+which a caller giving up on its side did not. A batch that is merely slow (a busy pool, a large
+batch) is waited for rather than written a second time, one job at a time, by every caller.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import logging
 import asyncpg
 
 from service import metrics
-from service.db.pool import is_unavailable
+from service.db.pool import is_lock_timeout, is_unavailable
 from service.errors import DatabaseUnavailable
 from service.jobs.models import Job, JobChange
 from service.jobs.status_machine import finish_many
@@ -34,11 +40,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 100
 """Jobs per statement at most: a bigger burst goes in several."""
-MAX_WAIT_S = 1.0
-"""How long a webhook waits for its batch before it applies its change alone: a batch stuck on a
-row lock (one job's row held by a long transaction) must not hold every webhook of the process
-until the statement time-out. The batch still writes the change; whichever comes second finds the
-job ended."""
 
 
 class _Outcome(enum.Enum):
@@ -48,10 +49,9 @@ class _Outcome(enum.Enum):
 
 
 class FinishBatches:
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH, max_wait_s: float = MAX_WAIT_S) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH) -> None:
         self._pool = pool
         self._max_batch = max_batch
-        self._max_wait_s = max_wait_s
         self._gathering: dict[str, tuple[JobChange, asyncio.Future[Job | _Outcome | None]]] = {}
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0
@@ -72,22 +72,10 @@ class FinishBatches:
             # A context of its own: the task outlives the request that started it, whose id its
             # log lines must not carry.
             self._writer = asyncio.create_task(self._write(), name="finish-batches", context=contextvars.Context())
-        give_up = loop.call_later(self._max_wait_s, self._give_up, request_id, future)
-        try:
-            outcome = await future
-        finally:
-            give_up.cancel()
+        outcome = await future
         if outcome is _Outcome.UNAVAILABLE:
             raise DatabaseUnavailable("the database did not take the job's end; retry later", retry_after_s=1)
         return outcome
-
-    def _give_up(self, request_id: str, future: asyncio.Future[Job | _Outcome | None]) -> None:
-        if future.done():
-            return
-        gathered = self._gathering.get(request_id)
-        if gathered is not None and gathered[1] is future:
-            del self._gathering[request_id]  # not written yet: it goes alone only
-        future.set_result(None)
 
     async def _write(self) -> None:
         try:
@@ -104,7 +92,9 @@ class FinishBatches:
                     metrics.finish_batch(len(batch))
                 except Exception as error:
                     metrics.finish_batch(len(batch), failed=True)
-                    unavailable = isinstance(error, DatabaseUnavailable) or is_unavailable(error)
+                    # A row held by another transaction: only its own job needs to wait for it.
+                    unavailable = not is_lock_timeout(error) and (
+                        isinstance(error, DatabaseUnavailable) or is_unavailable(error))
                     log.warning("a batch of job ends failed; " + ("each answers unavailable" if unavailable else
                                                                   "each is applied alone"),
                                 extra={"action": "jobs.finish_batch_failed", "jobs": len(batch),
