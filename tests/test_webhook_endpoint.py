@@ -266,6 +266,36 @@ async def test_a_job_sharing_the_stuck_batch_with_a_held_row_completes_while_the
     assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", stuck) == "pending"
 
 
+async def test_a_job_found_held_answers_503_at_once_and_stalls_no_later_batch(database_url: str, pool: asyncpg.Pool) -> None:
+    """Once a batch has met the held row, fal's retries of that job are refused at once while the
+    row is still held (asked without waiting), and the jobs gathered with a retry are written in
+    a batch of their own that does not wait the lock time-out; once the row is free, the job's
+    next delivery goes through."""
+    from service.jobs.finish_batches import FinishBatches
+
+    held, first, later = await open_job(pool), await open_job(pool), await open_job(pool)
+    finishes = FinishBatches(pool)
+    change = JobChange(status="completed", result={"images": []})
+    holder = await asyncpg.connect(database_url, server_settings={"application_name": "webhook-test"})
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM fal_jobs WHERE request_id = $1 FOR UPDATE", held)
+        # The first batch meets the held row: both go alone (None); `first` is applied alone.
+        assert await asyncio.gather(finishes.finish(held, change), finishes.finish(first, change)) == [None, None]
+        assert (finishes.batches, finishes.jobs) == (0, 0)
+        # fal retries `held` while `later` arrives: `held` is refused without a batch.
+        retried, ended = await asyncio.gather(finishes.finish(held, change), finishes.finish(later, change),
+                                              return_exceptions=True)
+        assert isinstance(retried, DatabaseUnavailable) and "held" in retried.message, repr(retried)
+        assert ended is not None and not isinstance(ended, BaseException) and ended.request_id == later, repr(ended)
+        assert (finishes.batches, finishes.jobs) == (1, 1)
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    assert await finishes.finish(held, change) is None  # free: it goes alone, and the alone path ends it
+
+
 async def test_each_caller_is_answered_by_its_own_batch_and_a_second_delivery_goes_alone(pool: asyncpg.Pool) -> None:
     """Two deliveries of one job and one of another, gathered together: the batch ends both jobs
     and answers the first delivery of each with its job; the second delivery of the same job is
