@@ -14,13 +14,21 @@ resuming by Last-Event-ID. Phases, one after the other:
   late commit    a transaction takes a job's terminal event id and commits only after 35 s,
                  past the listener's 30 s gap time-out ("recovery": from its commit until the
                  reader has the job's end)
+  held row       one job's row held FOR UPDATE for 30 s by a connection of the bench's, while
+                 2,000 signed webhooks arrive for it and 99 other jobs (20 each, 64 in flight),
+                 each refused one tried again as fal does ("recovery": from the release until
+                 the held job is completed)
 
 Per phase: requests sent, answers by status (`timeout` = no answer within 20 s), p99 time to
 answer, and seconds from the end of the fault to /readyz answering 200. At the end, after every
 job has had time to finish: jobs lost (a job answered 202 that never reached a terminal state),
-jobs whose end the reader never saw, and job states (request id, version) it saw twice.
+jobs whose end the reader never saw, and job states (request id, version) it saw twice. For the
+held row, its webhooks on lines of their own: answers by status and p99 per attempt, the service's
+backends at their peak (pg_stat_activity by application_name, sampled every 50 ms), how many of the
+99 other jobs were completed while the row was held, and how the held job ended.
 
     .venv/bin/python bench/faults.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python bench/faults.py --faults "held row"    # only some faults (after the baseline)
 
 A script that prints a table, not a test: nothing here asserts.
 """
@@ -66,6 +74,7 @@ from service.auth.api_keys import NewUser, create_user  # noqa: E402
 from service.db.migrations import apply_migrations  # noqa: E402
 from service.db.pool import init_connection  # noqa: E402
 from service.emulator import FalEmulator, create_emulator_app  # noqa: E402
+from service.emulator.signing import signed_headers  # noqa: E402
 from service.jobs.models import JobChange, NewJob  # noqa: E402
 from service.jobs.status_machine import apply_change, create_job  # noqa: E402
 from tests.proxy import TcpProxy  # noqa: E402
@@ -74,6 +83,9 @@ TERMINAL = ("completed", "failed", "cancelled")
 REQUEST_TIMEOUT_S = 20.0
 SERVICE_APPLICATIONS = ["fal-jobs", "fal-jobs-listener", "fal-jobs-sweep"]
 MODEL = "fal-ai/flux/dev"
+FAULTS = ("kill storm", "partition", "down at start", "late commit", "held row")
+POOL_MAX = 10  # DATABASE_POOL_MAX, set for the service: its backends stay within it + LISTEN + sweep
+FAL_RETRY_S = (0.5, 1, 2, 4, 8, 16, 30)  # fal's webhook retries, compressed (as the emulator's here)
 
 
 def log(message: str) -> None:
@@ -90,6 +102,19 @@ class Phase:
     def record(self, status: str, seconds: float) -> None:
         self.statuses[status] += 1
         self.latencies.append(seconds)
+
+
+@dataclass
+class HeldRow:
+    attempts: list[tuple[bool, str, float]] = field(default_factory=list)
+    """(for the held job, status, seconds) per webhook attempt."""
+    peak: dict[str, int] = field(default_factory=dict)
+    others: int = 0
+    others_done_while_held: int = 0
+    released_at: float | None = None
+    held_job_done_s: float | None = None
+    held_job_attempt: int | None = None
+    took_s: float = 0.0
 
 
 class Bench:
@@ -112,6 +137,8 @@ class Bench:
         self.reading = True
         self.last_id: str | None = None
         self.newest_event_id = 0
+        self.direct: Any = None
+        self.held: HeldRow | None = None
 
     # ---- the service process -------------------------------------------------------------
 
@@ -123,6 +150,7 @@ class Bench:
             "RECONCILE_INTERVAL_S": "2", "RECONCILE_AFTER_S": "5", "MAX_OPEN_JOBS_PER_USER": "100000",
             "MAX_JOBS_PER_MINUTE": "100000", "MAX_STREAMS_PER_USER": "1000", "FAL_JOBS_NO_VENV": "1",
             "STREAM_TOKEN_SECRET": secrets.token_urlsafe(32), "PYTHONUNBUFFERED": "1",
+            "DATABASE_POOL_MAX": str(POOL_MAX),
         }
         env.pop("LISTEN_DATABASE_URL", None)
         with open(self.logs / "service.log", "ab") as log_file:
@@ -231,6 +259,89 @@ class Bench:
             await connection.close()
         return request_id
 
+    async def held_row(self, hold_s: float, per_job: int, in_flight: int) -> HeldRow:
+        """The held-row fault: 100 open jobs, the first one's row held `hold_s` by a connection of
+        the bench's, `per_job` signed webhooks for each (interleaved, `in_flight` at once, on HTTP
+        connections of their own), each refused one sent again on fal's schedule until it is
+        answered 2xx."""
+        held = HeldRow()
+        http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=in_flight))
+        watcher = await asyncpg.connect(self.dsn, server_settings={"application_name": "bench"})
+        jobs = [f"held-{n:03}-{uuid.uuid4()}" for n in range(100)]
+        connection = await asyncpg.connect(self.dsn, server_settings={"application_name": "bench-holder"})
+        await init_connection(connection)
+        for request_id in jobs:
+            await create_job(connection, NewJob(request_id=request_id, user_id=self.user.user_id, model_id=MODEL,
+                                                type="image", input={"prompt": "held"}, mode="webhook"))
+        held_job, others = jobs[0], jobs[1:]
+        gate = asyncio.Semaphore(in_flight)
+        sampling = True
+
+        async def sample() -> None:
+            while sampling:
+                rows = await watcher.fetch(
+                    "SELECT application_name, count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = ANY($1::text[]) GROUP BY 1", SERVICE_APPLICATIONS)
+                counts = {row["application_name"]: row["n"] for row in rows}
+                if sum(counts.values()) > sum(held.peak.values()):
+                    held.peak = counts
+                await asyncio.sleep(0.05)
+
+        async def deliver(request_id: str) -> None:
+            body = msgspec.json.encode({"request_id": request_id, "gateway_request_id": request_id, "status": "OK",
+                                        "payload": {"images": [], "seed": 1}})
+            for attempt, wait_s in enumerate((*FAL_RETRY_S, None), start=1):
+                headers = signed_headers(self.emulator.keyset.current, request_id=request_id,
+                                         user_id=self.emulator.user_id, timestamp=int(time.time()), body=body)
+                async with gate:
+                    started = time.monotonic()
+                    try:
+                        response = await http.post(f"{self.url}/api/webhooks/fal", content=body,
+                                                   headers={**headers, "content-type": "application/json"})
+                        status = str(response.status_code)
+                    except httpx.TimeoutException:
+                        status = "timeout"
+                    except httpx.TransportError:
+                        status = "transport"
+                held.attempts.append((request_id == held_job, status, time.monotonic() - started))
+                if status.startswith("2"):
+                    if request_id == held_job and held.released_at is not None and held.held_job_attempt is None:
+                        held.held_job_attempt = attempt  # the first delivery answered 2xx after the release
+                    return
+                if wait_s is None:
+                    return  # fal gives up; the sweep would settle the job
+                await asyncio.sleep(wait_s)
+
+        async def open_others() -> int:
+            return await self.direct.fetchval(
+                "SELECT count(*) FROM fal_jobs WHERE request_id = ANY($1::text[]) AND status <> 'completed'", others)
+
+        sampler = asyncio.create_task(sample())
+        transaction = connection.transaction()
+        await transaction.start()
+        await connection.execute("SELECT 1 FROM fal_jobs WHERE request_id = $1 FOR UPDATE", held_job)
+        held_at = time.monotonic()
+        order = [request_id for _ in range(per_job) for request_id in jobs]  # the held job's spread through it
+        deliveries = asyncio.gather(*(deliver(request_id) for request_id in order))
+        await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - held_at)))
+        held.others_done_while_held = len(others) - await open_others()
+        await transaction.rollback()
+        held.released_at = time.monotonic()
+        await connection.close()
+        while time.monotonic() - held.released_at < 60:
+            if await self.direct.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", held_job) == "completed":
+                held.held_job_done_s = time.monotonic() - held.released_at
+                break
+            await asyncio.sleep(0.05)
+        await deliveries
+        held.took_s = time.monotonic() - held_at
+        sampling = False
+        await sampler
+        await watcher.close()
+        await http.aclose()
+        held.others = len(others)
+        return held
+
     def begin(self, name: str) -> Phase:
         self.phase = Phase(name)
         self.phases.append(self.phase)
@@ -259,6 +370,8 @@ async def run(args: argparse.Namespace) -> None:
         proxy = TcpProxy.for_dsn(dsn)  # over TCP or, for the embedded server, its Unix socket
         await proxy.start()
         bench = Bench(dsn, proxy, emulator, fal_key, user, logs)
+        bench.direct = direct
+        chosen = set(args.faults)
         bench.start_service()
         async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=64)) as http:
             await bench.wait_ready(http, 60)
@@ -267,44 +380,56 @@ async def run(args: argparse.Namespace) -> None:
             reader = asyncio.create_task(bench.reader(http))
             await asyncio.sleep(args.phase_s)
 
-            phase = bench.begin("kill storm")
-            log(f"{phase.name}: pg_terminate_backend every 150 ms for {args.phase_s} s")
-            kills = 0
-            until = time.monotonic() + args.phase_s
-            while time.monotonic() < until:
-                kills += await direct.fetchval(
-                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name = ANY($1::text[])", SERVICE_APPLICATIONS)
-                await asyncio.sleep(0.15)
-            phase.recovery_s = await bench.wait_ready(http, 60)
-            log(f"{phase.name}: {kills} backends killed")
+            if "kill storm" in chosen:
+                phase = bench.begin("kill storm")
+                log(f"{phase.name}: pg_terminate_backend every 150 ms for {args.phase_s} s")
+                kills = 0
+                until = time.monotonic() + args.phase_s
+                while time.monotonic() < until:
+                    kills += await direct.fetchval(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND application_name = ANY($1::text[])",
+                        SERVICE_APPLICATIONS)
+                    await asyncio.sleep(0.15)
+                phase.recovery_s = await bench.wait_ready(http, 60)
+                log(f"{phase.name}: {kills} backends killed")
 
-            phase = bench.begin("partition")
-            log(f"{phase.name}: the proxy holds every byte for {args.phase_s} s")
-            proxy.partition()
-            await asyncio.sleep(args.phase_s)
-            proxy.heal()
-            phase.recovery_s = await bench.wait_ready(http, 60)
+            if "partition" in chosen:
+                phase = bench.begin("partition")
+                log(f"{phase.name}: the proxy holds every byte for {args.phase_s} s")
+                proxy.partition()
+                await asyncio.sleep(args.phase_s)
+                proxy.heal()
+                phase.recovery_s = await bench.wait_ready(http, 60)
 
-            phase = bench.begin("down at start")
-            log(f"{phase.name}: restart the service with nothing listening on the database's address")
-            await bench.stop_service()
-            await proxy.stop()
-            bench.start_service()
-            await asyncio.sleep(args.phase_s)  # the clients meet a service whose database is down
-            await proxy.start()
-            phase.recovery_s = await bench.wait_ready(http, 60)
+            if "down at start" in chosen:
+                phase = bench.begin("down at start")
+                log(f"{phase.name}: restart the service with nothing listening on the database's address")
+                await bench.stop_service()
+                await proxy.stop()
+                bench.start_service()
+                await asyncio.sleep(args.phase_s)  # the clients meet a service whose database is down
+                await proxy.start()
+                phase.recovery_s = await bench.wait_ready(http, 60)
 
-            phase = bench.begin("late commit")
-            log(f"{phase.name}: a transaction holds a job's terminal event {args.hold_s:g} s (past the 30 s gap "
-                "time-out), then commits")
-            held = await bench.hold_then_commit(args.hold_s)
-            seen = time.monotonic()
-            while held not in bench.terminal_seen and time.monotonic() - seen < 30:
-                await asyncio.sleep(0.02)
-            phase.recovery_s = time.monotonic() - seen if held in bench.terminal_seen else None
-            log(f"{phase.name}: the reader saw the late terminal event: {held in bench.terminal_seen}; it saw "
-                f"{sorted(version for (request_id, version) in bench.seen if request_id == held)} of its versions")
+            if "late commit" in chosen:
+                phase = bench.begin("late commit")
+                log(f"{phase.name}: a transaction holds a job's terminal event {args.hold_s:g} s (past the 30 s "
+                    "gap time-out), then commits")
+                held = await bench.hold_then_commit(args.hold_s)
+                seen = time.monotonic()
+                while held not in bench.terminal_seen and time.monotonic() - seen < 30:
+                    await asyncio.sleep(0.02)
+                phase.recovery_s = time.monotonic() - seen if held in bench.terminal_seen else None
+                log(f"{phase.name}: the reader saw the late terminal event: {held in bench.terminal_seen}; it saw "
+                    f"{sorted(version for (request_id, version) in bench.seen if request_id == held)} of its versions")
+
+            if "held row" in chosen:
+                phase = bench.begin("held row")
+                log(f"{phase.name}: one job's row held {args.held_s:g} s while {args.per_job * 100} webhooks arrive "
+                    "for it and 99 other jobs")
+                bench.held = await bench.held_row(args.held_s, args.per_job, in_flight=64)
+                phase.recovery_s = bench.held.held_job_done_s
 
             bench.begin("after")
             await asyncio.sleep(2)
@@ -367,6 +492,28 @@ def report(bench: Bench, rows: list[Any], args: argparse.Namespace) -> None:
     print(f"the reader's last id at the end: {bench.last_id}; newest event id: {bench.newest_event_id}")
     print(f"terminal events missed by the reader: {missed}; job states seen twice: {doubled}; "
           f"answers other than 2xx/503: {others}")
+    if bench.held is not None:
+        report_held_row(bench.held, args)
+
+
+def report_held_row(held: HeldRow, args: argparse.Namespace) -> None:
+    statuses = collections.Counter(status for _, status, _ in held.attempts)
+    latencies = sorted(seconds for _, _, seconds in held.attempts)
+    others = sorted(seconds for for_held, _, seconds in held.attempts if not for_held)
+    limit = POOL_MAX + 2
+    print(f"held row: one job's row held {args.held_s:g} s; {args.per_job * 100} webhooks for it and 99 others, "
+          f"{len(held.attempts)} attempts with fal's retries, all answered {held.took_s:.1f} s after the hold began")
+    print(f"  webhook answers by status: {', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))}; "
+          f"p50 {percentile(latencies, 50):.2f} s, p99 {percentile(latencies, 99):.2f} s "
+          f"(the other jobs' webhooks: p99 {percentile(others, 99):.2f} s)")
+    peak = ", ".join(f"{name}: {n}" for name, n in sorted(held.peak.items()))
+    print(f"  service backends at their peak: {sum(held.peak.values())} ({peak}); "
+          f"limit: pool {POOL_MAX} + LISTEN 1 + sweep 1 = {limit}")
+    print(f"  other jobs completed while the row was held: {held.others_done_while_held} of {held.others}")
+    done = "not within 60 s of the release" if held.held_job_done_s is None else \
+        f"{held.held_job_done_s:.2f} s after the release (the first 2xx after it: a delivery's attempt " \
+        f"{held.held_job_attempt})"
+    print(f"  the held job completed: {done}")
 
 
 def main() -> None:
@@ -375,6 +522,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--phase-s", type=float, default=5.0)
     parser.add_argument("--hold-s", type=float, default=35.0, help="how long the late transaction stays open")
+    parser.add_argument("--held-s", type=float, default=30.0, help="how long the held row stays locked")
+    parser.add_argument("--per-job", type=int, default=20, help="held row: webhooks per job (100 jobs)")
+    parser.add_argument("--faults", type=lambda text: [f.strip() for f in text.split(",")], default=list(FAULTS),
+                        help=f"comma-separated, from: {', '.join(FAULTS)} (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     asyncio.run(run(args))

@@ -65,7 +65,8 @@ async def open_pool(settings: Settings, dsn: str) -> AsyncIterator[DatabasePool]
     pool = await create_pool(
         dsn, min_size=min(2, settings.database_pool_max), max_size=settings.database_pool_max,
         connect_timeout_s=settings.db_connect_timeout_s, acquire_timeout_s=settings.db_acquire_timeout_s,
-        statement_timeout_s=settings.db_statement_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s, lock_timeout_s=settings.db_lock_timeout_s,
+        idle_in_transaction_timeout_s=settings.db_idle_in_transaction_timeout_s,
     )
     metrics.watch_pool(pool)
     try:

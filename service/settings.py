@@ -141,7 +141,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_acquire_timeout_s: Seconds = 1.5
     """A request waits this long for a pooled connection, then answers 503."""
     db_statement_timeout_s: Seconds = 2.0
-    """Every statement on a pooled connection ends within this, else 503 and the connection is dropped."""
+    """Every statement on a pooled connection ends within this (the server's statement_timeout), else 503."""
+    db_lock_timeout_s: Seconds = 1.0
+    """A statement waiting this long for a row lock (a row held by a long transaction) gives up,
+    freeing what it locked, and answers 503; keep it below DB_STATEMENT_TIMEOUT_S."""
+    db_idle_in_transaction_timeout_s: Seconds = 5.0
+    """Postgres ends a pooled session that sits this long inside a transaction, freeing its locks."""
     gap_timeout_s: Seconds = 30.0
     """An event id missing this long stops holding back later ones; it is read again until its
     transaction ends, and its event is delivered late should it commit."""

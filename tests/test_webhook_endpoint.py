@@ -16,15 +16,17 @@ from prometheus_client import REGISTRY
 
 from service.emulator import FalEmulator
 from service.emulator.signing import SigningKey, signed_headers
-from service.jobs.models import NewJob
-from service.jobs.status_machine import create_job
+from service.errors import DatabaseUnavailable
+from service.fal.webhooks import FalWebhook
+from service.jobs.models import JobChange, NewJob
+from service.jobs.status_machine import Applied, create_job
 from tests.conftest import RunningServer, fal_settings, serve
 
 HEADERS = ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp", "x-fal-webhook-signature")
 
 
-async def open_job(pool: asyncpg.Pool) -> str:
-    request_id = str(uuid.uuid4())
+async def open_job(pool: asyncpg.Pool, request_id: str | None = None) -> str:
+    request_id = request_id or str(uuid.uuid4())
     await pool.execute("INSERT INTO fal_users (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", "webhook-tests")  # jobs reference a user
     async with pool.acquire() as connection:
         await create_job(connection, NewJob(request_id=request_id, user_id="webhook-tests", model_id="fal-ai/flux/dev",
@@ -203,9 +205,10 @@ async def test_a_burst_is_written_in_batches_and_each_job_ends_once(service: Run
 
 
 async def test_a_batch_stuck_on_a_row_lock_does_not_hold_the_other_webhooks(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
-    """One job's row held by a long transaction stalls the batch that ends it; a webhook for
-    another job, gathered behind that batch, gives up waiting after `MAX_WAIT_S` and is applied
-    alone, while the row is still held."""
+    """One job's row held by a long transaction stalls the batch that ends it until the lock
+    time-out (1 s); a webhook for another job, gathered behind that batch, then goes in the next
+    batch and is applied while the row is still held. The stuck job's webhook is applied alone,
+    waits for its row once more, and answers 503 (fal retries)."""
     stuck, other = await open_job(pool), await open_job(pool)
     bodies = {request_id: webhook(request_id) for request_id in (stuck, other)}
 
@@ -222,15 +225,116 @@ async def test_a_batch_stuck_on_a_row_lock_does_not_hold_the_other_webhooks(serv
         other_answer = await asyncio.wait_for(deliver(other), 10)
         assert not stuck_answer.done(), "the stuck job's webhook waits for its row"
         assert other_answer.status_code == 200 and other_answer.json()["outcome"] == "applied", other_answer.text
+        first = await stuck_answer
         await transaction.rollback()
-    # The statement time-out (2 s) may have ended the stuck batch first: a 503, which fal retries.
-    first = await stuck_answer
-    assert first.status_code in (200, 503), first.text
-    if first.status_code == 503:
-        again = await post(http, service.url, bodies[stuck], signed(fal.keyset.current, stuck, bodies[stuck]))
-        assert again.status_code == 200, again.text
-    assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", stuck) == "completed"
+    assert first.status_code == 503 and first.headers["retry-after"], first.text
+    again = await post(http, service.url, bodies[stuck], signed(fal.keyset.current, stuck, bodies[stuck]))
+    assert again.status_code == 200 and again.json()["outcome"] == "applied", again.text
     assert await pool.fetchval("SELECT count(*) FROM fal_job_events WHERE request_id = $1", other) == 2
+
+
+async def test_a_job_sharing_the_stuck_batch_with_a_held_row_completes_while_the_row_is_held(
+    service: RunningServer, database_url: str, pool: asyncpg.Pool,
+) -> None:
+    """`other` is in the same batch as the held job and sorts before it, so the batch locks
+    `other`'s row and then waits for the held one. At the lock time-out the statement ends on the
+    server, which frees `other`'s row, and `other` is applied alone while the row is still held;
+    only the held job's webhook answers 503. Given up on by the client only, the statement kept
+    `other`'s row locked, and `other`'s own write waited for it and failed too."""
+    intake = service.app.state.intake
+    stuck = await open_job(pool, f"z-{uuid.uuid4()}")
+    other = await open_job(pool, f"a-{uuid.uuid4()}")  # sorts first: the batch locks it first
+    failed_before = REGISTRY.get_sample_value("fal_jobs_finish_batch_failures_total") or 0
+    holder = await asyncpg.connect(database_url, server_settings={"application_name": "webhook-test"})
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM fal_jobs WHERE request_id = $1 FOR UPDATE", stuck)
+        # Both reach the batch in one turn of the loop, before its writer runs: one statement.
+        stuck_answer, other_answer = await asyncio.wait_for(asyncio.gather(
+            intake.receive(msgspec.json.decode(webhook(stuck), type=FalWebhook)),
+            intake.receive(msgspec.json.decode(webhook(other), type=FalWebhook)),
+            return_exceptions=True,
+        ), 30)
+        assert REGISTRY.get_sample_value("fal_jobs_finish_batch_failures_total") == failed_before + 1
+        assert isinstance(other_answer, Applied) and other_answer.accepted, repr(other_answer)
+        assert isinstance(stuck_answer, DatabaseUnavailable) and "lock" in stuck_answer.message, repr(stuck_answer)
+        assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", other) == "completed"
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    assert await pool.fetchval("SELECT status FROM fal_jobs WHERE request_id = $1", stuck) == "pending"
+
+
+async def test_a_job_found_held_answers_503_at_once_and_stalls_no_later_batch(database_url: str, pool: asyncpg.Pool) -> None:
+    """Once a batch has met the held row, fal's retries of that job are refused at once while the
+    row is still held (asked without waiting), and the jobs gathered with a retry are written in
+    a batch of their own that does not wait the lock time-out; once the row is free, the job's
+    next delivery goes through."""
+    from service.jobs.finish_batches import FinishBatches
+
+    held, first, later = await open_job(pool), await open_job(pool), await open_job(pool)
+    finishes = FinishBatches(pool)
+    change = JobChange(status="completed", result={"images": []})
+    holder = await asyncpg.connect(database_url, server_settings={"application_name": "webhook-test"})
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT 1 FROM fal_jobs WHERE request_id = $1 FOR UPDATE", held)
+        # The first batch meets the held row: both go alone (None); `first` is applied alone.
+        assert await asyncio.gather(finishes.finish(held, change), finishes.finish(first, change)) == [None, None]
+        assert (finishes.batches, finishes.jobs) == (0, 0)
+        # fal retries `held` while `later` arrives: `held` is refused without a batch.
+        retried, ended = await asyncio.gather(finishes.finish(held, change), finishes.finish(later, change),
+                                              return_exceptions=True)
+        assert isinstance(retried, DatabaseUnavailable) and "held" in retried.message, repr(retried)
+        assert ended is not None and not isinstance(ended, BaseException) and ended.request_id == later, repr(ended)
+        assert (finishes.batches, finishes.jobs) == (1, 1)
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    assert await finishes.finish(held, change) is None  # free: it goes alone, and the alone path ends it
+
+
+async def test_each_caller_is_answered_by_its_own_batch_and_a_second_delivery_goes_alone(pool: asyncpg.Pool) -> None:
+    """Two deliveries of one job and one of another, gathered together: the batch ends both jobs
+    and answers the first delivery of each with its job; the second delivery of the same job is
+    not in the batch (None: it applies alone, and finds the job ended). Were the second to take
+    the first's place in the batch, the first would wait for an answer no batch gives."""
+    from service.jobs.finish_batches import FinishBatches
+
+    first, second = await open_job(pool), await open_job(pool)
+    finishes = FinishBatches(pool)
+    change = JobChange(status="completed", result={"images": []})
+    answers = await asyncio.wait_for(asyncio.gather(
+        finishes.finish(first, change), finishes.finish(first, change), finishes.finish(second, change),
+    ), 30)
+    assert [None if job is None else (job.request_id, job.status) for job in answers] == \
+        [(first, "completed"), None, (second, "completed")]
+    assert (finishes.batches, finishes.jobs) == (1, 2)
+
+
+async def test_a_batch_waiting_for_a_busy_pool_is_written_once_not_again_alone(database_url: str, pool: asyncpg.Pool) -> None:
+    """Every pooled connection is busy for a while (here the one connection, for 1.5 s): the batch
+    waits for one and is then written, one statement for all. A give-up timer counted from when
+    the webhooks joined sent each of them to the database again alone, in the middle of the very
+    contention that held the batch back."""
+    from service.db.pool import create_pool
+    from service.jobs.finish_batches import FinishBatches
+
+    jobs = [await open_job(pool) for _ in range(5)]
+    busy = await create_pool(database_url, max_size=1, acquire_timeout_s=30)
+    finishes = FinishBatches(busy)
+    change = JobChange(status="completed", result={"images": []})
+    try:
+        async with busy.acquire() as connection:
+            waiting = [asyncio.create_task(finishes.finish(request_id, change)) for request_id in jobs]
+            await connection.execute("SELECT pg_sleep(1.5)")
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 30)
+    finally:
+        await busy.close()
+    assert [None if job is None else job.request_id for job in answers] == jobs
+    assert (finishes.batches, finishes.jobs) == (1, len(jobs))
 
 
 async def test_an_oversized_webhook_is_413(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient) -> None:

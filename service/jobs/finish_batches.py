@@ -8,10 +8,21 @@ goes at once (no timer, no added wait). At most one batch is in flight per proce
 
 A batch writes through `status_machine.finish_many`, so every job gets what `apply_change` gives
 it. What the batch leaves alone (a job no longer open, a second delivery of a job already in the
-batch, a batch that failed on a value Postgres refused, a batch still not written after
-`MAX_WAIT_S`) comes back as None and the caller applies it alone: a change Postgres refuses then
-fails only its own webhook. A batch that met a sick database answers every caller with
-DatabaseUnavailable at once (a 503: fal retries).
+batch, a batch that failed on a value Postgres refused, a batch that waited past the lock
+time-out for a row another transaction holds) comes back as None and the caller applies it
+alone: a change Postgres refuses then fails only its own webhook, and a held row then stalls only
+its own job's webhook (which answers 503 after its own lock time-out; fal retries). A batch that
+met a sick database answers every caller with DatabaseUnavailable at once (a 503: fal retries).
+
+A batch that fails on a lock time-out asks, without waiting, which of its rows are held, and
+remembers those jobs for a while: a later delivery of one of them first asks the same of its row
+alone and answers 503 at once while it is still held, so fal's retries of a job whose row a long
+transaction holds stall no batch (and no pooled connection) for the lock time-out each.
+
+A webhook waits for its batch without a timer of its own: the server's lock time-out is what
+ends a batch stuck on a held row, and it also frees the rows the batch had locked before it,
+which a caller giving up on its side did not. A batch that is merely slow (a busy pool, a large
+batch) is waited for rather than written a second time, one job at a time, by every caller.
 """
 
 from __future__ import annotations
@@ -21,11 +32,12 @@ import contextvars
 import enum
 import itertools
 import logging
+import time
 
 import asyncpg
 
 from service import metrics
-from service.db.pool import is_unavailable
+from service.db.pool import is_lock_timeout, is_unavailable
 from service.errors import DatabaseUnavailable
 from service.jobs.models import Job, JobChange
 from service.jobs.status_machine import finish_many
@@ -34,11 +46,16 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 100
 """Jobs per statement at most: a bigger burst goes in several."""
-MAX_WAIT_S = 1.0
-"""How long a webhook waits for its batch before it applies its change alone: a batch stuck on a
-row lock (one job's row held by a long transaction) must not hold every webhook of the process
-until the statement time-out. The batch still writes the change; whichever comes second finds the
-job ended."""
+HELD_MEMORY_S = 60.0
+"""How long a job whose row was found held is checked (without waiting) before its deliveries join
+a batch again; a row still held after that costs one more batch its lock time-out."""
+
+_HELD = """
+WITH free AS (SELECT request_id FROM fal_jobs WHERE request_id = ANY($1::text[]) FOR UPDATE SKIP LOCKED)
+SELECT request_id FROM fal_jobs WHERE request_id = ANY($1::text[]) AND request_id NOT IN (SELECT request_id FROM free)
+"""
+"""The jobs among $1 whose rows another transaction holds now (a row that does not exist is not
+held). The rows it finds free are locked only for this one statement."""
 
 
 class _Outcome(enum.Enum):
@@ -48,12 +65,13 @@ class _Outcome(enum.Enum):
 
 
 class FinishBatches:
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH, max_wait_s: float = MAX_WAIT_S) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH) -> None:
         self._pool = pool
         self._max_batch = max_batch
-        self._max_wait_s = max_wait_s
         self._gathering: dict[str, tuple[JobChange, asyncio.Future[Job | _Outcome | None]]] = {}
         self._writer: asyncio.Task[None] | None = None
+        self._held: dict[str, float] = {}
+        """Jobs whose rows were found held by another transaction, and when (monotonic)."""
         self.batches = 0
         """Statements written (with `jobs`, what a test or a bench reads to see the batching)."""
         self.jobs = 0
@@ -65,6 +83,10 @@ class FinishBatches:
         database."""
         if request_id in self._gathering:
             return None  # a second delivery: alone, after (or against) the first
+        if request_id in self._held:
+            if await self._still_held(request_id):
+                raise DatabaseUnavailable("the job's row is held by another transaction; retry later", retry_after_s=1)
+            return None  # free again, moments ago perhaps: alone
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Job | _Outcome | None] = loop.create_future()
         self._gathering[request_id] = (change, future)
@@ -72,22 +94,30 @@ class FinishBatches:
             # A context of its own: the task outlives the request that started it, whose id its
             # log lines must not carry.
             self._writer = asyncio.create_task(self._write(), name="finish-batches", context=contextvars.Context())
-        give_up = loop.call_later(self._max_wait_s, self._give_up, request_id, future)
-        try:
-            outcome = await future
-        finally:
-            give_up.cancel()
+        outcome = await future
         if outcome is _Outcome.UNAVAILABLE:
             raise DatabaseUnavailable("the database did not take the job's end; retry later", retry_after_s=1)
         return outcome
 
-    def _give_up(self, request_id: str, future: asyncio.Future[Job | _Outcome | None]) -> None:
-        if future.done():
-            return
-        gathered = self._gathering.get(request_id)
-        if gathered is not None and gathered[1] is future:
-            del self._gathering[request_id]  # not written yet: it goes alone only
-        future.set_result(None)
+    async def _still_held(self, request_id: str) -> bool:
+        if time.monotonic() - self._held[request_id] > HELD_MEMORY_S:
+            del self._held[request_id]
+            return False
+        if await self._pool.fetch(_HELD, [request_id]):
+            return True
+        self._held.pop(request_id, None)
+        return False
+
+    async def _find_held(self, connection: asyncpg.Connection, request_ids: list[str]) -> None:
+        """After a lock time-out: remember which of the batch's jobs have their rows held."""
+        now = time.monotonic()
+        for request_id, found in list(self._held.items()):
+            if now - found > HELD_MEMORY_S:
+                del self._held[request_id]
+        for row in await connection.fetch(_HELD, request_ids):
+            self._held[row["request_id"]] = now
+        log.warning("a batch of job ends waited past the lock time-out; rows held by another transaction: %d",
+                    len(self._held), extra={"action": "jobs.finish_batch_held_rows"})
 
     async def _write(self) -> None:
         try:
@@ -98,13 +128,23 @@ class FinishBatches:
                 outcomes: dict[str, Job | _Outcome] = {}
                 try:
                     async with self._pool.acquire() as connection:
-                        outcomes.update(await finish_many(connection, {r: change for r, (change, _) in batch.items()}))
+                        try:
+                            outcomes.update(await finish_many(connection, {r: change for r, (change, _) in batch.items()}))
+                        except asyncpg.LockNotAvailableError:
+                            try:
+                                await self._find_held(connection, list(batch))
+                            except Exception as probe:  # only a shortcut for later deliveries
+                                log.warning("could not tell which rows are held", extra={
+                                    "action": "jobs.finish_batch_held_rows", "error": type(probe).__name__})
+                            raise
                     self.batches += 1
                     self.jobs += len(batch)
                     metrics.finish_batch(len(batch))
                 except Exception as error:
                     metrics.finish_batch(len(batch), failed=True)
-                    unavailable = isinstance(error, DatabaseUnavailable) or is_unavailable(error)
+                    # A row held by another transaction: only its own job needs to wait for it.
+                    unavailable = not is_lock_timeout(error) and (
+                        isinstance(error, DatabaseUnavailable) or is_unavailable(error))
                     log.warning("a batch of job ends failed; " + ("each answers unavailable" if unavailable else
                                                                   "each is applied alone"),
                                 extra={"action": "jobs.finish_batch_failed", "jobs": len(batch),
