@@ -61,7 +61,7 @@ class FinishBatches:
     async def finish(self, request_id: str, change: JobChange) -> Job | None:
         """The job as `change` ended it, or None when this batch did not end it (see the module
         docstring): the caller then applies the change alone. `change` must pass
-        `status_machine.can_finish_at_once`. Raises DatabaseUnavailable when the batch met a sick
+        `JobChange.ends_without_logs`. Raises DatabaseUnavailable when the batch met a sick
         database."""
         if request_id in self._gathering:
             return None  # a second delivery: alone, after (or against) the first

@@ -22,7 +22,8 @@ from datetime import timedelta
 import asyncpg
 import msgspec
 
-from service.jobs.status_machine import OutputChange, apply_output_change
+from service.jobs.models import OutputChange, OutputSettled
+from service.jobs.status_machine import apply_change
 from service.outputs.copier import Copier, CopyRetry
 from service.outputs.store import MediaStore
 from service.realtime.events import JobEvent
@@ -207,7 +208,7 @@ class OutputWorkers:
                 return
             change = OutputChange(status="failed", error=f"gave up after {row.attempts} attempts: {retry}")
         async with self._pool.acquire(timeout=DB_TIMEOUT_S) as connection:
-            applied = await apply_output_change(connection, row.request_id, row.index, change, claim=claim)
+            applied = await apply_change(connection, row.request_id, OutputSettled(index=row.index, outcome=change, claim=claim))
         if change.status == "stored" and not applied.accepted:
             # Deleted meanwhile, or our lease lapsed and another claim took the row over.
             await self._store.delete(key)

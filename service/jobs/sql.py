@@ -1,0 +1,114 @@
+"""Every statement that writes a job, parks a webhook or works the output queue: one name each.
+
+The status machine (`status_machine.py`), the webhook intake and the copy workers send these and
+nothing else, so a reader finds here what reaches `fal_jobs`, `fal_early_webhooks` and
+`fal_job_outputs`. A job's columns are `rows.JOB_COLUMNS`; the output queue's insert is
+`_QUEUE_OUTPUTS`, shared by the statements that end a job.
+
+No statement writes `fal_job_events`: the `fal_jobs_write_event` trigger writes the event of every
+new version of a row, from the row (`piccolo_migrations/…_events_by_trigger.py`).
+"""
+
+from __future__ import annotations
+
+from service.jobs.models import TERMINAL_STATUSES
+from service.jobs.rows import JOB_COLUMNS
+
+# --- Jobs: creation, reads under lock, changes ---------------------------------------------------
+
+LOCK_REQUEST = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+"""Serializes, until the transaction ends, a job's creation with a webhook that finds no row for
+it (and parks itself): whoever comes second sees what the first did. $1: the request id."""
+
+INSERT_JOB = (
+    "INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, status, mode, version, created_at, "
+    "updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, 1, $7, $7)"
+)
+"""A new job, version 1. $1-$6: request id, user id, model id, type, input, mode; $7: now."""
+
+SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1"
+LOCK_JOB = f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1 FOR UPDATE"
+
+_QUEUE_OUTPUTS = """queued AS (
+    INSERT INTO fal_job_outputs (request_id, index, user_id, kind, source_url, created_at, updated_at, next_attempt_at)
+    SELECT t.request_id, t.index, changed.user_id, t.kind, t.url, $2, $2, $2
+    FROM jsonb_to_recordset($3::jsonb) AS t(request_id text, index int, kind text, url text)
+    JOIN changed ON changed.request_id = t.request_id
+    ON CONFLICT DO NOTHING
+)"""
+"""Each media file of a job that `changed` completed becomes a pending row of the copy queue, in
+the statement that completes it: a completed job never lacks its copy work. $2: now; $3: the
+files, as JSON rows (request_id, index, kind, url)."""
+
+CHANGE_JOB = f"""
+WITH changed AS (
+    UPDATE fal_jobs SET status = $5, queue_position = $6, logs = $7, result = $8, error = $9, error_type = $10,
+        completed_at = $11, outputs = $12, version = version + 1, updated_at = $2
+    WHERE request_id = $1 AND version = $4
+    RETURNING request_id, user_id
+), {_QUEUE_OUTPUTS}
+SELECT true FROM changed
+"""
+"""Writes the job as decided, only if its version is still $4 (a compare-and-swap under the row
+lock the UPDATE takes); true when it did. $1: request id; $2: now; $3: files to queue; $5-$12:
+the job's status, queue position, logs, result, error, error type, completed at and outputs."""
+
+_OPEN = "status NOT IN (" + ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES)) + ")"
+
+
+def _finish(rows_wanted: str) -> str:
+    return f"""
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS i(request_id text, status text, result jsonb, error text, error_type text, outputs jsonb)
+), changed AS (
+    UPDATE fal_jobs j SET status = i.status, queue_position = NULL, result = i.result, error = i.error,
+        error_type = i.error_type, completed_at = $2, updated_at = $2, version = j.version + 1,
+        outputs = coalesce(i.outputs, j.outputs)
+    FROM input i
+    -- The ids again as $4: joined to a function's rows alone, the planner scans the table.
+    WHERE {rows_wanted} AND j.request_id = i.request_id AND j.{_OPEN}
+    RETURNING j.*
+), {_QUEUE_OUTPUTS}
+SELECT {JOB_COLUMNS} FROM changed
+"""
+
+
+FINISH_MANY = _finish("j.request_id = ANY($4::text[])")
+"""Jobs' ends in one statement: each row is updated only while it is open (the row lock the UPDATE
+takes re-checks that against a concurrent writer's commit), and its outputs are queued. $1: the
+ends, as JSON rows; $2: now; $3: the files to queue; $4: the request ids."""
+FINISH_ONE = _finish("j.request_id = $4::text")
+"""The same for one job: its id as a scalar lets Postgres keep one generic plan for the statement,
+where an array would have it plan each execution anew (a custom plan looks cheaper for a
+one-element array than the generic one for any array)."""
+
+SET_STATUS_AND_OUTPUTS = (
+    "UPDATE fal_jobs SET status = $2, outputs = $3, version = version + 1, updated_at = $4 WHERE request_id = $1"
+)
+"""A job's new status and outputs view, as a new version (an output settled, or the job deleted)."""
+
+# --- Outputs: one file's outcome, a deletion --------------------------------------------------
+
+LOCK_OUTPUT = "SELECT status, claim FROM fal_job_outputs WHERE request_id = $1 AND index = $2 FOR UPDATE"
+
+SETTLE_OUTPUT = (
+    "UPDATE fal_job_outputs SET status = $3, content_type = $4, size = $5, sha256 = $6, store_key = $7, "
+    "last_error = coalesce($8, last_error), claim = NULL, lease_until = NULL, updated_at = $9 "
+    "WHERE request_id = $1 AND index = $2"
+)
+"""One copy's outcome. $3-$8: status, content type, size, sha256, store key, error; $9: now."""
+
+STOP_OUTPUTS = (
+    "UPDATE fal_job_outputs SET status = 'deleted', claim = NULL, lease_until = NULL, next_attempt_at = $2, "
+    "updated_at = $2 WHERE request_id = $1"
+)
+"""A deleted job's outputs: the copy queue stops, and rows whose bytes are in the store stay due,
+so that a removal that fails after the deletion is retried by the workers. $2: now."""
+
+# --- The webhook intake: parking a webhook that beat its job -------------------------------------
+
+JOB_MODEL = "SELECT model_id FROM fal_jobs WHERE request_id = $1"
+PARK_WEBHOOK = "INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+PARKED_WEBHOOKS = "SELECT id, body FROM fal_early_webhooks WHERE request_id = $1 ORDER BY id"
+UNPARK_WEBHOOK = "DELETE FROM fal_early_webhooks WHERE id = $1"
