@@ -1,9 +1,11 @@
 """Every statement that writes a job, parks a webhook or works the output queue: one name each.
 
-The status machine (`status_machine.py`), the webhook intake and the copy workers send these and
-nothing else, so a reader finds here what reaches `fal_jobs`, `fal_early_webhooks` and
-`fal_job_outputs`. A job's columns are `rows.JOB_COLUMNS`; the output queue's insert is
-`_QUEUE_OUTPUTS`, shared by the statements that end a job.
+The status machine (`status_machine.py`), the webhook intake and the copy workers send these, so
+a reader finds here what changes a job, parks a webhook or moves a row of `fal_job_outputs`. Left
+with their readers: the API's reads (`jobs/queries.py`, `outputs/access.py`) and the open-jobs
+bookkeeping (`jobs/reservations.py`, a column outside the job's view). A job's columns are
+`rows.JOB_COLUMNS`; the output queue's insert is `_QUEUE_OUTPUTS`, shared by the statements that
+end a job.
 
 No statement writes `fal_job_events`: the `fal_jobs_write_event` trigger writes the event of every
 new version of a row, from the row (`piccolo_migrations/…_events_by_trigger.py`).
@@ -105,6 +107,51 @@ STOP_OUTPUTS = (
 )
 """A deleted job's outputs: the copy queue stops, and rows whose bytes are in the store stay due,
 so that a removal that fails after the deletion is retried by the workers. $2: now."""
+
+# --- The output queue: claims, leases, retries (the copy workers) -------------------------------
+
+_DUE = "status = 'pending' OR (status = 'deleted' AND store_key IS NOT NULL)"
+"""Rows with work: a copy to make, or a deleted output's bytes still in the store."""
+
+CLAIM_OUTPUTS = f"""
+UPDATE fal_job_outputs o
+SET claim = $1, lease_until = now() + make_interval(secs => $2),
+    attempts = o.attempts + CASE WHEN o.status = 'pending' THEN 1 ELSE 0 END, updated_at = now()
+FROM (
+    SELECT request_id, index FROM fal_job_outputs
+    WHERE ({_DUE})
+      AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY next_attempt_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE o.request_id = due.request_id AND o.index = due.index
+RETURNING o.request_id, o.index, o.kind, o.source_url, o.status, o.store_key, o.attempts
+"""
+"""Up to $3 due rows, stamped with the claim $1 and a lease of $2 seconds."""
+
+RELEASE_CLAIMS = (
+    "UPDATE fal_job_outputs SET claim = NULL, lease_until = NULL "
+    "WHERE (request_id, index, claim) IN (SELECT * FROM unnest($1::text[], $2::int[], $3::text[]))"
+)
+NEXT_OUTPUT_DUE_IN_S = (
+    "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) - now()) "
+    f"FROM fal_job_outputs WHERE {_DUE}"
+)
+RENEW_LEASE = (
+    "UPDATE fal_job_outputs SET lease_until = now() + make_interval(secs => $4) "
+    "WHERE request_id = $1 AND index = $2 AND claim = $3"
+)
+RETRY_OUTPUT_LATER = (
+    "UPDATE fal_job_outputs SET claim = NULL, lease_until = NULL, last_error = $4, "
+    "next_attempt_at = now() + $5::interval, updated_at = now() "
+    "WHERE request_id = $1 AND index = $2 AND claim = $3"
+)
+FORGET_STORE_KEY = (
+    "UPDATE fal_job_outputs SET store_key = NULL, claim = NULL, lease_until = NULL, updated_at = now() "
+    "WHERE request_id = $1 AND index = $2 AND claim = $3"
+)
+"""A deleted output whose bytes the claim $3 removed from the store."""
 
 # --- The webhook intake: parking a webhook that beat its job -------------------------------------
 
