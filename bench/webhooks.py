@@ -12,7 +12,7 @@ Phases, all on the same database:
   1. the service (`python -m service run`, a separate process) receives N signed webhooks, one per
      pending job, `--concurrency` in flight over keep-alive connections; ACK latency is send ->
      response. Afterwards every job must be `completed`, version 2, with exactly 2 events.
-  2. the raw floor: per job one transaction UPDATE fal_jobs + INSERT fal_job_events with plain
+  2. the raw floor: per job one UPDATE fal_jobs (its trigger writes the event) with plain
      asyncpg and C connections (C = 4, 8, 16).
   3. the service's own intake code (WebhookIntake.receive, the same SQL and Python as the route)
      without HTTP or signature checking, on a pool of 10 like the service's: it splits the gap

@@ -11,7 +11,6 @@ from typing import Any
 import asyncpg
 
 from bench.harness import BenchFailure
-from service.jobs.models import Job
 
 TRIGGER = "fal_job_events_notify"
 MODEL_ID = "fal-ai/flux/dev"
@@ -42,32 +41,22 @@ class JobBlock:
 
 
 async def create_jobs(pool: asyncpg.Pool, sizes: dict[str, int]) -> dict[str, JobBlock]:
-    """Bulk-create pending jobs (version 1) and their first events, as create_job would."""
+    """Bulk-create pending jobs (version 1), as create_job would; the table's trigger writes their
+    first events."""
     blocks: dict[str, JobBlock] = {}
     job_rows: list[tuple[Any, ...]] = []
-    event_rows: list[tuple[Any, ...]] = []
     now = datetime.now(UTC)
     for name, size in sizes.items():
         user_id = str(uuid.uuid4())
         ids = [str(uuid.uuid4()) for _ in range(size)]
         blocks[name] = JobBlock(ids, user_id, now)
-        for request_id in ids:
-            job = Job(request_id=request_id, user_id=user_id, model_id=MODEL_ID, type="image", input=JOB_INPUT,
-                      status="pending", queue_position=None, logs=None, result=None, error=None, error_type=None,
-                      mode="webhook", version=1, created_at=now, updated_at=now, completed_at=None)
-            job_rows.append((request_id, user_id, MODEL_ID, "image", JOB_INPUT, "webhook", now))
-            event_rows.append((request_id, user_id, job, now))
+        job_rows.extend((request_id, user_id, MODEL_ID, "image", JOB_INPUT, "webhook", now) for request_id in ids)
     async with pool.acquire() as connection, connection.transaction():
         await connection.executemany("INSERT INTO fal_users (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", [(block.user_id,) for block in blocks.values()])
         await connection.executemany(
             "INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, status, mode, version, "
             "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, 1, $7, $7)",
             job_rows,
-        )
-        await connection.executemany(
-            "INSERT INTO fal_job_events (request_id, user_id, version, status, data, created_at) "
-            "VALUES ($1, $2, 1, 'pending', $3, $4)",
-            event_rows,
         )
     return blocks
 
@@ -98,10 +87,3 @@ async def check_completed(pool: asyncpg.Pool, block: JobBlock, what: str) -> str
 
 async def set_trigger(pool: asyncpg.Pool, enabled: bool) -> None:
     await pool.execute(f"ALTER TABLE fal_job_events {'ENABLE' if enabled else 'DISABLE'} TRIGGER {TRIGGER}")
-
-def completed_job(request_id: str, block: JobBlock) -> Job:
-    now = datetime.now(UTC)
-    return Job(request_id=request_id, user_id=block.user_id, model_id=MODEL_ID, type="image", input=JOB_INPUT,
-               status="completed", queue_position=None, logs=None, result=PAYLOAD, error=None, error_type=None,
-               mode="webhook", version=2, created_at=block.created_at, updated_at=now, completed_at=now)
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import uuid
 from datetime import UTC, datetime
@@ -14,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.db.pool import init_connection
-from service.jobs.models import Job, JobChange, LogLine, NewJob
+from service.jobs.models import Deletion, Job, JobChange, LogLine, NewJob, OutputChange, OutputSettled
 from service.jobs.rows import JOB_COLUMNS, job_from_row
+from service.jobs import sql, status_machine
 from service.jobs.status_machine import _read_decide_write, apply_change, create_job, decide, finish_many
 from tests.conftest import scratch_database
 
@@ -112,6 +114,67 @@ async def test_unknown_job_is_reported_not_created(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT count(*) FROM fal_job_events WHERE request_id = 'no-such-job'") == 0
 
 
+
+def test_the_status_machine_has_three_doors() -> None:
+    """Create a job, apply a change, finish many: nothing else in the module writes a job, so a
+    new caller has one door per operation and no twin to pick wrongly."""
+    doors = {name for name, value in vars(status_machine).items()
+             if not name.startswith("_") and inspect.iscoroutinefunction(value)}
+    assert doors == {"create_job", "apply_change", "finish_many"}
+    assert set(status_machine.__all__) == doors | {"Applied", "decide"}
+
+
+async def event_text_is_the_job(pool: asyncpg.Pool, job: Job | None) -> None:
+    """The event of the job's version is the job as msgspec writes it, byte for byte."""
+    assert job is not None
+    stored, expected = await pool.fetchrow(
+        "SELECT data::text, $2::jsonb::text FROM fal_job_events WHERE request_id = $1 AND version = $3",
+        job.request_id, job, job.version)
+    assert stored == expected
+
+
+async def test_every_kind_of_change_writes_one_event_that_is_the_job(pool: asyncpg.Pool) -> None:
+    """A creation, fal's news (read-decide-write and the one-statement end), an output settled and
+    a deletion: each writes exactly one event, and its text is the job the door returned."""
+    created = await new_job(pool)
+    await event_text_is_the_job(pool, created)
+    request_id = created.request_id
+    async with pool.acquire() as connection:
+        running = await apply_change(connection, request_id, JobChange(status="in_progress", logs=logs(3)))
+        await event_text_is_the_job(pool, running.job)
+        ended = await apply_change(connection, request_id, ENDS[0])
+        await event_text_is_the_job(pool, ended.job)
+        settled = await apply_change(connection, request_id, OutputSettled(
+            index=1, outcome=OutputChange(status="failed", error="not an image\x00"), claim=None))
+        await event_text_is_the_job(pool, settled.job)
+        deleted = await apply_change(connection, request_id, Deletion(user_id=created.user_id))
+        await event_text_is_the_job(pool, deleted.job)
+        again = await apply_change(connection, request_id, Deletion(user_id=created.user_id))
+        stranger = await apply_change(connection, request_id, Deletion(user_id="someone-else"))
+    assert settled.accepted and settled.job is not None
+    assert [o.status for o in settled.job.outputs] == ["pending", "failed"]
+    assert settled.job.outputs[1].error == "not an image\\u0000"
+    assert deleted.accepted and deleted.job is not None and deleted.job.status == "deleted"
+    assert not again.accepted and stranger.job is None
+    events = await events_of(pool, request_id)
+    assert [(e["version"], e["status"]) for e in events] == [
+        (1, "pending"), (2, "in_progress"), (3, "completed"), (4, "completed"), (5, "deleted")]
+
+
+async def test_a_new_version_written_by_any_statement_gets_its_event(pool: asyncpg.Pool) -> None:
+    """The event is written by the table, not by each code path: a statement that gives a job a
+    new version gets its event (the row after it), one that leaves the version alone gets none."""
+    created = await new_job(pool)
+    await pool.execute("UPDATE fal_jobs SET counts_open_until = now() WHERE request_id = $1", created.request_id)
+    await pool.execute("UPDATE fal_jobs SET queue_position = 3, version = 2, updated_at = $2 WHERE request_id = $1",
+                       created.request_id, NOW)
+    row = await pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1", created.request_id)
+    events = await events_of(pool, created.request_id)
+    assert [(e["version"], e["status"]) for e in events] == [(1, "pending"), (2, "pending")]
+    assert events[1]["data"]["queue_position"] == 3 and "counts_open_until" not in events[1]["data"]
+    await event_text_is_the_job(pool, job_from_row(row))
+
+
 ENDS = [
     JobChange(status="completed", result={"seed": 196619188014358660, "images": [
         {"url": "https://v3.fal.media/files/a.png", "content_type": "image/png"},
@@ -126,9 +189,9 @@ ENDS = [
 async def test_an_end_in_one_round_trip_writes_the_event_the_two_round_trips_would(
     pool: asyncpg.Pool, end: JobChange, created_at: str,
 ) -> None:
-    """`apply_change` ends an open job in one statement (`_finish`), building the event's JSON in
-    SQL; `_read_decide_write` builds it from the Job in Python. Both must store the same thing: the
-    job after the change, as msgspec writes it (timestamps included, with and without a fraction)."""
+    """`apply_change` ends an open job in one statement (`_finish`); `_read_decide_write` reads,
+    decides and writes the row. Both end with the same row, and the trigger's event is the job
+    after the change as msgspec writes it (timestamps included, with and without a fraction)."""
     fast, slow = await new_job(pool), await new_job(pool)
     async with pool.acquire() as connection:
         for twin in (fast, slow):  # the same past: running, logs, a created_at of each form
@@ -215,8 +278,6 @@ async def test_ends_written_together_find_their_rows_by_index_not_by_scanning(se
 
 
 async def _plan_uses_the_index(connection: asyncpg.Connection) -> None:
-    from service.jobs.status_machine import _FINISH_MANY
-
     await connection.execute("INSERT INTO fal_users (id, name) VALUES ('u-plan', 'u-plan') ON CONFLICT DO NOTHING")
     await connection.execute("INSERT INTO fal_jobs (request_id, user_id, model_id, type, status) "
                        "SELECT 'plan-' || g, 'u-plan', 'm', 'image', CASE WHEN g % 2 = 0 THEN 'completed' ELSE 'pending' END "
@@ -224,7 +285,7 @@ async def _plan_uses_the_index(connection: asyncpg.Connection) -> None:
     await connection.execute("ANALYZE fal_jobs")
     rows = [{"request_id": "plan-7", "status": "completed", "result": None, "error": None, "error_type": None,
              "outputs": None}]
-    plan = await connection.fetchval("EXPLAIN (FORMAT JSON) " + _FINISH_MANY, rows, NOW, [], {}, ["plan-7"])
+    plan = await connection.fetchval("EXPLAIN (FORMAT JSON) " + sql.FINISH_MANY, rows, NOW, [], ["plan-7"])
 
     def scans(node: dict) -> list[tuple[str, str | None]]:
         found = [(node["Node Type"], node.get("Relation Name"))]

@@ -52,7 +52,8 @@ class FalJob(Table, tablename="fal_jobs"):
 
 
 class FalJobEvent(Table, tablename="fal_job_events"):
-    # Append-only: one row per accepted change, written in the same transaction as the change.
+    # Append-only: one row per accepted change, written in the same statement as the change by the
+    # fal_jobs_write_event trigger (piccolo_migrations/..._events_by_trigger.py).
     id = BigSerial(primary_key=True)
     request_id = Text()
     user_id = Varchar(length=36)

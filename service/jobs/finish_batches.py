@@ -39,6 +39,7 @@ import asyncpg
 from service import metrics
 from service.db.pool import is_lock_timeout, is_unavailable
 from service.errors import DatabaseUnavailable
+from service.jobs import sql
 from service.jobs.models import Job, JobChange
 from service.jobs.status_machine import finish_many
 
@@ -49,13 +50,6 @@ MAX_BATCH = 100
 HELD_MEMORY_S = 60.0
 """How long a job whose row was found held is checked (without waiting) before its deliveries join
 a batch again; a row still held after that costs one more batch its lock time-out."""
-
-_HELD = """
-WITH free AS (SELECT request_id FROM fal_jobs WHERE request_id = ANY($1::text[]) FOR UPDATE SKIP LOCKED)
-SELECT request_id FROM fal_jobs WHERE request_id = ANY($1::text[]) AND request_id NOT IN (SELECT request_id FROM free)
-"""
-"""The jobs among $1 whose rows another transaction holds now (a row that does not exist is not
-held). The rows it finds free are locked only for this one statement."""
 
 
 class _Outcome(enum.Enum):
@@ -79,7 +73,7 @@ class FinishBatches:
     async def finish(self, request_id: str, change: JobChange) -> Job | None:
         """The job as `change` ended it, or None when this batch did not end it (see the module
         docstring): the caller then applies the change alone. `change` must pass
-        `status_machine.can_finish_at_once`. Raises DatabaseUnavailable when the batch met a sick
+        `JobChange.ends_without_logs`. Raises DatabaseUnavailable when the batch met a sick
         database."""
         if request_id in self._gathering:
             return None  # a second delivery: alone, after (or against) the first
@@ -103,7 +97,7 @@ class FinishBatches:
         if time.monotonic() - self._held[request_id] > HELD_MEMORY_S:
             del self._held[request_id]
             return False
-        if await self._pool.fetch(_HELD, [request_id]):
+        if await self._pool.fetch(sql.HELD_JOBS, [request_id]):
             return True
         self._held.pop(request_id, None)
         return False
@@ -114,7 +108,7 @@ class FinishBatches:
         for request_id, found in list(self._held.items()):
             if now - found > HELD_MEMORY_S:
                 del self._held[request_id]
-        for row in await connection.fetch(_HELD, request_ids):
+        for row in await connection.fetch(sql.HELD_JOBS, request_ids):
             self._held[row["request_id"]] = now
         log.warning("a batch of job ends waited past the lock time-out; rows held by another transaction: %d",
                     len(self._held), extra={"action": "jobs.finish_batch_held_rows"})

@@ -89,3 +89,45 @@ class JobChange(msgspec.Struct, kw_only=True, frozen=True):
     result: Any = None
     error: str | None = None
     error_type: str | None = None
+
+    @property
+    def ends_without_logs(self) -> bool:
+        """A job's end that brings no log lines (what every webhook brings): the status machine
+        applies it without reading the row first, and several of them in one statement."""
+        return self.status in TERMINAL_STATUSES and not self.logs
+
+
+class OutputChange(msgspec.Struct, kw_only=True, frozen=True):
+    """What a copy worker found out about one output: stored (with what), or failed (why)."""
+
+    status: Literal["stored", "failed"]
+    content_type: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    store_key: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    """A failure that may pass (a budget of transient failures spent): the sweep re-drives it."""
+
+
+class OutputSettled(msgspec.Struct, kw_only=True, frozen=True):
+    """A change to a completed job: one of its outputs was copied into our store, or could not be.
+    Taken only while the output is pending and `claim` (the worker's) still holds it."""
+
+    index: int
+    outcome: OutputChange
+    claim: str | None
+
+
+class OutputsReopened(msgspec.Struct, kw_only=True, frozen=True):
+    """A change to a completed job: its `failed` outputs among `indexes` are `pending` again, with
+    fresh budgets (a re-drive by the sweep or by `outputs retry`)."""
+
+    indexes: list[int]
+
+
+class Deletion(msgspec.Struct, kw_only=True, frozen=True):
+    """A change to a finished job: its owner deletes it, and its outputs with it."""
+
+    user_id: str
+    """The job's owner: another user's job is reported as not there."""

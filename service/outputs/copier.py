@@ -15,7 +15,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from service.jobs.status_machine import OutputChange
+from service.jobs.models import OutputChange
 from service.outputs.sources import SourcePolicy, SourceRefused
 from service.outputs.store import MediaStore
 

@@ -16,7 +16,8 @@ import asyncpg
 import msgspec
 
 from service import metrics
-from service.jobs.status_machine import reopen_failed_outputs
+from service.jobs.models import OutputsReopened
+from service.jobs.status_machine import apply_change
 from service.outputs.store import MediaStore, StoredObject
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ async def redrive_failed(
     reopened: list[FailedOutput] = []
     for job_id, outputs in by_job.items():
         async with pool.acquire(timeout=DB_TIMEOUT_S) as connection:
-            applied = await reopen_failed_outputs(connection, job_id, [o.index for o in outputs])
+            applied = await apply_change(connection, job_id, OutputsReopened(indexes=[o.index for o in outputs]))
         if applied.accepted and applied.job is not None:
             again = {o.index for o in applied.job.outputs if o.status == "pending"}
             reopened.extend(o for o in outputs if o.index in again)

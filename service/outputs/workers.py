@@ -29,7 +29,9 @@ import asyncpg
 import msgspec
 
 from service import metrics
-from service.jobs.status_machine import OutputChange, apply_output_change
+from service.jobs import sql
+from service.jobs.models import OutputChange, OutputSettled
+from service.jobs.status_machine import apply_change
 from service.outputs.copier import Copier, CopyRetry
 from service.outputs.store import MediaStore
 from service.realtime.events import JobEvent
@@ -65,21 +67,6 @@ class DueOutput(msgspec.Struct, frozen=True):
     """fal still keeps its copy, as far as we know (FAL_MEDIA_EXPIRY_S, else its least)."""
 
 
-_CLAIM = """
-UPDATE fal_job_outputs o
-SET claim = $1, lease_until = now() + make_interval(secs => $2), updated_at = now()
-FROM (
-    SELECT request_id, index FROM fal_job_outputs
-    WHERE (status = 'pending' OR (status = 'deleted' AND store_key IS NOT NULL))
-      AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
-    ORDER BY next_attempt_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-) due
-WHERE o.request_id = due.request_id AND o.index = due.index
-RETURNING o.request_id, o.index, o.kind, o.source_url, o.status, o.store_key, o.attempts, o.store_failures,
-    o.created_at > now() - make_interval(secs => $4) AS fal_copy_alive
-"""
 
 
 def object_key(request_id: str, index: int, claim: str) -> str:
@@ -164,9 +151,7 @@ class OutputWorkers:
         if claims:
             try:
                 await self._pool.execute(
-                    "UPDATE fal_job_outputs SET claim = NULL, lease_until = NULL "
-                    "WHERE (request_id, index, claim) IN (SELECT * FROM unnest($1::text[], $2::int[], $3::text[]))",
-                    [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims], timeout=5,
+                    sql.RELEASE_CLAIMS, [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims], timeout=5,
                 )
             except Exception:
                 log.warning("could not release output claims; their leases lapse", exc_info=True,
@@ -174,18 +159,14 @@ class OutputWorkers:
 
     async def _claim(self, limit: int) -> list[tuple[DueOutput, str]]:
         claim = secrets.token_hex(8)
-        rows = await self._pool.fetch(_CLAIM, claim, self._lease_s, limit, float(self._fal_copy_lifetime_s),
+        rows = await self._pool.fetch(sql.CLAIM_OUTPUTS, claim, self._lease_s, limit, float(self._fal_copy_lifetime_s),
                                       timeout=DB_TIMEOUT_S)
         return [(msgspec.convert(dict(row), DueOutput), claim) for row in rows]
 
     async def _learn_next_due(self) -> None:
         """When the next row not due yet will be: a retry another process scheduled, or a claim
         whose lease lapses (its process died). Woken then, not by polling."""
-        seconds = await self._pool.fetchval(
-            "SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_until, next_attempt_at))) - now()) "
-            "FROM fal_job_outputs WHERE status = 'pending' OR (status = 'deleted' AND store_key IS NOT NULL)",
-            timeout=DB_TIMEOUT_S,
-        )
+        seconds = await self._pool.fetchval(sql.NEXT_OUTPUT_DUE_IN_S, timeout=DB_TIMEOUT_S)
         if seconds is not None:
             self._due_in(max(0.0, float(seconds)) + 0.05)
 
@@ -216,9 +197,7 @@ class OutputWorkers:
             await asyncio.sleep(self._lease_s / 3)
             with contextlib.suppress(Exception):
                 await self._pool.execute(
-                    "UPDATE fal_job_outputs SET lease_until = now() + make_interval(secs => $4) "
-                    "WHERE request_id = $1 AND index = $2 AND claim = $3",
-                    row.request_id, row.index, claim, self._lease_s, timeout=DB_TIMEOUT_S,
+                    sql.RENEW_LEASE, row.request_id, row.index, claim, self._lease_s, timeout=DB_TIMEOUT_S,
                 )
 
     async def _copy(self, row: DueOutput, claim: str) -> None:
@@ -232,7 +211,8 @@ class OutputWorkers:
             change = given_up
         try:
             async with self._pool.acquire(timeout=DB_TIMEOUT_S) as connection:
-                applied = await apply_output_change(connection, row.request_id, row.index, change, claim=claim)
+                applied = await apply_change(connection, row.request_id,
+                                             OutputSettled(index=row.index, outcome=change, claim=claim))
         except BaseException:
             if change.status == "stored":
                 await self._forget_unrecorded(row, key)
@@ -270,8 +250,7 @@ class OutputWorkers:
         try:
             async with asyncio.timeout(FORGET_TIMEOUT_S):
                 recorded = await self._pool.fetchval(
-                    "SELECT store_key FROM fal_job_outputs WHERE request_id = $1 AND index = $2",
-                    row.request_id, row.index, timeout=FORGET_TIMEOUT_S,
+                    sql.OUTPUT_STORE_KEY, row.request_id, row.index, timeout=FORGET_TIMEOUT_S,
                 )
                 if recorded != key:
                     await self._store.delete(key)
@@ -286,11 +265,7 @@ class OutputWorkers:
         self._due_in(delay + 0.05)
         metrics.output_copy_retry("store" if store_failures is not None else "source")
         await self._pool.execute(
-            "UPDATE fal_job_outputs SET claim = NULL, lease_until = NULL, last_error = $4, "
-            "next_attempt_at = now() + $5::interval, attempts = coalesce($6, attempts), "
-            "store_failures = coalesce($7, store_failures), updated_at = now() "
-            "WHERE request_id = $1 AND index = $2 AND claim = $3",
-            row.request_id, row.index, claim, error, timedelta(seconds=delay), attempts, store_failures,
+            sql.RETRY_OUTPUT_LATER, row.request_id, row.index, claim, error, timedelta(seconds=delay), attempts, store_failures,
             timeout=DB_TIMEOUT_S,
         )
         log.info("output copy will be retried", extra={"action": "outputs.retry", "request_id": row.request_id,
@@ -300,7 +275,5 @@ class OutputWorkers:
         if row.store_key is not None:  # claimed for that reason
             await self._store.delete(row.store_key)
         await self._pool.execute(
-            "UPDATE fal_job_outputs SET store_key = NULL, claim = NULL, lease_until = NULL, updated_at = now() "
-            "WHERE request_id = $1 AND index = $2 AND claim = $3",
-            row.request_id, row.index, claim, timeout=DB_TIMEOUT_S,
+            sql.FORGET_STORE_KEY, row.request_id, row.index, claim, timeout=DB_TIMEOUT_S,
         )

@@ -8,8 +8,8 @@ records its snapshot's xmax (the "horizon"); once a later read's xmin reaches th
 transaction running at detection has ended, and an id still missing then never will appear.
 
 This relies on one property of our writers: the transaction that inserts an event holds a
-transaction id before it draws the event's id (the status machine updates or inserts the job row
-first). Pure logic, no I/O: the listener feeds it reads, asking for what `read_after`,
+transaction id before it draws the event's id (the event is written by a trigger after the job
+row's insert or update). Pure logic, no I/O: the listener feeds it reads, asking for what `read_after`,
 `read_limit` and `wanted_ids` say.
 
 One bound on waiting: xmin is cluster-wide, so a long transaction anywhere (an idle-in-transaction

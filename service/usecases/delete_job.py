@@ -10,7 +10,8 @@ import asyncpg
 from service.errors import Conflict, NotFound
 from service.jobs import queries
 from service.jobs.models import Job
-from service.jobs.status_machine import delete_job
+from service.jobs.models import Deletion
+from service.jobs.status_machine import apply_change
 from service.outputs.access import DB_TIMEOUT_S
 from service.outputs.store import MediaStore
 
@@ -27,7 +28,7 @@ class DeleteJob:
         fails here is retried by the copy workers, which own every row still holding a key."""
         queries.check_request_id(request_id)
         async with self._pool.acquire(timeout=DB_TIMEOUT_S) as connection:
-            applied = await delete_job(connection, request_id, user_id)
+            applied = await apply_change(connection, request_id, Deletion(user_id=user_id))
         if applied.job is None:
             raise NotFound(f"job {request_id!r} not found")
         if not applied.accepted and applied.job.status != "deleted":

@@ -24,10 +24,10 @@ from service.db.storable import storable_json
 from service.errors import InvalidRequest, NotAuthenticated, Unavailable
 from service.fal.gateway import CANCELLED_ERROR, FalGateway, FalRequestFailed, describe_error, was_cancelled
 from service.fal.signatures import JwksUnavailable, WebhookSignatureError, WebhookVerifier
-from service.jobs import reservations
+from service.jobs import reservations, sql
 from service.jobs.finish_batches import FinishBatches
 from service.jobs.models import JobChange
-from service.jobs.status_machine import Applied, apply_change, can_finish_at_once, lock_request, read_decide_write
+from service.jobs.status_machine import Applied, apply_change
 
 log = logging.getLogger(__name__)
 
@@ -67,32 +67,24 @@ class WebhookIntake:
         status machine by itself; only a webhook without its row takes the advisory lock, in a
         transaction."""
         change = _change_from_payload(webhook)
-        if change is not None and can_finish_at_once(change):
+        if change is not None and change.ends_without_logs:
             job = await self._finishes.finish(webhook.request_id, change)
             if job is not None:
                 return Applied(job=job, accepted=True)
         async with self._pool.acquire() as connection:
             if change is not None:
-                if can_finish_at_once(change):  # the batch did not end it: decide on the row
-                    applied = await read_decide_write(connection, webhook.request_id, change)
-                else:
-                    applied = await apply_change(connection, webhook.request_id, change)
+                applied = await apply_change(connection, webhook.request_id, change)
                 if applied.job is not None:
                     await _note_fal_end(connection, applied)
                     return applied
             async with connection.transaction():
                 # No row yet (or the output must be fetched first): serialize with the job's creation.
-                await lock_request(connection, webhook.request_id)
-                model_id = await connection.fetchval(
-                    "SELECT model_id FROM fal_jobs WHERE request_id = $1", webhook.request_id
-                )
+                await connection.execute(sql.LOCK_REQUEST, webhook.request_id)
+                model_id = await connection.fetchval(sql.JOB_MODEL, webhook.request_id)
                 if model_id is None:
                     # A repeated delivery (fal's retries, or a replay within the signature's
                     # five minutes) is kept once.
-                    await connection.execute(
-                        "INSERT INTO fal_early_webhooks (request_id, body) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                        webhook.request_id, webhook,
-                    )
+                    await connection.execute(sql.PARK_WEBHOOK, webhook.request_id, webhook)
                     log.info("webhook parked until its job appears", extra={"request_id": webhook.request_id})
                     return None
                 if change is not None:  # the row was created while we looked
@@ -105,16 +97,14 @@ class WebhookIntake:
 
     async def adopt_early(self, request_id: str, model_id: str) -> int:
         """Apply the webhooks parked for a job whose row now exists; returns how many."""
-        rows = await self._pool.fetch(
-            "SELECT id, body FROM fal_early_webhooks WHERE request_id = $1 ORDER BY id", request_id
-        )
+        rows = await self._pool.fetch(sql.PARKED_WEBHOOKS, request_id)
         for row in rows:
             webhook = msgspec.convert(row["body"], FalWebhook)
             change = await self._change_for(webhook, model_id)
             async with self._pool.acquire() as connection, connection.transaction():
                 await apply_change(connection, request_id, change)
                 # Deleted only once applied: a crash in between re-applies, and duplicates are no-ops.
-                await connection.execute("DELETE FROM fal_early_webhooks WHERE id = $1", row["id"])
+                await connection.execute(sql.UNPARK_WEBHOOK, row["id"])
         return len(rows)
 
     async def _change_for(self, webhook: FalWebhook, model_id: str) -> JobChange:
