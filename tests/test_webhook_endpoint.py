@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from service.emulator import FalEmulator
 from service.emulator.signing import SigningKey, signed_headers
 from service.errors import DatabaseUnavailable
-from service.fal.webhooks import FalWebhook
+from service.usecases.receive_webhook import FalWebhook
 from service.jobs.models import JobChange, NewJob
 from service.jobs.status_machine import Applied, create_job
 from tests.conftest import RunningServer, fal_settings, serve
