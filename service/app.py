@@ -39,7 +39,6 @@ from service.http.openapi import tell_the_truth
 from service.http.options import options_allow_middleware
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
-from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
 from service.http.security_headers import security_headers
 from service.http.webhooks import WEBHOOK_PATH, fal_webhook
 from service.jobs.commands import JobCommands
@@ -213,7 +212,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=route_handlers,
         lifespan=[lifespan],
-        state=State({"settings": settings, SECURITY_HEADERS: security_headers(settings)}),
+        state=State({"settings": settings}),
         dependencies={
             "pool": Provide(provide_pool, sync_to_thread=False, use_cache=True),
             "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
@@ -229,10 +228,14 @@ def create_app(settings: Settings) -> Litestar:
             "media_policy": _from_state("media_policy"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[request_log_middleware, options_allow_middleware],
+        middleware=[options_allow_middleware],
         openapi_config=OpenAPIConfig(title="fal-jobs", version="0.1.0", path="/schema"),
         logging_config=None,
     )
+    # Around the router and its exception handlers, not on the routes: a path no route matches (404)
+    # and a method a route lacks (405) are answered by the router, and must be logged, counted and
+    # given their request id and security headers like every other answer.
+    app.asgi_handler = request_log_middleware(app.asgi_handler, security_headers(settings))
     tell_the_truth(app.openapi_schema, allowed_models=settings.allowed_models)
     return app
 
