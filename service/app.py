@@ -117,7 +117,8 @@ def create_app(settings: Settings) -> Litestar:
         metrics.watch_pool(pool)
         hub = Hub()
         hub.start_heartbeats(settings.sse_heartbeat_s)
-        admission = Admission(max_per_credential=settings.max_streams_per_user)
+        admission = Admission(max_per_credential=settings.max_streams_per_user,
+                              max_downloads=settings.max_downloads_per_user)
         listener = EventListener(settings.listen_database_url or dsn, hub, connect_timeout_s=settings.db_connect_timeout_s,
                                  gap_timeout_s=settings.gap_timeout_s)
         await listener.start()

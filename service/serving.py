@@ -118,6 +118,8 @@ def serve(settings: Settings, *, processes: int) -> None:
             timeout_graceful_shutdown=10,
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,
+            # A backstop under the per-credential limits: past it each process answers 503 at once.
+            limit_concurrency=settings.max_connections,
         )
     finally:
         if own_metrics_dir is not None:

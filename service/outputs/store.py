@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -40,7 +40,9 @@ T = TypeVar("T")
 CALL_TIMEOUT_S = 30.0
 """Every call that is not a stream: a head, a delete, opening a read."""
 
-READ_CHUNK_BYTES = 1024 * 1024
+READ_CHUNK_BYTES = 256 * 1024
+"""The most a read hands on at once: a download whose client reads nothing pins about one piece in
+memory (plus what the socket buffers), so the piece is kept small."""
 THREADS = 64
 """Each upload holds a thread for its length, each read one per piece: enough for both at once."""
 
@@ -102,18 +104,21 @@ class MediaStore:
             raise ObjectMissing(key) from None
         return int(meta["size"])
 
-    async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes `start` to `end` (exclusive) of `key`, streamed."""
+    async def read(self, key: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
+        """Bytes `start` to `end` (exclusive) of `key`, streamed in pieces of at most READ_CHUNK_BYTES."""
         try:
             result = await self._call(obstore.get, self._store, key, options={"range": (start, end)})
         except (NotFoundError, FileNotFoundError):
             raise ObjectMissing(key) from None
         return self._pieces(iter(result.stream(min_chunk_size=READ_CHUNK_BYTES)))
 
-    async def _pieces(self, stream: Iterator[Any]) -> AsyncIterator[bytes]:
+    async def _pieces(self, stream: Iterator[Any]) -> AsyncGenerator[bytes, None]:
         done = object()
         while (chunk := await self._call(next, stream, done)) is not done:
-            yield bytes(chunk)
+            # min_chunk_size is a floor: a store may hand on more at once.
+            piece = memoryview(chunk)
+            for offset in range(0, len(piece), READ_CHUNK_BYTES):
+                yield bytes(piece[offset:offset + READ_CHUNK_BYTES])
 
     async def delete(self, key: str) -> None:
         """Remove `key`; a key already gone is no error."""
