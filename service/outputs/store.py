@@ -115,10 +115,13 @@ class MediaStore:
     async def _pieces(self, stream: Iterator[Any]) -> AsyncGenerator[bytes, None]:
         done = object()
         while (chunk := await self._call(next, stream, done)) is not done:
-            # min_chunk_size is a floor: a store may hand on more at once.
-            piece = memoryview(chunk)
-            for offset in range(0, len(piece), READ_CHUNK_BYTES):
-                yield bytes(piece[offset:offset + READ_CHUNK_BYTES])
+            data = bytes(chunk)
+            del chunk  # one copy of the piece stays while the client takes it, not two
+            if len(data) <= READ_CHUNK_BYTES:
+                yield data
+                continue
+            for offset in range(0, len(data), READ_CHUNK_BYTES):  # min_chunk_size is only a floor
+                yield data[offset:offset + READ_CHUNK_BYTES]
 
     async def delete(self, key: str) -> None:
         """Remove `key`; a key already gone is no error."""
