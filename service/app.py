@@ -36,7 +36,6 @@ from service.http.options import options_allow_middleware
 from service.http.outputs import OutputsController
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
-from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
 from service.http.security_headers import security_headers
 from service.http.webhooks import WEBHOOK_PATH, fal_webhook
 from service.jobs.reservations import Limits
@@ -126,7 +125,8 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
                                  redrive_after_s=settings.output_redrive_after_s),
         )
         await enter(running(reconciler.run_forever(), name="reconcile"))
-        admission = Admission(max_per_credential=settings.max_streams_per_user)
+        admission = Admission(max_per_credential=settings.max_streams_per_user,
+                              max_downloads=settings.max_downloads_per_user)
         await enter(running(admission.revalidate_forever(partial(revoked_among, pool), every_s=CREDENTIAL_CHECK_S),
                             name="revalidate-credentials"))
         await enter(sampling_pool_metrics())
@@ -172,7 +172,7 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[partial(lifespan, settings=settings, fal=fal)],
         plugins=[emulator] if emulator else [],
-        state=State({"settings": settings, SECURITY_HEADERS: security_headers(settings), "emulator": None}),
+        state=State({"settings": settings, "emulator": None}),
         dependencies={
             "pool": Provide(provide_pool, sync_to_thread=False, use_cache=True),
             "settings": Provide(provide_settings, sync_to_thread=False, use_cache=True),
@@ -190,10 +190,14 @@ def create_app(settings: Settings) -> Litestar:
             "media_policy": _from_state("media_policy"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[request_log_middleware, options_allow_middleware],
+        middleware=[options_allow_middleware],
         openapi_config=OpenAPIConfig(title="fal-jobs", version="0.1.0", path="/schema"),
         logging_config=None,
     )
+    # Around the router and its exception handlers, not on the routes: a path no route matches (404)
+    # and a method a route lacks (405) are answered by the router, and must be logged, counted and
+    # given their request id and security headers like every other answer.
+    app.asgi_handler = request_log_middleware(app.asgi_handler, security_headers(settings))
     tell_the_truth(app.openapi_schema, allowed_models=settings.allowed_models)
     return app
 

@@ -4,7 +4,11 @@ default, readable text with LOG_FORMAT=text (the default on a terminal).
 Every line logged while a request is handled carries its `request_id` (a context variable the
 request middleware sets), the traceback of a 500 included. Whatever the caller passed as
 `extra=` becomes fields. As a last line of defence, credentials and query strings are masked in
-messages and tracebacks: a line never carries a token, a key or a `?query`.
+messages, fields and tracebacks: a line never carries a token, a key or a `?query`.
+
+Field values come from outside (a request's path, say), so no value may start a line of its own or
+pose as another field: JSON escapes them by itself, the text format quotes and escapes any value
+with a space, a quote, an `=` or a control character.
 """
 
 from __future__ import annotations
@@ -59,7 +63,27 @@ class RequestIdFilter(logging.Filter):
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
-    return {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRS and not key.startswith("_")}
+    return {key: redact(value) if isinstance(value, str) else value
+            for key, value in vars(record).items() if key not in _STANDARD_ATTRS and not key.startswith("_")}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_QUOTED = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or f"\\u{ord(char):04x}"
+
+
+def _text_value(value: object) -> str:
+    """`value` as one token of a text line: as it is, or quoted with its specials escaped."""
+    text = value if isinstance(value, str) else redact(str(value))
+    if _NEEDS_QUOTES.search(text) is None:
+        return text
+    return '"' + _QUOTED.sub(_escape, text) + '"'
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -84,8 +108,9 @@ class TextFormatter(logging.Formatter):
     """`time level logger: message key=value ...`, for a person at a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{key}={value}" for key, value in _fields(record).items())
-        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {redact(record.getMessage())}"
+        fields = " ".join(f"{key}={_text_value(value)}" for key, value in _fields(record).items())
+        message = _CONTROL.sub(_escape, redact(record.getMessage()))
+        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {message}"
         if fields:
             line += " " + fields
         if record.exc_info:

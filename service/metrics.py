@@ -89,7 +89,7 @@ FINISH_BATCHES = Histogram(PREFIX + "finish_batch_jobs",
 FINISH_BATCH_FAILURES = Counter(PREFIX + "finish_batch_failures_total",
                                 "Batches of job ends that failed (each of their webhooks was then applied alone)")
 LIMIT_REFUSALS = Counter(PREFIX + "limit_refusals_total",
-                         "Requests refused with 429 by a limit (open_jobs, jobs_per_minute, streams, waits)", ["limit"])
+                         "Requests refused with 429 by a limit (open_jobs, jobs_per_minute, streams, waits, downloads)", ["limit"])
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -50,11 +50,18 @@ def process_count(settings: Settings) -> int:
 
 
 def check_can_serve(settings: Settings) -> None:
-    """A deploy that forgot its key must not "complete" paid-for jobs with test images."""
+    """A deploy that forgot its key must not "complete" paid-for jobs with test images, and a public
+    one (an https APP_URL) must not hand its business figures to anyone who asks /metrics."""
     if settings.uses_emulator and not settings.fal_emulator:
         raise SettingsError(
             "FAL_KEY: not set. Set FAL_KEY to your fal.ai key, or FAL_EMULATOR=1 to serve the local fal "
             "emulator instead (development only: no job reaches fal)"
+        )
+    if settings.is_https and not settings.metrics_token:
+        raise SettingsError(
+            "METRICS_TOKEN: not set, and APP_URL is https (a public deploy), where /metrics would answer "
+            "anyone. Set METRICS_TOKEN to a long random secret and give your Prometheus scrape "
+            "'Authorization: Bearer <METRICS_TOKEN>'"
         )
 
 
@@ -111,6 +118,8 @@ def serve(settings: Settings, *, processes: int) -> None:
             timeout_graceful_shutdown=10,
             proxy_headers=True,
             forwarded_allow_ips=settings.forwarded_allow_ips,
+            # A backstop under the per-credential limits: past it each process answers 503 at once.
+            limit_concurrency=settings.max_connections,
         )
     finally:
         if own_metrics_dir is not None:

@@ -92,6 +92,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cancelled request run to its end), while a slot whose end is never seen comes back."""
     max_streams_per_user: Count = 50
     """Open SSE streams per API key or browser session in one process; as many concurrent ?wait=."""
+    max_downloads_per_user: Count = 20
+    """Output downloads in progress per API key or browser session in one process (a signed link's:
+    per output it opens). Above a browser's 6 connections per host, with room for HTTP/2."""
+    max_connections: Count = 20_000
+    """Connections (and requests in flight) one process takes; past it uvicorn answers 503. Room for
+    many thousands of idle streams, and a ceiling on what clients that read nothing can pin."""
     host: str = "127.0.0.1"
     port: Port = 8000
     log_level: LogLevel = "INFO"

@@ -100,7 +100,8 @@ class JobsController(Controller):
             queries.check_request_id(request_id)
             ticket = admission.admit(caller, "wait")
             try:
-                job = await wait_for_job(hub, pool, user_id=caller.user_id, request_id=request_id, timeout_s=wait)
+                job = await wait_for_job(hub, pool, user_id=caller.user_id, request_id=request_id, timeout_s=wait,
+                                         ticket=ticket)
             finally:
                 ticket.release()
             return job_view(job)

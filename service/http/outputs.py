@@ -1,15 +1,25 @@
 """Outputs over HTTP: our durable copy of each media file (Range, ETag, conditional requests),
-signed links for `<img>`/`<video>` tags and sharing, and deleting a job's media."""
+signed links for `<img>`/`<video>` tags and sharing, and deleting a job's media.
+
+A download holds a place (MAX_DOWNLOADS_PER_USER) until its last byte is sent or its client is
+gone: a client that opens many and reads none would otherwise pin a piece of each in memory. A
+signed link carries no credential of whoever uses it, so its downloads take the places of the
+output it opens: a link's holders cannot use up the owner's own downloads, the links to one output
+share one budget however many are made, and nothing rests on client addresses, which proxies and
+NAT share and an attacker can multiply.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Stream
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.auth.stream_tokens import StreamTokens
 from service.errors import Gone, NotFound
@@ -25,6 +35,7 @@ from service.outputs.access import (
     parse_range,
 )
 from service.outputs.sources import SourcePolicy
+from service.realtime.admission import Admission, Ticket
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4",
@@ -52,6 +63,35 @@ def _file_name(record: OutputRecord) -> str:
     return f"{record.request_id}-{record.index}.{_EXTENSIONS.get(record.content_type or '', 'bin')}"
 
 
+class AdmittedDownload(Stream):
+    """An output's bytes, holding the download's place until the response ends, however it ends."""
+
+    __slots__ = ("_ticket",)
+
+    def __init__(self, pieces: AsyncGenerator[bytes, None], ticket: Ticket, **kwargs: Any) -> None:
+        super().__init__(pieces, **kwargs)
+        self._ticket = ticket
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIApp:  # type: ignore[override]
+        return _Releasing(super().to_asgi_response(*args, **kwargs), self.iterator, self._ticket)  # type: ignore[arg-type]
+
+
+class _Releasing:
+    def __init__(self, response: ASGIApp, pieces: AsyncGenerator[bytes, None], ticket: Ticket) -> None:
+        self._response = response
+        self._pieces = pieces
+        self._ticket = ticket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._response(scope, receive, send)
+        finally:
+            self._ticket.release()
+            # A client gone mid-body cancels the sending and leaves the pieces suspended: the
+            # store's stream is closed here rather than whenever the garbage collector gets to it.
+            await self._pieces.aclose()
+
+
 class OutputsController(Controller):
     path = "/api/jobs"
     tags = ["outputs"]
@@ -61,7 +101,7 @@ class OutputsController(Controller):
     async def get_output(
         self, request: Request, pool: PoolDependency, tokens: NamedDependency[StreamTokens],
         media: NamedDependency[MediaAccess], media_policy: NamedDependency[SourcePolicy],
-        request_id: FromPath[str], index: FromPath[int],
+        admission: NamedDependency[Admission], request_id: FromPath[str], index: FromPath[int],
         token: Annotated[str | None, QueryParameter(description="a signed link's token (POST …/outputs/{n}/link)")] = None,
         download: Annotated[bool, QueryParameter(description="serve as an attachment (a download)")] = False,
     ) -> Response:
@@ -101,12 +141,17 @@ class OutputsController(Controller):
                                   f"range: {range_header!r} is outside the output's {record.size} bytes",
                                   {"Content-Range": f"bytes */{record.size}", **headers})
         start, end = (wanted.start, wanted.end) if wanted else (0, record.size)
-        body = await media.store.read(record.store_key, start, end) if end > start else _empty()
+        ticket = admission.admit(caller, "download", holder=f"link:{output_scope(request_id, index)}" if token else None)
+        try:
+            body = await media.store.read(record.store_key, start, end) if end > start else _empty()
+        except BaseException:
+            ticket.release()
+            raise
         headers["Content-Length"] = str(end - start)
         if wanted is not None:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
-        return Stream(body, status_code=206 if wanted else 200, headers=headers,
-                      media_type=record.content_type or "application/octet-stream")
+        return AdmittedDownload(body, ticket, status_code=206 if wanted else 200, headers=headers,
+                                media_type=record.content_type or "application/octet-stream")
 
     @post("/{request_id:str}/outputs/{index:int}/link", status_code=200,
           summary="A short-lived signed URL for one output (for <img>/<video> tags and sharing)")
@@ -119,6 +164,6 @@ class OutputsController(Controller):
         return OutputLink(url=f"{output_path(request_id, index)}?token={token}", expires_at=expires_at)
 
 
-async def _empty():  # type: ignore[no-untyped-def]
+async def _empty() -> AsyncGenerator[bytes, None]:
     if False:
         yield b""

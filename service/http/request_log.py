@@ -1,7 +1,8 @@
 """One structured log line per request, with a request id that the response echoes, and the
-request's metrics (by route template, so ids in paths do not multiply the series). The one
-middleware every request passes, so it also adds the security headers (one wrapper of `send`,
-not one per concern: this runs for every webhook).
+request's metrics (by route template, so ids in paths do not multiply the series). It wraps the
+whole app, router included, so every answer passes it, the router's own 404 and 405 too; it also
+adds the security headers (one wrapper of `send`, not one per concern: this runs for every
+webhook).
 
 The path is logged without its query string: a query may carry a stream token. The request id is
 put in a context variable, so every line logged while the request is handled carries it.
@@ -17,14 +18,18 @@ import secrets
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.http.security_headers import STATE_KEY as SECURITY_HEADERS
 from service.logging import REQUEST_ID
 
 log = logging.getLogger("service.http")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+UNMATCHED = "unmatched"
+"""The route label of every request no route took: scanned paths do not multiply the series."""
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
-def request_log_middleware(app: ASGIApp) -> ASGIApp:
+def request_log_middleware(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> ASGIApp:
+    """`app` with a log line, metrics and a request id per request, and `headers` on every answer."""
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
@@ -35,7 +40,7 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         started = time.perf_counter()
         status = 500
         context_token = REQUEST_ID.set(request_id)
-        extra_headers = [(b"x-request-id", request_id.encode()), *scope["app"].state[SECURITY_HEADERS]]
+        extra_headers = [(b"x-request-id", request_id.encode()), *headers]
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -48,7 +53,11 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - started
-            metrics.http_request(scope["method"], scope.get("path_template") or "unmatched", status, duration)
+            method = scope["method"]
+            route = scope.get("path_template")
+            if route is None:  # the method too may be anything the server's parser let through
+                route, method = UNMATCHED, method if method in _METHODS else "other"
+            metrics.http_request(method, route, status, duration)
             log.info(
                 "request",
                 extra={

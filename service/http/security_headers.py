@@ -1,17 +1,15 @@
 """Security headers on every answer, the page and its static files included: no framing, no
 sniffing, no referrer leaving the site; HSTS once the public URL is https.
 
-Computed once per app into its state, and added by the request-log middleware, which every
-request passes anyway. Not Litestar's `response_headers`: those are resolved once per route
-handler and kept on it, so two apps in one process (tests, a second configuration) would share
-the first one's.
+Computed once per app and added by the request-log middleware, which wraps the whole app, so the
+router's own 404 and 405 carry them too. Not Litestar's `response_headers`: those are resolved
+once per route handler and kept on it, so two apps in one process (tests, a second
+configuration) would share the first one's, and the router's answers would have none.
 """
 
 from __future__ import annotations
 
 from service.settings import Settings
-
-STATE_KEY = "security_headers"
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' http: https: data:; media-src 'self' http: https:; "

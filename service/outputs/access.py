@@ -40,6 +40,15 @@ def output_scope(request_id: str, index: int) -> str:
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MAX_DIGITS = 18
+"""More digits than this name a position past any object (Python also refuses to turn more than
+4,300 digits into an int), so such a number counts as this one."""
+BEYOND_ANY_SIZE = 10**MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_DIGITS else BEYOND_ANY_SIZE
 
 
 class ByteRange(msgspec.Struct, frozen=True):
@@ -64,14 +73,14 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if first == "" and last == "":
         return None
     if first == "":
-        length = int(last)
+        length = _position(last)
         if length == 0:
             raise RangeNotSatisfiable
         return ByteRange(start=max(size - length, 0), end=size)
-    start = int(first)
+    start = _position(first)
     if start >= size:
         raise RangeNotSatisfiable
-    end = size if last == "" else min(int(last) + 1, size)
+    end = size if last == "" else min(_position(last) + 1, size)
     if end <= start:
         return None  # last < first: syntactically invalid, so ignored
     return ByteRange(start=start, end=end)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 RESOLVE_TIMEOUT_S = 5.0
 
@@ -20,13 +20,47 @@ class SourceRefused(Exception):
     """This URL may not be fetched; the message says why."""
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    """Scheme, host and port as a client connects to them (ValueError for a port that is none)."""
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+
+
+def _plain_path(path: str) -> bool:
+    """No segment a client or server would resolve to somewhere else: `.`, `..` (spelt out or
+    percent-encoded) or a backslash, which some treat as a slash."""
+    if "%2e" in path.lower() or "%5c" in path.lower() or "%2f" in path.lower():
+        return False
+    decoded = unquote(path)
+    return "\\" not in decoded and all(segment not in (".", "..") for segment in decoded.split("/"))
+
+
 class SourcePolicy:
     def __init__(self, hosts: tuple[str, ...], *, emulator_media_base: str | None = None) -> None:
         self._hosts = tuple(host.strip().lower().lstrip(".") for host in hosts if host.strip())
-        self._emulator_media_base = emulator_media_base.rstrip("/") + "/" if emulator_media_base else None
+        self._emulator: tuple[tuple[str, str, int | None], str] | None = None
+        if emulator_media_base:
+            base = urlsplit(emulator_media_base)
+            self._emulator = (_origin(base), base.path.rstrip("/") + "/")
 
     def is_emulator(self, url: str) -> bool:
-        return self._emulator_media_base is not None and url.startswith(self._emulator_media_base)
+        """Under the mounted emulator's media base: the same scheme, host and port, and a path
+        below the base's that no `..` leads out of. (A string prefix would let `<base>/../<anything>`
+        through: clients and httpx resolve the `..`.)"""
+        if self._emulator is None:
+            return False
+        origin, base_path = self._emulator
+        parts = urlsplit(url)
+        try:
+            if _origin(parts) != origin:
+                return False
+        except ValueError:  # a port that is not a number
+            return False
+        if parts.username is not None or parts.password is not None:
+            return False
+        return parts.path.startswith(base_path) and _plain_path(parts.path)
 
     def _host_allowed(self, host: str) -> bool:
         return any(host == allowed or host.endswith("." + allowed) for allowed in self._hosts)

@@ -24,7 +24,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -44,7 +44,9 @@ T = TypeVar("T")
 CALL_TIMEOUT_S = 30.0
 """Every call that is not a stream: a head, a delete, opening a read."""
 
-READ_CHUNK_BYTES = 1024 * 1024
+READ_CHUNK_BYTES = 256 * 1024
+"""The most a read hands on at once: a download whose client reads nothing pins about one piece in
+memory (plus what the socket buffers), so the piece is kept small."""
 THREADS = 64
 """Each upload holds a thread for its length, each read one per piece: enough for both at once."""
 LIST_BATCH = 1000
@@ -116,18 +118,24 @@ class MediaStore:
             raise ObjectMissing(key) from None
         return int(meta["size"])
 
-    async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes `start` to `end` (exclusive) of `key`, streamed."""
+    async def read(self, key: str, start: int, end: int) -> AsyncGenerator[bytes, None]:
+        """Bytes `start` to `end` (exclusive) of `key`, streamed in pieces of at most READ_CHUNK_BYTES."""
         try:
             result = await self._call(obstore.get, self._store, key, options={"range": (start, end)})
         except (NotFoundError, FileNotFoundError):
             raise ObjectMissing(key) from None
         return self._pieces(iter(result.stream(min_chunk_size=READ_CHUNK_BYTES)))
 
-    async def _pieces(self, stream: Iterator[Any]) -> AsyncIterator[bytes]:
+    async def _pieces(self, stream: Iterator[Any]) -> AsyncGenerator[bytes, None]:
         done = object()
         while (chunk := await self._call(next, stream, done)) is not done:
-            yield bytes(chunk)
+            data = bytes(chunk)
+            del chunk  # one copy of the piece stays while the client takes it, not two
+            if len(data) <= READ_CHUNK_BYTES:
+                yield data
+                continue
+            for offset in range(0, len(data), READ_CHUNK_BYTES):  # min_chunk_size is only a floor
+                yield data[offset:offset + READ_CHUNK_BYTES]
 
     async def delete(self, key: str) -> None:
         """Remove `key`; a key already gone is no error."""

@@ -3,7 +3,8 @@
 The subscription is attached before the job is read, so a change that lands in between still
 arrives; while waiting, no query runs: the listener's events wake the waiter. At the deadline the
 job is read once more, so the answer is never staler than the database. Without a connected
-listener nothing would wake the waiter, so the call answers 503 at once instead.
+listener nothing would wake the waiter, so the call answers 503 at once instead. A revoked
+credential ends the wait at once (its ticket's `close`), and then nothing is read for it.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import asyncpg
 import msgspec
 
 from service import metrics
-from service.errors import Unavailable
+from service.errors import NotAuthenticated, Unavailable
 from service.jobs import queries
 from service.jobs.models import Job
+from service.realtime.admission import Ticket
 from service.realtime.events import JobEvent
 from service.realtime.hub import Hub, Late, Signal
 
 
-async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str, timeout_s: float) -> Job:
-    """The job once terminal, or its latest known state when `timeout_s` runs out."""
+async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str, timeout_s: float,
+                       ticket: Ticket) -> Job:
+    """The job once terminal, or its latest known state when `timeout_s` runs out; NotAuthenticated
+    when the credential behind `ticket` is revoked meanwhile."""
     if not hub.ready or not hub.live:
         raise Unavailable("live updates are down (the listener is reconnecting to the database); retry shortly")
     subscription = hub.subscribe(user_id=user_id, request_id=request_id)
+    ticket.close = subscription.close
     metrics.WAITING_REQUESTS.inc()
     try:
         job = await queries.get_job(pool, user_id, request_id)
@@ -46,6 +51,8 @@ async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id
                 job = await queries.get_job(pool, user_id, request_id)
             elif item is Signal.CLOSED:
                 break
+        if ticket.revoked:
+            raise NotAuthenticated("authorization: the key or session was revoked while this request waited")
         if not job.is_terminal:
             job = await queries.get_job(pool, user_id, request_id)  # the deadline: the freshest state
         return job
