@@ -150,7 +150,13 @@ def followers(active: int, waiting: int) -> None:
 
 
 def listener_connected(connected: bool) -> None:
-    LISTENER_CONNECTED.set(1 if connected else 0)
+    """Called on each change of a listener's state only (never twice alike): a count, not a flag,
+    so that a second listener in the same process (the tests run several services) closing does
+    not hide the first one's connection."""
+    if connected:
+        LISTENER_CONNECTED.inc()
+    else:
+        LISTENER_CONNECTED.dec()
 
 
 def listener_reconnected() -> None:

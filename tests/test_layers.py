@@ -16,7 +16,8 @@ SERVICE = Path(__file__).resolve().parent.parent / "service"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # service.testing: helpers tests/ and bench/ share; nothing in the service imports it.
     ("service.__main__", "service.testing"),
-    ("service.app", "service.resources", "service.cli", "service.client"),
+    ("service.app", "service.cli", "service.client"),
+    ("service.resources",),
     ("service.http", "service.emulator"),
     ("service.usecases",),
     ("service.outputs",),

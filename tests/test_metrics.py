@@ -125,7 +125,9 @@ async def test_a_round_trip_moves_every_counter_by_what_it_did(
     assert moved(before, after, "fal_jobs_fal_request_duration_seconds_count", operation="submit") == 1
     assert value(after, "fal_jobs_sse_streams_open") == value(before, "fal_jobs_sse_streams_open")
     assert value(after, "fal_jobs_wait_requests_open") == value(before, "fal_jobs_wait_requests_open")
-    assert value(after, "fal_jobs_listener_connected") == 1
+    # A count of the process's connected listeners (the test run holds several services): this one's
+    # stayed up through the round trip.
+    assert value(after, "fal_jobs_listener_connected") == value(before, "fal_jobs_listener_connected") >= 1
     # pending, then at least one change, then completed: each published by this process's listener
     # (the other services of the test run publish them too, so at least that many).
     assert moved(before, after, "fal_jobs_events_published_total") >= 1 + live

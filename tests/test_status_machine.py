@@ -144,8 +144,13 @@ async def test_every_kind_of_change_writes_one_event_that_is_the_job(pool: async
         await event_text_is_the_job(pool, running.job)
         ended = await apply_change(connection, request_id, ENDS[0])
         await event_text_is_the_job(pool, ended.job)
+        # A service of the session may run copy workers on this database: hold the output as a
+        # worker would, so that none of theirs claims it first.
+        await connection.execute(
+            "UPDATE fal_job_outputs SET claim = 'test', lease_until = now() + interval '1 hour', "
+            "next_attempt_at = now() + interval '1 hour' WHERE request_id = $1", request_id)
         settled = await apply_change(connection, request_id, OutputSettled(
-            index=1, outcome=OutputChange(status="failed", error="not an image\x00"), claim=None))
+            index=1, outcome=OutputChange(status="failed", error="not an image\x00"), claim="test"))
         await event_text_is_the_job(pool, settled.job)
         deleted = await apply_change(connection, request_id, Deletion(user_id=created.user_id))
         await event_text_is_the_job(pool, deleted.job)

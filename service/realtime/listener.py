@@ -89,7 +89,7 @@ class EventListener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._disconnect()
-        metrics.listener_connected(False)
+        self._set_connected(False)
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -116,9 +116,10 @@ class EventListener:
             self._failures += 1
 
     def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            metrics.listener_connected(connected)
         self.connected = connected
         self._hub.live = connected
-        metrics.listener_connected(connected)
 
     async def _connect(self) -> None:
         connection = await asyncpg.connect(self._dsn, server_settings={"application_name": APPLICATION_NAME},
