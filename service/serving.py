@@ -1,9 +1,10 @@
 """Serving: how many processes, how big each one's pool, and the one uvicorn invocation that both
 `run` and the Procfile use (`python -m service serve`).
 
-Each process is a whole service: its own pool, its one LISTEN connection, its own hub. Postgres is
-the only thing they share, so N processes need N x (pool + 1 LISTEN connection) of Postgres's
-`max_connections`; `pool_size_for` shrinks the pools to fit when that is too many.
+Each process is a whole service: its own pool, its one LISTEN connection, its own hub, and while it
+sweeps one more connection holding the sweep's lock. Postgres is the only thing they share, so N
+processes need N x (pool + 2) of Postgres's `max_connections`; `pool_size_for` shrinks the pools to
+fit when that is too many.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ MAX_DEFAULT_PROCESSES = 8
 set WEB_CONCURRENCY to go further."""
 CONNECTIONS_KEPT_FREE = 10
 """Left to migrations, the CLI, psql and the superuser slots."""
+CONNECTIONS_BESIDE_POOL = 2
+"""Each process's LISTEN connection, and the one holding its sweep's lock while it sweeps."""
 
 
 def usable_cores() -> int:
@@ -66,17 +69,18 @@ def check_can_serve(settings: Settings) -> None:
 
 
 async def pool_size_for(dsn: str, processes: int, wanted: int) -> int:
-    """The largest pool, up to `wanted`, with which `processes` processes (each also holding one
-    LISTEN connection) stay under the server's max_connections."""
+    """The largest pool, up to `wanted`, with which `processes` processes (each also holding its
+    LISTEN connection and, while it sweeps, the sweep's) stay under the server's max_connections."""
     connection = await asyncpg.connect(dsn, timeout=10)
     try:
         max_connections = int(await connection.fetchval("SHOW max_connections", timeout=10))
     finally:
         await connection.close()
-    fits = (max_connections - CONNECTIONS_KEPT_FREE) // processes - 1
+    fits = (max_connections - CONNECTIONS_KEPT_FREE) // processes - CONNECTIONS_BESIDE_POOL
     if fits < 2:
         raise SettingsError(
-            f"WEB_CONCURRENCY: {processes} processes need at least {processes * 3 + CONNECTIONS_KEPT_FREE} "
+            f"WEB_CONCURRENCY: {processes} processes need at least "
+            f"{processes * (2 + CONNECTIONS_BESIDE_POOL) + CONNECTIONS_KEPT_FREE} "
             f"of Postgres's max_connections ({max_connections}); run fewer, or put PgBouncer in front"
         )
     return min(wanted, fits)
