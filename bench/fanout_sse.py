@@ -100,6 +100,16 @@ class SseHub:
             self.ready_waiter.set_exception(BenchFailure(reason))
 
 
+def _wire_ns(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The kernel's receive timestamp (SO_TIMESTAMPNS) of a read, in ns; 0 when it sent none."""
+    wire_ns = 0
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= TIMESPEC.size:
+            seconds, nanoseconds = TIMESPEC.unpack_from(value)
+            wire_ns = seconds * 1_000_000_000 + nanoseconds
+    return wire_ns
+
+
 class SseClient:
     """One subscriber: a raw non-blocking socket read by loop.add_reader; parses the HTTP head, the
     chunked framing and the SSE lines by hand."""
@@ -137,27 +147,43 @@ class SseClient:
             self.close()
             self.hub.ended += 1
             return
-        wire_ns = 0
-        for level, kind, value in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= TIMESPEC.size:
-                seconds, nanoseconds = TIMESPEC.unpack_from(value)
-                wire_ns = seconds * 1_000_000_000 + nanoseconds
+        wire_ns = _wire_ns(ancillary)
         if not wire_ns:
             self.hub.no_timestamp += 1
-        raw = self.raw
-        raw += data
-        if not self.head_done:
-            end = raw.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not raw.startswith(b"HTTP/1.1 200"):
-                self.close()
-                self.hub.on_fail(f"subscriber got {bytes(raw[:300])!r}")
-                return
-            del raw[:end + 4]
-            self.head_done = True
+        self.raw += data
+        if not self.head_done and not self._read_head():
+            return
+        self._dechunk()
         text = self.text
-        while True:  # chunked transfer encoding
+        while True:  # SSE messages
+            end = text.find(b"\n\n")
+            if end < 0:
+                break
+            message = bytes(text[:end])
+            del text[:end + 2]
+            self._message(message, app_at, wire_ns)
+        if self.finished:
+            self.close()
+
+    def _read_head(self) -> bool:
+        """Consume the HTTP head once it is whole; False while it is not, or when it is not a 200
+        (the subscriber is then closed and the bench fails)."""
+        raw = self.raw
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        if not raw.startswith(b"HTTP/1.1 200"):
+            self.close()
+            self.hub.on_fail(f"subscriber got {bytes(raw[:300])!r}")
+            return False
+        del raw[:end + 4]
+        self.head_done = True
+        return True
+
+    def _dechunk(self) -> None:
+        """Move every whole chunk of the chunked transfer encoding from `raw` to `text`."""
+        raw, text = self.raw, self.text
+        while True:
             line_end = raw.find(b"\r\n")
             if line_end < 0:
                 break
@@ -169,15 +195,6 @@ class SseClient:
                 break
             text += raw[line_end + 2:line_end + 2 + size]
             del raw[:line_end + 2 + size + 2]
-        while True:  # SSE messages
-            end = text.find(b"\n\n")
-            if end < 0:
-                break
-            message = bytes(text[:end])
-            del text[:end + 2]
-            self._message(message, app_at, wire_ns)
-        if self.finished:
-            self.close()
 
     def _message(self, message: bytes, app_at: float, wire_ns: int) -> None:
         if message.startswith(b"event: job\n"):

@@ -27,7 +27,7 @@ from bench.fanout_setup import (
     warm_up,
 )
 from bench.fanout_sse import Round, SseClient, SseHub, close_subscribers, open_subscribers
-from bench.harness import BenchFailure, percentile, rss_kib
+from bench.harness import BenchFailure, Service, percentile, rss_kib
 from service.auth.api_keys import hash_key
 from service.auth.callers import KEY, Caller
 from service.auth.stream_tokens import job_scope
@@ -76,6 +76,24 @@ def _latency_stats(row: Row, rounds: list[Round], sender: WebhookSender) -> None
     if slowest:
         row.notes.append("slowest rounds (last delivery, app ms): "
                          + ", ".join(f"#{i} {ms:.1f}" for ms, i in slowest))
+
+
+def _note_resubscribes(row: Row, resubscribe_ms: list[float]) -> None:
+    if resubscribe_ms:
+        resubscribe_ms.sort()
+        row.notes.append(f"re-subscribe (connect -> snapshot) between rounds: p50 "
+                         f"{percentile(resubscribe_ms, 50):.1f} ms, p99 {percentile(resubscribe_ms, 99):.1f} ms")
+
+
+async def _await_release(service: Service, row: Row, settle: float) -> None:
+    """With every subscriber closed: give the service 20 s at most to release its side, settle,
+    then measure what it holds."""
+    deadline = time.monotonic() + 20
+    while service.open_fds() > row.fds_before + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(settle)
+    row.rss_closed_kib, row.fds_closed = service.rss_kib(), service.open_fds()
+    service.check_alive()
 
 
 async def job_step(ctx: Context, subscribers: int, profile: bool) -> Row:
@@ -193,22 +211,14 @@ async def job_step(ctx: Context, subscribers: int, profile: bool) -> Row:
         if still_open != subscribers:
             row.notes.append(f"{still_open} of {subscribers} subscribers open at the end of the phase")
         _check_hub(hub, row)
-        if resubscribe_ms:
-            resubscribe_ms.sort()
-            row.notes.append(f"re-subscribe (connect -> snapshot) between rounds: p50 "
-                             f"{percentile(resubscribe_ms, 50):.1f} ms, p99 {percentile(resubscribe_ms, 99):.1f} ms")
+        _note_resubscribes(row, resubscribe_ms)
         log(f"{JOB_MODE} {subscribers}: {row.rounds} rounds in {row.window_s:.1f} s, p50 {row.app_p50:.2f} ms "
             f"(wire {row.wire_p50:.2f}), p99 {row.app_p99:.2f} ms (wire {row.wire_p99:.2f})")
 
         sender.close()
         close_subscribers(clients.values())
         clients = {}
-        deadline = time.monotonic() + 20
-        while service.open_fds() > row.fds_before + 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(args.settle)
-        row.rss_closed_kib, row.fds_closed = service.rss_kib(), service.open_fds()
-        service.check_alive()
+        await _await_release(service, row, args.settle)
         await asyncio.sleep(max(0.0, phase_end + STATS_QUIET_S - time.monotonic()))
         row.tx_total = await ctx.counter.read() - tx0
         row.tx_per_s = row.tx_total / row.window_s
@@ -304,12 +314,7 @@ async def broadcast_step(ctx: Context, subscribers: int) -> Row:
         sender.close()
         close_subscribers(clients)
         clients = []
-        deadline = time.monotonic() + 20
-        while service.open_fds() > row.fds_before + 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(args.settle)
-        row.rss_closed_kib, row.fds_closed = service.rss_kib(), service.open_fds()
-        service.check_alive()
+        await _await_release(service, row, args.settle)
         # Nothing touched the database since the phase ended: once the backends flushed, the
         # counter holds exactly the phase's transactions.
         await asyncio.sleep(max(0.0, phase_end + STATS_QUIET_S - time.monotonic()))

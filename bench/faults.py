@@ -275,54 +275,22 @@ class Bench:
                                                 type="image", input={"prompt": "held"}, mode="webhook"))
         held_job, others = jobs[0], jobs[1:]
         gate = asyncio.Semaphore(in_flight)
-        sampling = True
-
-        async def sample() -> None:
-            while sampling:
-                rows = await watcher.fetch(
-                    "SELECT application_name, count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name = ANY($1::text[]) GROUP BY 1", SERVICE_APPLICATIONS)
-                counts = {row["application_name"]: row["n"] for row in rows}
-                if sum(counts.values()) > sum(held.peak.values()):
-                    held.peak = counts
-                await asyncio.sleep(0.05)
-
-        async def deliver(request_id: str) -> None:
-            body = msgspec.json.encode({"request_id": request_id, "gateway_request_id": request_id, "status": "OK",
-                                        "payload": {"images": [], "seed": 1}})
-            for attempt, wait_s in enumerate((*FAL_RETRY_S, None), start=1):
-                headers = signed_headers(self.emulator.keyset.current, request_id=request_id,
-                                         user_id=self.emulator.user_id, timestamp=int(time.time()), body=body)
-                async with gate:
-                    started = time.monotonic()
-                    try:
-                        response = await http.post(f"{self.url}/api/webhooks/fal", content=body,
-                                                   headers={**headers, "content-type": "application/json"})
-                        status = str(response.status_code)
-                    except httpx.TimeoutException:
-                        status = "timeout"
-                    except httpx.TransportError:
-                        status = "transport"
-                held.attempts.append((request_id == held_job, status, time.monotonic() - started))
-                if status.startswith("2"):
-                    if request_id == held_job and held.released_at is not None and held.held_job_attempt is None:
-                        held.held_job_attempt = attempt  # the first delivery answered 2xx after the release
-                    return
-                if wait_s is None:
-                    return  # fal gives up; the sweep would settle the job
-                await asyncio.sleep(wait_s)
+        sampling = asyncio.Event()
+        sampling.set()
 
         async def open_others() -> int:
             return await self.direct.fetchval(
                 "SELECT count(*) FROM fal_jobs WHERE request_id = ANY($1::text[]) AND status <> 'completed'", others)
 
-        sampler = asyncio.create_task(sample())
+        sampler = asyncio.create_task(self._sample_connections(watcher, held, sampling))
         transaction = connection.transaction()
         await transaction.start()
         await connection.execute("SELECT 1 FROM fal_jobs WHERE request_id = $1 FOR UPDATE", held_job)
         held_at = time.monotonic()
         order = [request_id for _ in range(per_job) for request_id in jobs]  # the held job's spread through it
-        deliveries = asyncio.gather(*(deliver(request_id) for request_id in order))
+        deliveries = asyncio.gather(*(self._deliver_until_answered(http, gate, held, request_id,
+                                                                   is_held=request_id == held_job)
+                                      for request_id in order))
         await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - held_at)))
         held.others_done_while_held = len(others) - await open_others()
         await transaction.rollback()
@@ -335,12 +303,50 @@ class Bench:
             await asyncio.sleep(0.05)
         await deliveries
         held.took_s = time.monotonic() - held_at
-        sampling = False
+        sampling.clear()
         await sampler
         await watcher.close()
         await http.aclose()
         held.others = len(others)
         return held
+
+    async def _sample_connections(self, watcher: asyncpg.Connection, held: HeldRow, sampling: asyncio.Event) -> None:
+        """While `sampling` is set: the service's connections by application name, at their peak."""
+        while sampling.is_set():
+            rows = await watcher.fetch(
+                "SELECT application_name, count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = ANY($1::text[]) GROUP BY 1", SERVICE_APPLICATIONS)
+            counts = {row["application_name"]: row["n"] for row in rows}
+            if sum(counts.values()) > sum(held.peak.values()):
+                held.peak = counts
+            await asyncio.sleep(0.05)
+
+    async def _deliver_until_answered(self, http: httpx.AsyncClient, gate: asyncio.Semaphore, held: HeldRow,
+                                      request_id: str, *, is_held: bool) -> None:
+        """One job's signed webhook, sent again on fal's schedule until it is answered 2xx."""
+        body = msgspec.json.encode({"request_id": request_id, "gateway_request_id": request_id, "status": "OK",
+                                    "payload": {"images": [], "seed": 1}})
+        for attempt, wait_s in enumerate((*FAL_RETRY_S, None), start=1):
+            headers = signed_headers(self.emulator.keyset.current, request_id=request_id,
+                                     user_id=self.emulator.user_id, timestamp=int(time.time()), body=body)
+            async with gate:
+                started = time.monotonic()
+                try:
+                    response = await http.post(f"{self.url}/api/webhooks/fal", content=body,
+                                               headers={**headers, "content-type": "application/json"})
+                    status = str(response.status_code)
+                except httpx.TimeoutException:
+                    status = "timeout"
+                except httpx.TransportError:
+                    status = "transport"
+            held.attempts.append((is_held, status, time.monotonic() - started))
+            if status.startswith("2"):
+                if is_held and held.released_at is not None and held.held_job_attempt is None:
+                    held.held_job_attempt = attempt  # the first delivery answered 2xx after the release
+                return
+            if wait_s is None:
+                return  # fal gives up; the sweep would settle the job
+            await asyncio.sleep(wait_s)
 
     def begin(self, name: str) -> Phase:
         self.phase = Phase(name)

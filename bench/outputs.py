@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -193,66 +194,13 @@ async def serving(database_url: str | None, tmp: Path, size_mb: int = 50) -> lis
         headers = {"Authorization": f"Bearer {user.api_key}"}
         async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=120),
                                      limits=httpx.Limits(max_connections=8)) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{url}/readyz")).status_code == 200:
-                        break
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise BenchFailure("the service did not get ready")
-                await asyncio.sleep(0.1)
-            created = await http.post(f"{url}/api/jobs", headers=headers, json={
-                "type": "video", "model_id": "fal-ai/kling-video/v2.1/master/text-to-video",
-                "input": {"prompt": "bench", "fal_emulator": {"queue_ms": 0, "run_ms": 0, "video_bytes": size_mb * MB}}})
-            request_id = created.json()["request_id"]
-            deadline = time.monotonic() + 300
-            while True:
-                job = (await http.get(f"{url}/api/jobs/{request_id}?wait=10", headers=headers)).json()
-                outputs = job.get("outputs") or []
-                if outputs and outputs[0]["status"] != "pending":
-                    break
-                if time.monotonic() > deadline:
-                    raise BenchFailure("the output was not copied in time")
-                await asyncio.sleep(0.2)
-            if outputs[0]["status"] != "stored":
-                raise BenchFailure(f"copy failed: {outputs[0]}")
-            output_url = url + outputs[0]["url"]
-            size = outputs[0]["size"]
-
-            whole: list[float] = []
-            for _ in range(5):
-                started = time.perf_counter()
-                got = 0
-                async with http.stream("GET", output_url, headers=headers) as response:
-                    async for chunk in response.aiter_raw():
-                        got += len(chunk)
-                whole.append(time.perf_counter() - started)
-                if got != size:
-                    raise BenchFailure(f"whole GET sent {got} of {size} bytes")
-
-            rng = random.Random(11)
-            latencies: list[float] = []
+            await _wait_ready(http, url, process)
+            output = await _stored_output(http, url, headers, size_mb)
+            output_url = url + output["url"]
+            size = output["size"]
+            whole = await _whole_gets(http, output_url, headers, size)
             count, in_flight = 200, 4
-
-            async def one_range() -> None:
-                start = rng.randrange(0, size - MB)
-                begun = time.perf_counter()
-                response = await http.get(output_url, headers={**headers, "Range": f"bytes={start}-{start + MB - 1}"})
-                latencies.append(time.perf_counter() - begun)
-                if response.status_code != 206 or len(response.content) != MB:
-                    raise BenchFailure(f"range answered {response.status_code} with {len(response.content)} bytes")
-
-            queue = list(range(count))
-
-            async def worker() -> None:
-                while queue:
-                    queue.pop()
-                    await one_range()
-
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(in_flight)))
-            elapsed = time.perf_counter() - started
-            latencies.sort()
+            latencies, elapsed = await _range_gets(http, output_url, headers, size, count, in_flight)
         whole_rate = size / statistics.median(whole) / MB
         return [
             f"whole GET of a {size_mb} MB output: {whole_rate:.0f} MB/s (median of {len(whole)})",
@@ -261,16 +209,97 @@ async def serving(database_url: str | None, tmp: Path, size_mb: int = 50) -> lis
             f"p99 {percentile(latencies, 99) * 1000:.1f} ms",
         ]
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=20)
-            if process.poll() is None:
-                process.kill()
+        if process is not None:
+            _stop(process)
         shutil.rmtree(media_dir, ignore_errors=True)
         await database.aclose()
         if embedded is not None:
             embedded.cleanup()
+
+
+async def _wait_ready(http: httpx.AsyncClient, url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if (await http.get(f"{url}/readyz")).status_code == 200:
+                return
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise BenchFailure("the service did not get ready")
+        await asyncio.sleep(0.1)
+
+
+async def _stored_output(http: httpx.AsyncClient, url: str, headers: dict[str, str], size_mb: int) -> dict[str, Any]:
+    """A video job of `size_mb` MB from the emulator, once its output is copied into the store."""
+    created = await http.post(f"{url}/api/jobs", headers=headers, json={
+        "type": "video", "model_id": "fal-ai/kling-video/v2.1/master/text-to-video",
+        "input": {"prompt": "bench", "fal_emulator": {"queue_ms": 0, "run_ms": 0, "video_bytes": size_mb * MB}}})
+    request_id = created.json()["request_id"]
+    deadline = time.monotonic() + 300
+    while True:
+        job = (await http.get(f"{url}/api/jobs/{request_id}?wait=10", headers=headers)).json()
+        outputs = job.get("outputs") or []
+        if outputs and outputs[0]["status"] != "pending":
+            break
+        if time.monotonic() > deadline:
+            raise BenchFailure("the output was not copied in time")
+        await asyncio.sleep(0.2)
+    if outputs[0]["status"] != "stored":
+        raise BenchFailure(f"copy failed: {outputs[0]}")
+    return outputs[0]
+
+
+async def _whole_gets(http: httpx.AsyncClient, output_url: str, headers: dict[str, str], size: int) -> list[float]:
+    """The time of each of five whole GETs."""
+    whole: list[float] = []
+    for _ in range(5):
+        started = time.perf_counter()
+        got = 0
+        async with http.stream("GET", output_url, headers=headers) as response:
+            async for chunk in response.aiter_raw():
+                got += len(chunk)
+        whole.append(time.perf_counter() - started)
+        if got != size:
+            raise BenchFailure(f"whole GET sent {got} of {size} bytes")
+    return whole
+
+
+async def _range_gets(http: httpx.AsyncClient, output_url: str, headers: dict[str, str], size: int,
+                      count: int, in_flight: int) -> tuple[list[float], float]:
+    """`count` 1 MiB Range GETs at random offsets, `in_flight` at once: their sorted latencies,
+    and the time they all took."""
+    rng = random.Random(11)
+    latencies: list[float] = []
+
+    async def one_range() -> None:
+        start = rng.randrange(0, size - MB)
+        begun = time.perf_counter()
+        response = await http.get(output_url, headers={**headers, "Range": f"bytes={start}-{start + MB - 1}"})
+        latencies.append(time.perf_counter() - begun)
+        if response.status_code != 206 or len(response.content) != MB:
+            raise BenchFailure(f"range answered {response.status_code} with {len(response.content)} bytes")
+
+    queue = list(range(count))
+
+    async def worker() -> None:
+        while queue:
+            queue.pop()
+            await one_range()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return latencies, elapsed
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT, then SIGKILL after 20 s: the service's own shutdown first."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=20)
+        if process.poll() is None:
+            process.kill()
 
 
 async def main() -> None:

@@ -73,10 +73,9 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-async def bench(args: argparse.Namespace, database: Database, log_dir: Path) -> None:
-    n, concurrency, ncpu = args.n, args.concurrency, os.cpu_count() or 1
-    fal_key = f"bench-fal-key:{uuid.uuid4().hex}"
-    raw_warmup = max(concurrency, 64)
+def _block_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """How many pending jobs each phase's block holds, by block name."""
+    n, raw_warmup = args.n, max(args.concurrency, 64)
     sizes = {"warmup": args.warmup, "service_on": n}
     if not args.service_only:
         sizes |= {"service_off": n, "intake_on": n, "intake_warmup": raw_warmup}
@@ -84,7 +83,21 @@ async def bench(args: argparse.Namespace, database: Database, log_dir: Path) -> 
         for c in RAW_CONCURRENCIES:
             sizes[f"raw_{trigger}_{c}"] = n
             sizes[f"raw_{trigger}_{c}_warmup"] = max(raw_warmup, 4 * c)
+    return sizes
 
+
+def _print_service_only(args: argparse.Namespace, result: Result, checks: list[str], ncpu: int) -> None:
+    print(row(result))
+    print(cpu_line(result, ncpu))
+    print("\n".join(checks))
+    if args.profile_service:
+        print_profile(args.profile_service)
+
+
+async def bench(args: argparse.Namespace, database: Database, log_dir: Path) -> None:
+    concurrency, ncpu = args.concurrency, os.cpu_count() or 1
+    fal_key = f"bench-fal-key:{uuid.uuid4().hex}"
+    sizes = _block_sizes(args)
     pool = await create_pool(database.dsn, min_size=1, max_size=2, statement_timeout_s=120)
     emulator: Emulator | None = None
     service: Service | None = None
@@ -135,11 +148,7 @@ async def bench(args: argparse.Namespace, database: Database, log_dir: Path) -> 
                 await stack.aclose()
                 await service.stop()
                 service = None
-                print(row(results["service_on"]))
-                print(cpu_line(results["service_on"], ncpu))
-                print("\n".join(checks))
-                if args.profile_service:
-                    print_profile(args.profile_service)
+                _print_service_only(args, results["service_on"], checks, ncpu)
                 return
             results["intake_on"] = await intake_phase(database.dsn, blocks["intake_on"], blocks["intake_warmup"],
                                                       concurrency, "on", pool, ncpu)

@@ -217,6 +217,84 @@ async def test_migrate_waits_for_a_database_that_is_down(fault_db: str) -> None:
         await proxy.stop()
 
 
+async def _terminate_service_backends(direct: asyncpg.Pool, storming: asyncio.Event) -> int:
+    """Every 150 ms while `storming` is set, terminate every service backend; answers how many."""
+    kills = 0
+    while storming.is_set():
+        kills += await direct.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = ANY($1::text[])",
+            list(SERVICE_APPLICATIONS),
+        )
+        await asyncio.sleep(0.15)
+    return kills
+
+
+class _ResumingReader:
+    """One user stream, dropped on purpose every 20 messages and resumed by Last-Event-ID."""
+
+    def __init__(self, url: str, headers: dict[str, str], statuses: list[int]) -> None:
+        self.url = url
+        self.headers = headers
+        self.statuses = statuses
+        self.terminal_seen: set[str] = set()
+        self.seen_versions: dict[str, list[int]] = {}  # a completed job may change again (its outputs stored)
+        self.done = asyncio.Event()
+        self.last_id: str | None = None
+
+    async def run(self, http: httpx.AsyncClient) -> None:
+        while not self.done.is_set():
+            headers = {**self.headers, **({"Last-Event-ID": self.last_id} if self.last_id else {})}
+            try:
+                async with http.stream("GET", self.url, headers=headers,
+                                       timeout=httpx.Timeout(10, read=2)) as response:
+                    self.statuses.append(response.status_code)
+                    if response.status_code != 200:
+                        await asyncio.sleep(0.1)
+                        continue
+                    await self._take(response)
+            except httpx.ReadTimeout:
+                continue  # quiet for 2 s: reconnect with the same Last-Event-ID
+
+    async def _take(self, response: httpx.Response) -> None:
+        """Read the stream's messages until 20 jobs came (or the test is done)."""
+        taken = 0
+        event: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line:
+                field, _, value = line.partition(": ")
+                event[field] = value
+                continue
+            if event.get("id"):
+                self.last_id = event["id"]
+            if event.get("event") == "job":
+                job = msgspec.json.decode(event["data"])
+                self.seen_versions.setdefault(job["request_id"], []).append(job["version"])
+                if job["status"] in ("completed", "failed", "cancelled"):
+                    self.terminal_seen.add(job["request_id"])
+                taken += 1
+            event = {}
+            if taken >= 20 or self.done.is_set():
+                break
+
+
+async def _create_storm_job(http: httpx.AsyncClient, base: str, headers: dict[str, str], n: int,
+                            statuses: list[int]) -> None:
+    body = {"type": "image", "model_id": "fal-ai/flux/dev",
+            "input": {"prompt": f"storm {n}", "fal_emulator": {"queue_ms": 100, "run_ms": 300}}}
+    # Retried like a client honouring Retry-After, for a while rather than a number of tries:
+    # on a busy machine a create can take longer than the 150 ms between kills, many times over.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = await http.post(f"{base}/api/jobs", headers=headers, json=body)
+        statuses.append(response.status_code)
+        if response.status_code != 503:
+            assert response.status_code == 202, response.text
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("a job could not be created in 60 s of tries")
+
+
 async def test_a_terminate_storm_while_100_jobs_run_loses_nothing(
     fault_db: str, direct: asyncpg.Pool, fal: FalEmulator,
 ) -> None:
@@ -225,85 +303,24 @@ async def test_a_terminate_storm_while_100_jobs_run_loses_nothing(
     service = await serve(lambda url: create_app_for(fault_db, fal, url, RECONCILE_INTERVAL_S="1", RECONCILE_AFTER_S="2",
                                                     MAX_OPEN_JOBS_PER_USER="1000", MAX_JOBS_PER_MINUTE="100000"))
     statuses: list[int] = []
-    kills = 0
-    storming = True
-
-    async def storm() -> None:
-        nonlocal kills
-        while storming:
-            kills += await direct.fetchval(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = ANY($1::text[])",
-                list(SERVICE_APPLICATIONS),
-            )
-            await asyncio.sleep(0.15)
-
-    terminal_seen: set[str] = set()
-    seen_versions: dict[str, list[int]] = {}  # a completed job may change again (its outputs stored)
-    reader_done = asyncio.Event()
-
-    async def read_events(http: httpx.AsyncClient) -> None:
-        """One user stream, dropped on purpose every 20 messages and resumed by Last-Event-ID."""
-        last_id: str | None = None
-        while not reader_done.is_set():
-            headers = {**bearer(user), **({"Last-Event-ID": last_id} if last_id else {})}
-            try:
-                async with http.stream("GET", f"{service.url}/api/events", headers=headers,
-                                       timeout=httpx.Timeout(10, read=2)) as response:
-                    statuses.append(response.status_code)
-                    if response.status_code != 200:
-                        await asyncio.sleep(0.1)
-                        continue
-                    taken = 0
-                    event: dict[str, str] = {}
-                    async for line in response.aiter_lines():
-                        if line:
-                            field, _, value = line.partition(": ")
-                            event[field] = value
-                            continue
-                        if event.get("id"):
-                            last_id = event["id"]
-                        if event.get("event") == "job":
-                            job = msgspec.json.decode(event["data"])
-                            seen_versions.setdefault(job["request_id"], []).append(job["version"])
-                            if job["status"] in ("completed", "failed", "cancelled"):
-                                terminal_seen.add(job["request_id"])
-                            taken += 1
-                        event = {}
-                        if taken >= 20 or reader_done.is_set():
-                            break
-            except httpx.ReadTimeout:
-                continue  # quiet for 2 s: reconnect with the same Last-Event-ID
-
-    async def create(http: httpx.AsyncClient, n: int) -> None:
-        body = {"type": "image", "model_id": "fal-ai/flux/dev",
-                "input": {"prompt": f"storm {n}", "fal_emulator": {"queue_ms": 100, "run_ms": 300}}}
-        # Retried like a client honouring Retry-After, for a while rather than a number of tries:
-        # on a busy machine a create can take longer than the 150 ms between kills, many times over.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            response = await http.post(f"{service.url}/api/jobs", headers=bearer(user), json=body)
-            statuses.append(response.status_code)
-            if response.status_code != 503:
-                assert response.status_code == 202, response.text
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("a job could not be created in 60 s of tries")
+    storming = asyncio.Event()
+    storming.set()
+    events = _ResumingReader(f"{service.url}/api/events", bearer(user), statuses)
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(15)) as http:
-        reader = asyncio.create_task(read_events(http))
-        stormer = asyncio.create_task(storm())
+        reader = asyncio.create_task(events.run(http))
+        stormer = asyncio.create_task(_terminate_service_backends(direct, storming))
         try:
             gate = asyncio.Semaphore(8)
 
             async def gated(n: int) -> None:
                 async with gate:
-                    await create(http, n)
+                    await _create_storm_job(http, service.url, bearer(user), n, statuses)
 
             await asyncio.gather(*(gated(n) for n in range(100)))
             await asyncio.sleep(1)  # keep killing while the jobs run
-            storming = False
-            await stormer
+            storming.clear()
+            kills = await stormer
 
             async def all_terminal() -> bool:
                 return not await direct.fetchval(
@@ -315,19 +332,19 @@ async def test_a_terminate_storm_while_100_jobs_run_loses_nothing(
                 "SELECT request_id FROM fal_jobs WHERE user_id = $1", user.user_id)}
 
             async def all_seen() -> bool:
-                return jobs <= set(terminal_seen)
+                return jobs <= set(events.terminal_seen)
 
             await eventually(all_seen, within_s=30, what="the reader saw every job's end")
         finally:
-            storming = False
-            reader_done.set()
+            storming.clear()
+            events.done.set()
             await asyncio.gather(stormer, return_exceptions=True)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             await service.stop()
     assert len(jobs) >= 100
     assert kills > 0
-    repeated = {request_id: versions for request_id, versions in seen_versions.items()
+    repeated = {request_id: versions for request_id, versions in events.seen_versions.items()
                 if len(versions) != len(set(versions))}
     assert not repeated, repeated  # no state delivered twice across the resumes
     assert set(statuses) <= {200, 202, 503}, sorted(set(statuses))

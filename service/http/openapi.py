@@ -230,29 +230,45 @@ def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None
             operation = getattr(item, method, None)
             if operation is None or (method, path) not in ROUTES:
                 continue
-            security, errors = ROUTES[(method, path)]
-            operation.security = security
-            responses = operation.responses or {}
-            responses.pop("400", None)  # Litestar's {status_code, detail}: never what we answer
-            for status in errors:
-                responses[str(status)] = _error(status)  # type: ignore[assignment]
-            operation.responses = responses
-            streams = path.endswith("/events")
-            for parameter in operation.parameters or []:
-                schema = PARAMETERS.get(parameter.name)
-                if parameter.name in ("status", "type"):
-                    schema = (STREAM_FILTERS if streams else LIST_FILTERS)[parameter.name]
-                if schema is not None and schema.get("type") == "array":
-                    parameter.style, parameter.explode = "form", False
-                if schema is not None:
-                    parameter.schema = {**schema, **({"description": parameter.description} if parameter.description else {})}  # type: ignore[assignment]
-            if streams:
-                ok = responses["200"]
-                ok.content = {"text/event-stream": {"schema": SSE_EVENT}}  # type: ignore[union-attr,assignment]
-                ok.description = "The live stream"  # type: ignore[union-attr]
-                if path.startswith("/api/jobs/"):
-                    responses["204"] = {"description": "Resumed after the job's terminal event: nothing more will come; "  # type: ignore[assignment]
-                                                       "EventSource stops reconnecting."}
+            _complete_operation(operation, method, path)
+    _describe_output_download(openapi)
+    _describe_readyz(openapi)
+
+
+def _complete_operation(operation: Operation, method: str, path: str) -> None:
+    """One route's security, error answers, parameter constraints and, for a stream, its event type."""
+    security, errors = ROUTES[(method, path)]
+    operation.security = security
+    responses = operation.responses or {}
+    responses.pop("400", None)  # Litestar's {status_code, detail}: never what we answer
+    for status in errors:
+        responses[str(status)] = _error(status)  # type: ignore[assignment]
+    operation.responses = responses
+    streams = path.endswith("/events")
+    _constrain_parameters(operation, streams)
+    if streams:
+        ok = responses["200"]
+        ok.content = {"text/event-stream": {"schema": SSE_EVENT}}  # type: ignore[union-attr,assignment]
+        ok.description = "The live stream"  # type: ignore[union-attr]
+        if path.startswith("/api/jobs/"):
+            responses["204"] = {"description": "Resumed after the job's terminal event: nothing more will come; "  # type: ignore[assignment]
+                                               "EventSource stops reconnecting."}
+
+
+def _constrain_parameters(operation: Operation, streams: bool) -> None:
+    """The constraints the controllers enforce on each parameter (filters differ on the streams)."""
+    for parameter in operation.parameters or []:
+        schema = PARAMETERS.get(parameter.name)
+        if parameter.name in ("status", "type"):
+            schema = (STREAM_FILTERS if streams else LIST_FILTERS)[parameter.name]
+        if schema is not None and schema.get("type") == "array":
+            parameter.style, parameter.explode = "form", False
+        if schema is not None:
+            parameter.schema = {**schema, **({"description": parameter.description} if parameter.description else {})}  # type: ignore[assignment]
+
+
+def _describe_output_download(openapi: OpenAPI) -> None:
+    """An output's download answers with the stored bytes, a range of them, or a redirect to fal."""
     output = openapi.paths.get("/api/jobs/{request_id}/outputs/{index}") if openapi.paths else None
     if output is not None and output.get is not None and output.get.responses is not None:
         media = {kind: {"schema": {"type": "string", "format": "binary"}}
@@ -264,6 +280,9 @@ def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None
             "307": {"description": "Not stored (yet): a redirect to fal's copy, while fal keeps it.",
                     "headers": {"Location": {"schema": {"type": "string"}}}},
         })
+
+
+def _describe_readyz(openapi: OpenAPI) -> None:
     readyz = openapi.paths["/readyz"].get if openapi.paths and "/readyz" in openapi.paths else None
     if readyz is not None and readyz.responses is not None:
         readyz.responses["503"] = {"description": "Not ready; `checks` names what is not.",  # type: ignore[assignment]

@@ -79,16 +79,7 @@ class Copier:
         raise _Failed(f"source redirected more than {MAX_REDIRECTS} times")
 
     async def _store_body(self, response: httpx.Response, kind: str, key: str) -> OutputChange:
-        status = response.status_code
-        if status in (408, 425, 429) or status >= 500:
-            raise CopyRetry(f"source answered {status}")
-        if status != 200:
-            raise _Failed(f"source answered {status}: fal no longer has this file, or never had it")
-        content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if content_type in GENERIC_TYPES or not content_type:
-            content_type = _KIND_TYPES.get(kind, content_type or "application/octet-stream")
-        if not content_type.startswith(ALLOWED_TYPES) or not _MEDIA_TYPE.fullmatch(content_type):
-            raise _Failed(f"source sent {content_type!r}; only image/*, video/* and audio/* are kept")
+        content_type = _accepted_type(response, kind)
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
             raise _Failed(f"source is {int(declared)} bytes; MAX_OUTPUT_BYTES is {self._max_bytes}")
@@ -111,14 +102,10 @@ class Copier:
         try:
             sha256 = await self._store.put(key, chunks())
         except Exception as error:
-            # The store lets what the source raised through as it was: the source's failures are
-            # told from the store's by identity, not by type (both can be an OSError).
-            if error is not source_error:
-                raise CopyRetry(f"writing to the store failed: {type(error).__name__}: {str(error)[:300]}",
-                                store=True) from None
-            if isinstance(error, (_Failed, httpx.TransportError, ConnectionError, TimeoutError)):
+            retry = _retry_for(error, source_error)
+            if retry is None:
                 raise  # copy() tells a failure for good from one worth another try
-            raise CopyRetry(f"reading the source failed: {type(error).__name__}: {str(error)[:300]}") from None
+            raise retry from None
         if declared is not None and declared.isdigit() and int(declared) != size:
             try:
                 await self._store.delete(key)
@@ -128,3 +115,31 @@ class Copier:
             raise CopyRetry(f"source sent {size} of {declared} bytes")
         return OutputChange(status="stored", content_type=content_type, size=size, sha256=sha256,
                             store_key=key)
+
+
+def _accepted_type(response: httpx.Response, kind: str) -> str:
+    """The media type the copy is stored with, once the answer is a 200 of a kept kind: a
+    transient status is worth another try, any other status or type fails the copy for good."""
+    status = response.status_code
+    if status in (408, 425, 429) or status >= 500:
+        raise CopyRetry(f"source answered {status}")
+    if status != 200:
+        raise _Failed(f"source answered {status}: fal no longer has this file, or never had it")
+    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type in GENERIC_TYPES or not content_type:
+        content_type = _KIND_TYPES.get(kind, content_type or "application/octet-stream")
+    if not content_type.startswith(ALLOWED_TYPES) or not _MEDIA_TYPE.fullmatch(content_type):
+        raise _Failed(f"source sent {content_type!r}; only image/*, video/* and audio/* are kept")
+    return content_type
+
+
+def _retry_for(error: Exception, source_error: Exception | None) -> CopyRetry | None:
+    """What a failed upload raises: a retry (on the store's budget or the source's), or None for
+    a source failure that copy() sorts itself. The store lets what the source raised through as it
+    was: the source's failures are told from the store's by identity, not by type (both can be an
+    OSError)."""
+    if error is not source_error:
+        return CopyRetry(f"writing to the store failed: {type(error).__name__}: {str(error)[:300]}", store=True)
+    if isinstance(error, (_Failed, httpx.TransportError, ConnectionError, TimeoutError)):
+        return None
+    return CopyRetry(f"reading the source failed: {type(error).__name__}: {str(error)[:300]}")

@@ -144,47 +144,67 @@ async def write_staged(path: Path, chunks: AsyncIterator[bytes], threads: Execut
     """Write `chunks` to `path`, whole or not at all, and answer their sha256 (hex). Every wait
     of the loop on the thread (for a free buffer, for the last batches and the rename) is bounded
     by `timeout_s`; stalls of the source are the source's to time out."""
-    loop = asyncio.get_running_loop()
-    staged = _StagedFile(path)
-    batches: queue.SimpleQueue[memoryview | bool] = queue.SimpleQueue()  # True: commit, False: stop
-    free: asyncio.Queue[memoryview | None] = asyncio.Queue()  # None: the thread has stopped
+    upload = _Upload(path, threads, timeout_s)
+    try:
+        await upload.send(chunks)
+        async with asyncio.timeout(timeout_s):
+            await upload.writing
+    except BaseException:
+        await upload.abandon()
+        raise
+    upload.keep_buffers()
+    return upload.staged.digest.hexdigest()
 
-    def run() -> None:
+
+class _Upload:
+    """The loop's side of one upload: it fills the buffers in turn and hands each full one to the
+    thread's job (`_write_batches`), which gives it back once written."""
+
+    def __init__(self, path: Path, threads: Executor, timeout_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.staged = _StagedFile(path)
+        self.threads = threads
+        self.timeout_s = timeout_s
+        self.batches: queue.SimpleQueue[memoryview | bool] = queue.SimpleQueue()  # True: commit, False: stop
+        self.free: asyncio.Queue[memoryview | None] = asyncio.Queue()  # None: the thread has stopped
+        self.buffers: list[memoryview] = []
+        # Last: the thread's job reads the attributes above.
+        self.writing = self.loop.run_in_executor(threads, self._write_batches)
+
+    def _write_batches(self) -> None:
         """The thread's side, one job for the whole upload (a small file costs one hand-off
         each way, not one per step): open, write the batches in order, giving each buffer back
         once written, and rename into place when told to."""
         try:
-            staged.open()
-            while (batch := batches.get()) is not False:
+            self.staged.open()
+            while (batch := self.batches.get()) is not False:
                 if batch is True:
-                    staged.commit()
+                    self.staged.commit()
                     return
-                staged.write(batch)
+                self.staged.write(batch)
                 if batch.nbytes == BATCH_BYTES:  # a whole buffer; a shorter batch is the last
-                    loop.call_soon_threadsafe(free.put_nowait, batch)
+                    self.loop.call_soon_threadsafe(self.free.put_nowait, batch)
         finally:
             with contextlib.suppress(RuntimeError):  # the loop has closed
-                loop.call_soon_threadsafe(free.put_nowait, None)
+                self.loop.call_soon_threadsafe(self.free.put_nowait, None)
 
-    writing = loop.run_in_executor(threads, run)
-    buffers: list[memoryview] = []
-
-    async def next_buffer() -> memoryview:
+    async def _next_buffer(self) -> memoryview:
         try:
-            buffer = free.get_nowait()
+            buffer = self.free.get_nowait()
         except asyncio.QueueEmpty:
-            if len(buffers) < BUFFERS:  # taken as needed: a small file needs one
-                buffers.append(_SPARE.pop() if _SPARE else memoryview(bytearray(BATCH_BYTES)))
-                return buffers[-1]
-            async with asyncio.timeout(timeout_s):
-                buffer = await free.get()  # all full: the thread is behind
+            if len(self.buffers) < BUFFERS:  # taken as needed: a small file needs one
+                self.buffers.append(_SPARE.pop() if _SPARE else memoryview(bytearray(BATCH_BYTES)))
+                return self.buffers[-1]
+            async with asyncio.timeout(self.timeout_s):
+                buffer = await self.free.get()  # all full: the thread is behind
         if buffer is None:
-            await writing  # its error
+            await self.writing  # its error
             raise RuntimeError("the staging file's writer stopped")
         return buffer
 
-    try:
-        buffer, filled = await next_buffer(), 0
+    async def send(self, chunks: AsyncIterator[bytes]) -> None:
+        """Every chunk to the thread in whole batches, then the word to commit."""
+        buffer, filled = await self._next_buffer(), 0
         async for chunk in chunks:
             # Into the buffer, and on into the next when it is full: whatever the chunks' sizes,
             # the thread gets whole 1 MiB batches and the upload never holds more than its buffers.
@@ -195,23 +215,23 @@ async def write_staged(path: Path, chunks: AsyncIterator[bytes], threads: Execut
                 filled += len(piece)
                 rest = rest[len(piece):]
                 if filled == BATCH_BYTES:
-                    batches.put(buffer)
-                    buffer, filled = await next_buffer(), 0
+                    self.batches.put(buffer)
+                    buffer, filled = await self._next_buffer(), 0
         if filled:
-            batches.put(buffer[:filled])
-        batches.put(True)
-        async with asyncio.timeout(timeout_s):
-            await writing
-    except BaseException:
-        # Whatever stopped the upload (the source, a time-out, cancellation), the thread stops
-        # and the staging file goes: waited for (a second cancellation does not skip it), so
-        # none is left behind. The discard waits for a step in progress, and no step follows.
-        batches.put(False)
-        writing.add_done_callback(lambda done: done.cancelled() or done.exception())  # expected, not news
+            self.batches.put(buffer[:filled])
+        self.batches.put(True)
+
+    async def abandon(self) -> None:
+        """Whatever stopped the upload (the source, a time-out, cancellation), the thread stops
+        and the staging file goes: waited for (a second cancellation does not skip it), so none
+        is left behind. The discard waits for a step in progress, and no step follows."""
+        self.batches.put(False)
+        self.writing.add_done_callback(lambda done: done.cancelled() or done.exception())  # expected, not news
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(loop.run_in_executor(threads, staged.discard)), timeout_s)
-        raise
-    # The thread is done with the buffers: later uploads reuse them (not after a failure, when
-    # the thread may still be writing one).
-    _SPARE.extend(buffers[:SPARE_BUFFERS - len(_SPARE)])
-    return staged.digest.hexdigest()
+            discard = self.loop.run_in_executor(self.threads, self.staged.discard)
+            await asyncio.wait_for(asyncio.shield(discard), self.timeout_s)
+
+    def keep_buffers(self) -> None:
+        """The thread is done with the buffers: later uploads reuse them (not after a failure,
+        when the thread may still be writing one)."""
+        _SPARE.extend(self.buffers[:SPARE_BUFFERS - len(_SPARE)])

@@ -89,6 +89,14 @@ class EventCursor:
         """Take one read (new events above `read_after`, and whichever `wanted_ids` are now
         visible) and return the events that can now be released, in id order. Events of ids
         skipped earlier go to `late`."""
+        self._take(rows, xmax, now)
+        released = self._release(xmin, now)
+        self._forget_ended(xmin)
+        return released
+
+    def _take(self, rows: list[JobEvent], xmax: int, now: float) -> None:
+        """Hold the read's new events, send those of skipped ids to `late`, and record each id
+        still missing below the highest one seen as a gap with this read's horizon (`xmax`)."""
         top = self.read_after
         for event in rows:
             if event.id in self._skipped:
@@ -103,6 +111,10 @@ class EventCursor:
             if missing not in self._held:
                 self._gaps.setdefault(missing, (xmax, now))
         self.read_after = top
+
+    def _release(self, xmin: int, now: float) -> list[JobEvent]:
+        """Move the floor up while the id above it is held (released), proven never to commit
+        (dropped), or a gap older than `gap_timeout_s` (skipped); stop at the first that is none."""
         released: list[JobEvent] = []
         while True:
             following = self.floor + 1
@@ -117,10 +129,13 @@ class EventCursor:
             else:
                 break
             self.floor = following
+        return released
+
+    def _forget_ended(self, xmin: int) -> None:
+        """Drop the skipped ids whose transactions have ended, then the oldest past MAX_SKIPPED."""
         for skipped, horizon in list(self._skipped.items()):
             if xmin >= horizon:
                 del self._skipped[skipped]  # ended; had it committed, this read would have shown it
         while len(self._skipped) > MAX_SKIPPED:
             del self._skipped[next(iter(self._skipped))]
             self.forgotten += 1
-        return released

@@ -20,7 +20,8 @@ again on every resume.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -60,6 +61,8 @@ class LiveStream:
         self._initial = initial
         """What the stream sends before its live events: late ones carry their place in it."""
         self._ends_on_terminal = ends_on_terminal
+        self._ended = False
+        """Set once a job stream has sent its job's terminal event: it ends when next resumed."""
         self._stamped = False
         """A user stream that sent a late event gives its later events tokens too: a resume from
         a plain id would send every remembered late event at or below it again."""
@@ -83,59 +86,75 @@ class LiveStream:
         try:
             for message in self._preamble:
                 yield message
-            for item in self._initial:
-                if isinstance(item, Late):  # a user stream's resume: placed at its resume point
-                    subscription.sent(item.event)
-                    yield self._late_message(item)
-                    continue
-                subscription.sent(item)
-                yield self._message(item)
-                if self._ends_on_terminal and item.is_terminal:
-                    return
-            while True:
+            for message in self._initial_messages():
+                yield message
+            while not self._ended:
                 item = await subscription.next()
-                if item is Signal.TIMEOUT:
-                    yield HEARTBEAT
-                elif item is Signal.CLOSED:
+                if item is Signal.CLOSED:
                     return
-                elif item is Signal.RESYNC:
-                    # Re-arm first (no await in between), so that every event above `position`,
-                    # and every late event after `late_seq`, is queued again while the snapshot
-                    # up to `position` is read.
-                    after, position = subscription.last_id, self._hub.position
-                    owed = subscription.late_seq
-                    late_seq = self._hub.late_seq
-                    subscription.resynced(position, late_seq)
-                    # The late events dropped with the backlog, placed where the stream stood:
-                    # it had every event up to `after` and every late one up to `owed`.
-                    late = [] if self._ends_on_terminal else [
-                        Late(item.event, after, item.seq) for item in self._hub.late_since(ResumePoint(after, owed))
-                        if subscription.wants(item.event)
-                    ]
-                    events = await _latest_per_job(self._pool, subscription, after, position)
-                    for item in late:
-                        subscription.sent(item.event)
-                        yield self._late_message(item)
-                    for event in events:
-                        if self._hub.may_come_late(event.id, late_seq):
-                            subscription.expect_late(event)
-                        subscription.sent(event)
-                        yield self._message(event)
-                    if self._ends_on_terminal and events and events[-1].is_terminal:
-                        return
-                elif isinstance(item, Late):
-                    # On a job stream its own id (a job's ids grow with its versions); on a user
-                    # stream its token, which a resume from it understands.
-                    yield job_message(item.event) if self._ends_on_terminal else self._late_message(item)
-                    if self._ends_on_terminal and item.event.is_terminal:
-                        return
+                if item is Signal.RESYNC:
+                    async for message in self._resync():
+                        yield message
                 else:
-                    metrics.event_delivered(item.written_at)
-                    yield self._message(item)
-                    if self._ends_on_terminal and item.is_terminal:
-                        return
+                    yield self._live_message(item)
         finally:
             self._hub.unsubscribe(subscription)
+
+    def _initial_messages(self) -> Iterator[Outgoing]:
+        """What the stream owes before its live events; a job stream ends after a terminal one."""
+        for item in self._initial:
+            if isinstance(item, Late):  # a user stream's resume: placed at its resume point
+                self._subscription.sent(item.event)
+                yield self._late_message(item)
+                continue
+            self._subscription.sent(item)
+            yield self._message(item)
+            if self._ends_on_terminal and item.is_terminal:
+                self._ended = True
+                return
+
+    def _live_message(self, item: JobEvent | Late | Literal[Signal.TIMEOUT]) -> Outgoing:
+        """The message for what the hub handed over (a heartbeat on its tick); a job stream ends
+        after its job's terminal event."""
+        if item is Signal.TIMEOUT:
+            return HEARTBEAT
+        if isinstance(item, Late):
+            # On a job stream its own id (a job's ids grow with its versions); on a user
+            # stream its token, which a resume from it understands.
+            self._ended = self._ends_on_terminal and item.event.is_terminal
+            return job_message(item.event) if self._ends_on_terminal else self._late_message(item)
+        metrics.event_delivered(item.written_at)
+        self._ended = self._ends_on_terminal and item.is_terminal
+        return self._message(item)
+
+    async def _resync(self) -> AsyncIterator[Outgoing]:
+        """After the subscription fell behind (its backlog dropped): the late events it owes, then
+        each changed job's latest state, read from the database."""
+        subscription = self._subscription
+        # Re-arm first (no await in between), so that every event above `position`,
+        # and every late event after `late_seq`, is queued again while the snapshot
+        # up to `position` is read.
+        after, position = subscription.last_id, self._hub.position
+        owed = subscription.late_seq
+        late_seq = self._hub.late_seq
+        subscription.resynced(position, late_seq)
+        # The late events dropped with the backlog, placed where the stream stood:
+        # it had every event up to `after` and every late one up to `owed`.
+        late = [] if self._ends_on_terminal else [
+            Late(item.event, after, item.seq) for item in self._hub.late_since(ResumePoint(after, owed))
+            if subscription.wants(item.event)
+        ]
+        events = await _latest_per_job(self._pool, subscription, after, position)
+        for item in late:
+            subscription.sent(item.event)
+            yield self._late_message(item)
+        for event in events:
+            if self._hub.may_come_late(event.id, late_seq):
+                subscription.expect_late(event)
+            subscription.sent(event)
+            yield self._message(event)
+        if self._ends_on_terminal and events and events[-1].is_terminal:
+            self._ended = True
 
 
 class JobAlreadyFinished(Exception):
