@@ -114,8 +114,19 @@ class SseClient:
     """One subscriber: a raw non-blocking socket read by loop.add_reader; parses the HTTP head, the
     chunked framing and the SSE lines by hand."""
 
-    __slots__ = ("sock", "fd", "hub", "loop", "head_done", "raw", "text", "open", "request_id", "snapshot_pending",
-                 "finished")
+    __slots__ = (
+        "fd",
+        "finished",
+        "head_done",
+        "hub",
+        "loop",
+        "open",
+        "raw",
+        "request_id",
+        "snapshot_pending",
+        "sock",
+        "text",
+    )
 
     def __init__(self, sock: socket.socket, hub: SseHub, loop: asyncio.AbstractEventLoop,
                  request_id: str | None) -> None:

@@ -12,17 +12,19 @@ change is lost and none is seen twice.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import msgspec
 from httpx_sse import aconnect_sse
 
 from service.jobs.models import Job
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import AsyncIterator
 
 
 class FalJobsError(Exception):

@@ -24,10 +24,12 @@ import inspect
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 PREFIX = "fal_jobs_"
 
@@ -215,7 +217,8 @@ def fal_call(operation: str) -> Callable[[F], F]:
     """Decorates a coroutine method of the fal gateway: counts its outcome, times it."""
 
     def decorate(function: F) -> F:
-        assert inspect.iscoroutinefunction(function), "fal_call times coroutines only"
+        if not inspect.iscoroutinefunction(function):
+            raise TypeError(f"fal_call times coroutines only, not {function!r}")
         duration = FAL_DURATION.labels(operation)
 
         @functools.wraps(function)

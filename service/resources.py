@@ -11,31 +11,35 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from litestar import asgi
-from litestar.config.app import AppConfig
 from litestar.plugins import InitPlugin
-from litestar.types import Receive, Scope, Send
 
 from service import metrics
 from service.db.pool import DatabasePool, create_pool
 from service.emulator import FalEmulator, create_emulator_app
-from service.usecases.follow_jobs import JobFollower
 from service.fal.gateway import FalGateway
 from service.fal.signatures import JwksKeyring
 from service.outputs.copier import Copier
-from service.outputs.sources import SourcePolicy
 from service.outputs.store import MediaStore
 from service.outputs.workers import OutputWorkers
 from service.realtime.hub import Hub
 from service.realtime.listener import EventListener
 from service.realtime.shutdown import close_streams_on_exit_signal
-from service.settings import Settings
+from service.usecases.follow_jobs import JobFollower
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Coroutine
+    from types import TracebackType
+
+    from litestar.config.app import AppConfig
+    from litestar.types import Receive, Scope, Send
+
+    from service.outputs.sources import SourcePolicy
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from urllib.parse import urlsplit
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 

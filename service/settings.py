@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_type_hints
 
 import msgspec
 from dotenv.parser import parse_stream
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FAL_QUEUE_URL_DEFAULT = "https://queue.fal.run"

@@ -76,7 +76,7 @@ class SseReader:
                             setattr(current, field, value)
                         elif field == "retry":
                             current.retry = int(value)
-        except BaseException as error:  # noqa: BLE001 - surfaced to the test
+        except BaseException as error:
             self.error = error
             self._opened.set()
         finally:

@@ -21,10 +21,10 @@ from service.auth.api_keys import NewUser, create_user
 from service.db.pool import create_pool
 from service.emulator import FalEmulator
 from service.emulator.signing import signed_headers
-from service.usecases.follow_jobs import FollowTarget, JobFollower
 from service.fal.gateway import FalGateway
 from service.jobs.models import JobChange, NewJob
 from service.jobs.status_machine import apply_change, create_job
+from service.usecases.follow_jobs import FollowTarget, JobFollower
 from tests.conftest import (
     FAL_KEY,
     RunningServer,

@@ -151,7 +151,7 @@ async def test_a_close_that_raises_does_not_skip_the_closes_after_it(
             # Everything is open: a pool connection, the listener's, every task, the store's threads.
             await app.state.pool.fetchval("SELECT 1")
             await app.state.media._store.keys("")
-            assert await eventually(lambda: RUNNING_TASKS <= leftovers.tasks(), True)
+            assert await eventually(lambda: leftovers.tasks() >= RUNNING_TASKS, True)
             # The output workers wait for work (a wait of their own, which must not outlive them).
             assert await eventually(lambda: any("Event.wait" in task for task in leftovers.tasks()), True)
             assert "fal-jobs-listener" in await leftovers.connections()

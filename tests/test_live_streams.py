@@ -16,9 +16,9 @@ import pytest
 
 from service.auth.api_keys import NewUser
 from service.db.pool import init_connection
+from service.emulator import FalEmulator
 from service.jobs.models import JobChange, LogLine, NewJob
 from service.jobs.status_machine import apply_change, create_job
-from service.emulator import FalEmulator
 from service.realtime.hub import Hub
 from tests.conftest import RunningServer, bearer, fal_settings, scratch_database, scratch_role, serve
 from tests.sse import SseReader

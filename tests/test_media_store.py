@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from service.outputs import staged_file
-from service.outputs.staged_file import local_path, write_staged
 from service.outputs.obstore_upload import PART_BYTES
+from service.outputs.staged_file import local_path, write_staged
 from service.outputs.store import MediaStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

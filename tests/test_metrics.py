@@ -70,7 +70,7 @@ async def test_a_round_trip_moves_every_counter_by_what_it_did(
 
     async with SseReader(http, f"{url}/api/jobs/{request_id}/events", bearer(user)) as stream:
         waiting = asyncio.create_task(http.get(f"{url}/api/jobs/{request_id}", params={"wait": 20}, headers=bearer(user)))
-        first_id, snapshot = await stream.next_job()
+        _, snapshot = await stream.next_job()
         # While both wait: one stream and one ?wait= request open (the scrape itself is neither).
         for _ in range(200):
             during = await scrape(http, url)

@@ -82,7 +82,7 @@ async def delivers_across_processes(url: str, process: subprocess.Popen[bytes], 
         await asyncio.to_thread(wait_ready, url, process, log)
         assert ("LOCAL fal EMULATOR" in log.read_text()) == emulator_is_local
         clients = await pinned_clients(url, PROCESSES)
-        first, *others = clients.values()
+        first, *_ = clients.values()
         created = await first.post("/api/jobs", headers=bearer(user), json={
             "type": "image", "model_id": "fal-ai/flux/schnell",
             "input": {"prompt": "a kite", "fal_emulator": {"queue_ms": 1500, "run_ms": 500}}})

@@ -117,7 +117,7 @@ async def test_a_statement_past_its_time_out_is_ended_by_the_server_and_keeps_it
 ) -> None:
     """The server's statement time-out answers 57014 (a 503), and the connection that carried that
     answer is healthy: it goes back to the pool (no reconnect per time-out)."""
-    table, holder, observer = rows
+    table, _holder, _observer = rows
     pool = await create_pool(database_url, max_size=1, statement_timeout_s=0.3)
     try:
         async with pool.acquire() as connection:

@@ -10,9 +10,9 @@ import msgspec
 
 from service.emulator import FalEmulator
 from service.fal.gateway import FalGateway
-from service.usecases.sweep import SWEEP_LOCK_KEY, Reconciler, SweepReport
 from service.jobs.models import NewJob
 from service.jobs.status_machine import create_job
+from service.usecases.sweep import SWEEP_LOCK_KEY, Reconciler, SweepReport
 from tests.conftest import FAL_KEY, RunningServer
 
 

@@ -86,15 +86,15 @@ def test_every_field_is_read_from_its_upper_case_name() -> None:
 
 
 def test_a_bad_alias_is_named_as_the_alias() -> None:
-    with pytest.raises(SettingsError, match="^NEXT_PUBLIC_APP_URL: must be an http"):
+    with pytest.raises(SettingsError, match=r"^NEXT_PUBLIC_APP_URL: must be an http"):
         load_settings({"NEXT_PUBLIC_APP_URL": "nope"}, dotenv=NO_DOTENV)
 
 
 def test_flags_and_choices_name_what_they_take() -> None:
     assert load_settings({"FAL_EMULATOR": "1", "EMULATOR_PACE": "demo"}, dotenv=NO_DOTENV).fal_emulator
-    with pytest.raises(SettingsError, match="^FAL_EMULATOR: must be 1 or 0"):
+    with pytest.raises(SettingsError, match=r"^FAL_EMULATOR: must be 1 or 0"):
         load_settings({"FAL_EMULATOR": "yes please"}, dotenv=NO_DOTENV)
-    with pytest.raises(SettingsError, match="^EMULATOR_PACE: must be fast or demo"):
+    with pytest.raises(SettingsError, match=r"^EMULATOR_PACE: must be fast or demo"):
         load_settings({"EMULATOR_PACE": "slow"}, dotenv=NO_DOTENV)
 
 

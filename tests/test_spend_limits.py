@@ -171,7 +171,7 @@ async def test_streams_and_waits_per_key_are_limited(
 def test_limit_settings_must_be_positive_whole_numbers(limit: str) -> None:
     from service.settings import SettingsError, load_settings
 
-    with pytest.raises(SettingsError, match="^MAX_OPEN_JOBS_PER_USER: must be a whole number above 0"):
+    with pytest.raises(SettingsError, match=r"^MAX_OPEN_JOBS_PER_USER: must be a whole number above 0"):
         load_settings({"MAX_OPEN_JOBS_PER_USER": limit}, dotenv=Path("/nonexistent/.env"))
 
 

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.db.pool import init_connection
+from service.jobs import sql, status_machine
 from service.jobs.models import Deletion, Job, JobChange, LogLine, NewJob, OutputChange, OutputSettled
 from service.jobs.rows import JOB_COLUMNS, job_from_row
-from service.jobs import sql, status_machine
 from service.jobs.status_machine import _read_decide_write, apply_change, create_job, decide, finish_many
 from tests.conftest import scratch_database
 

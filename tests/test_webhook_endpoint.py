@@ -17,9 +17,9 @@ from prometheus_client import REGISTRY
 from service.emulator import FalEmulator
 from service.emulator.signing import SigningKey, signed_headers
 from service.errors import DatabaseUnavailable
-from service.usecases.receive_webhook import FalWebhook
 from service.jobs.models import JobChange, NewJob
 from service.jobs.status_machine import Applied, create_job
+from service.usecases.receive_webhook import FalWebhook
 from tests.conftest import RunningServer, fal_settings, serve
 
 HEADERS = ("x-fal-webhook-request-id", "x-fal-webhook-user-id", "x-fal-webhook-timestamp", "x-fal-webhook-signature")

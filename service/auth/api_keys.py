@@ -7,7 +7,6 @@ import hashlib
 import re
 import secrets
 import uuid
-
 from datetime import datetime
 
 import asyncpg

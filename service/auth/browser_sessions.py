@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 
 from service.auth.callers import SESSION
+
+if TYPE_CHECKING:
+    import asyncpg
 
 SESSION_COOKIE = "fal_jobs_session"
 CSRF_HEADER = "x-csrf-token"

@@ -8,10 +8,14 @@ disabled user all stop resolving at once.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    import asyncpg
 
 KEY = "key:"
 SESSION = "session:"

@@ -12,11 +12,14 @@ import binascii
 import hashlib
 import hmac
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from service.auth.callers import Caller
 from service.errors import NotAuthenticated
+
+if TYPE_CHECKING:
+    from service.auth.callers import Caller
 
 USER_SCOPE = "user"
 

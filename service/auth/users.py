@@ -4,11 +4,14 @@ give one its own limits where the settings' defaults are too tight."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 
 from service.errors import InvalidRequest, NotFound
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 class UserInfo(msgspec.Struct, frozen=True):

@@ -3,16 +3,17 @@ the `migrate` command."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from service.settings import Settings
-
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Awaitable, Callable
+
     import asyncpg
+
+    from service.settings import Settings
 
 
 def database_url(settings: Settings) -> str:

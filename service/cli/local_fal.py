@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from service.settings import Settings
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from service.settings import Settings
 
 START_TIMEOUT_S = 30
 

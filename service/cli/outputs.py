@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING
 
 from service.cli.database import with_pool
-from service.settings import Settings
 
 if TYPE_CHECKING:
+    import argparse
+
     import asyncpg
+
+    from service.settings import Settings
 
 
 def cmd_outputs_retry(settings: Settings, args: argparse.Namespace) -> int:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from service.cli.database import database_url, migrated_database_url
 from service.cli.local_fal import standalone_emulator
 from service.serving import check_can_serve, pool_size_for, process_count, serve
 from service.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import argparse
 
 DEMO_USER = "demo"
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from service.settings import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def cmd_test(settings: Settings, args: argparse.Namespace) -> int:

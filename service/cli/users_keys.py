@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from service.cli.database import migrated_database_url, with_pool
-from service.settings import Settings
 
 if TYPE_CHECKING:
+    import argparse
+    from datetime import datetime
+
     import asyncpg
+
+    from service.settings import Settings
 
 
 def cmd_users_create(settings: Settings, args: argparse.Namespace) -> int:

@@ -8,13 +8,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from service.settings import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MIGRATIONS_FOLDER = PROJECT_ROOT / "piccolo_migrations"
 APP_NAME = "fal_jobs"
@@ -47,7 +50,8 @@ def expected_migration_ids() -> frozenset[str]:
     ids = set()
     for path in sorted(Path(MIGRATIONS_FOLDER).glob(f"{APP_NAME}_*.py")):
         spec = importlib.util.spec_from_file_location(f"_migration_{path.stem}", path)
-        assert spec is not None and spec.loader is not None
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot load the migration {path}: is it a Python file?")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         ids.add(module.ID)

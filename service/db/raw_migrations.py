@@ -7,10 +7,13 @@ migration file holds only its SQL.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.engine.finder import engine_finder
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 APP_NAME = "fal_jobs"
 

@@ -14,10 +14,14 @@ retention period are skipped, not lost: the job row and its latest event hold th
 
 from __future__ import annotations
 
-import asyncpg
+from typing import TYPE_CHECKING
+
 import msgspec
 
 from service import metrics
+
+if TYPE_CHECKING:
+    import asyncpg
 
 BATCH = 1000
 MAX_BATCHES = 20

@@ -3,12 +3,16 @@ module of the same name (`queue_routes`, `jwks_routes`, `media_routes`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from litestar import Litestar
 
-from .engine import FalEmulator
 from .jwks_routes import jwks_routes
 from .media_routes import media_routes
 from .queue_routes import queue_routes
+
+if TYPE_CHECKING:
+    from .engine import FalEmulator
 
 
 def create_emulator_app(emulator: FalEmulator) -> Litestar:

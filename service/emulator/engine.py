@@ -20,8 +20,7 @@ import asyncio
 import collections
 import itertools
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -31,6 +30,9 @@ from .records import AppRef, EmulatedRequest, QueueError, SubmitRecord, new_requ
 from .signing import KeySet
 from .webhooks import FAL_RETRY_SCHEDULE_S, WebhookSender
 from .wire import DeliveryAttempt, StatusResponse, SubmitResponse, WebhookBody
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 class FalEmulator:

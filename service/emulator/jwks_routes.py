@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from litestar import Response, get
-from litestar.handlers import HTTPRouteHandler
+from typing import TYPE_CHECKING
 
-from .engine import FalEmulator
+from litestar import Response, get
+
 from .responses import json_answer
+
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+
+    from .engine import FalEmulator
 
 
 def jwks_routes(emulator: FalEmulator) -> list[HTTPRouteHandler]:

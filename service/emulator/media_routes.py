@@ -6,18 +6,22 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get
-from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromPath
 from litestar.response import Stream
 
-from .engine import FalEmulator
 from .media import MAX_SIDE, is_drawn, png_bytes, video_size, video_slice
 from .responses import json_answer, not_found
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from litestar.handlers import HTTPRouteHandler
+    from litestar.params import FromPath
+
+    from .engine import FalEmulator
 
 _IMAGE_NAME = re.compile(r"^(\d{1,30})\.png$")
 _IMAGE_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")

@@ -4,11 +4,13 @@ of the webhook that reports it."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .outputs import build_output, forced_error_detail, media_query, validation_errors
-from .records import EmulatedRequest
 from .wire import WebhookBody
+
+if TYPE_CHECKING:
+    from .records import EmulatedRequest
 
 CANCELLED_ERROR = "Request was cancelled"
 APP_ERROR = "Invalid status code: 422"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from .faults import FaultOptions
 from .media import MAX_IMAGES, is_video_model, resolve_image_size, sample_mp4
+
+if TYPE_CHECKING:
+    from .faults import FaultOptions
 
 # fal's documented example seed; every emulated seed sits above 2**53 so receivers that parse JSON
 # numbers as doubles get caught.

@@ -4,14 +4,17 @@ running, and the hold points where a test steps it on by hand (`fal_emulator.hol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .faults import FAULTS_KEY, FaultOptions, parse_fault_options
 from .media import is_video_model
-from .records import EmulatedRequest
 from .wire import LogEntry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .records import EmulatedRequest
 
 Pace = Literal["fast", "demo"]
 

@@ -6,19 +6,22 @@ One catch-all route per method, parsed by hand: model ids have any number of pat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, get, post, put
-from litestar.handlers import HTTPRouteHandler
-from litestar.params import FromPath
 from litestar.response import Stream
 
-from .engine import FalEmulator
 from .faults import FaultOptionsError
 from .records import AppRef, QueueError, split_model_path
 from .responses import json_answer, not_found, unauthorized
 from .status_stream import status_events
+
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+    from litestar.params import FromPath
+
+    from .engine import FalEmulator
 
 _TRUE = {"1", "true", "yes", "on"}
 

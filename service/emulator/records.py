@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .faults import FaultOptions
-from .wire import LogEntry, QueueState
+if TYPE_CHECKING:
+    from .faults import FaultOptions
+    from .wire import LogEntry, QueueState
 
 # fal-client's AppId understands these leading namespaces (workflows/owner/app/...).
 APP_NAMESPACES = ("workflows", "comfy")

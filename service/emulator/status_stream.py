@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from .engine import FalEmulator
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from .engine import FalEmulator
 
 
 class StreamBroken(Exception):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import httpx
 
 from .signing import KeySet, signed_headers
 from .wire import DeliveryAttempt
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 # fal: 10 retries over about two hours.
 FAL_RETRY_SCHEDULE_S: tuple[float, ...] = (15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2400)

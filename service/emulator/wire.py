@@ -36,10 +36,10 @@ class StatusResponse(msgspec.Struct, kw_only=True):
     status_url: str
     cancel_url: str
     queue_position: int | UnsetType = UNSET
-    logs: list[LogEntry] | None | UnsetType = UNSET
+    logs: list[LogEntry] | UnsetType | None = UNSET
     metrics: dict[str, Any] | UnsetType = UNSET
-    error: str | None | UnsetType = UNSET
-    error_type: str | None | UnsetType = UNSET
+    error: str | UnsetType | None = UNSET
+    error_type: str | UnsetType | None = UNSET
 
 
 class WebhookBody(msgspec.Struct, kw_only=True):

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fal_client
 import fal_client.client
@@ -26,6 +25,9 @@ from httpx_sse import aconnect_sse
 from service import metrics
 from service.db.storable import storable_json
 from service.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,8 @@ class FalGateway:
         logs = msgspec.convert(status.logs, list[FalLogLine] | None)
         if isinstance(status, fal_client.InProgress):
             return FalStatus(status="IN_PROGRESS", request_id=request_id, logs=logs)
-        assert isinstance(status, fal_client.Completed)
+        if not isinstance(status, fal_client.Completed):
+            raise TypeError(f"fal-client answered a status of an unknown kind: {type(status).__name__}")
         return FalStatus(status="COMPLETED", request_id=request_id, logs=logs, error=status.error, error_type=status.error_type)
 
     async def stream_status(self, model_id: str, request_id: str) -> AsyncIterator[FalStatus]:

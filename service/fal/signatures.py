@@ -14,12 +14,15 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import httpx
 import msgspec
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +218,11 @@ class WebhookVerifier:
 
         keys = await self._keyring.keys()
         generation = self._keyring.generation
-        if not _any_verifies(keys, signature, message):
-            # Maybe fal rotated to a key we have not seen yet.
-            if not (await self._keyring.refresh(generation)
-                    and _any_verifies(await self._keyring.keys(), signature, message)):
-                raise WebhookSignatureError("signature does not match any of fal's keys")
+        # Not verified: maybe fal rotated to a key we have not seen yet.
+        if not _any_verifies(keys, signature, message) and not (
+            await self._keyring.refresh(generation) and _any_verifies(await self._keyring.keys(), signature, message)
+        ):
+            raise WebhookSignatureError("signature does not match any of fal's keys")
         self._check_sender(user_id)
         return VerifiedWebhook(request_id=request_id, user_id=user_id, timestamp=timestamp)
 

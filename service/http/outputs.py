@@ -24,8 +24,8 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from service.auth.stream_tokens import StreamTokens
 from service.errors import Gone, NotFound
 from service.http.dependencies import CallerDependency, PoolDependency, provide_caller
-from service.http.events import stream_caller
 from service.http.errors import error_response
+from service.http.events import stream_caller
 from service.jobs.media import output_path
 from service.outputs.access import (
     MediaAccess,

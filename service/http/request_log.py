@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import secrets
+import time
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 

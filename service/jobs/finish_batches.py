@@ -33,6 +33,7 @@ import enum
 import itertools
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -40,8 +41,10 @@ from service import metrics
 from service.db.pool import is_lock_timeout, is_unavailable
 from service.errors import DatabaseUnavailable
 from service.jobs import sql
-from service.jobs.models import Job, JobChange
 from service.jobs.status_machine import finish_many
+
+if TYPE_CHECKING:
+    from service.jobs.models import Job, JobChange
 
 log = logging.getLogger(__name__)
 

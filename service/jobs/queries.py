@@ -6,13 +6,16 @@ import base64
 import binascii
 import re
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 
 from service.errors import InvalidRequest, NotFound
 from service.jobs.models import JOB_STATUSES, JOB_TYPES, Job
 from service.jobs.rows import JOB_COLUMNS, job_from_row
+
+if TYPE_CHECKING:
+    import asyncpg
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 MAX_PAGE_SIZE = 100

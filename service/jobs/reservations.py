@@ -19,12 +19,21 @@ import hashlib
 import logging
 import math
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 
 from service import metrics
-from service.errors import IdempotencyInProgress, IdempotencyKeyReused, InvalidRequest, NotAuthenticated, TooManyRequests
+from service.errors import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    NotAuthenticated,
+    TooManyRequests,
+)
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from service.jobs.models import Job
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 JOB_COLUMNS = (
     "request_id, user_id, model_id, type, input, status, queue_position, logs, result, error, "

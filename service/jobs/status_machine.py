@@ -30,9 +30,8 @@ outputs too; the bytes are removed from the store after it commits).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import msgspec
 
 from service import metrics
@@ -52,6 +51,9 @@ from service.jobs.models import (
     OutputsReopened,
 )
 from service.jobs.rows import job_from_row
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = ["Applied", "apply_change", "create_job", "decide", "finish_many"]
 

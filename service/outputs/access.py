@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 
 from service.errors import NotFound
 from service.jobs import queries
-from service.outputs.store import MediaStore
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from service.outputs.store import MediaStore
 
 log = logging.getLogger(__name__)
 

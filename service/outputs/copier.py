@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 import httpx
 
 from service.jobs.models import OutputChange
 from service.outputs.sources import SourcePolicy, SourceRefused
-from service.outputs.store import MediaStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from service.outputs.store import MediaStore
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,16 @@ import asyncio
 import hashlib
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import obstore
-from obstore.store import ObjectStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from concurrent.futures import Executor
+
+    from obstore.store import ObjectStore
 
 PART_BYTES = 5 * 1024 * 1024
 """Multipart part size (S3's minimum): with `PARTS_IN_FLIGHT` it bounds an upload's buffers."""
@@ -57,7 +60,7 @@ class _Handoff:
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
         self._loop = loop
         self._capacity = capacity
-        self._items: deque[bytes | None | BaseException] = deque()  # None ends the upload
+        self._items: deque[bytes | BaseException | None] = deque()  # None ends the upload
         self._changed = threading.Condition()
         self._space: asyncio.Future[None] | None = None
 

@@ -32,10 +32,12 @@ import queue
 import re
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
-from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from concurrent.futures import Executor
+    from pathlib import Path
 
 BATCH_BYTES = 1024 * 1024
 """What the thread is handed at a time. Batches, not the socket's ~64 KiB chunks: each hand-off
@@ -95,7 +97,7 @@ class _StagedFile:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._folders = [self.path.parent, *(new.parent for new in created)]
                 try:
-                    self._file = open(self.staging, "xb")  # closed by commit or discard
+                    self._file = open(self.staging, "xb")  # noqa: SIM115 (closed by commit or discard)
                     return
                 except FileNotFoundError:
                     # A delete in LocalStore's automatic cleanup took the (empty) folder meanwhile.

@@ -21,15 +21,15 @@ Reads, deletes and listings go through obstore for every store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import obstore
@@ -38,6 +38,9 @@ from obstore.store import LocalStore, ObjectStore, from_url
 
 from service.outputs.obstore_upload import upload
 from service.outputs.staged_file import local_path, write_staged
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
 T = TypeVar("T")
 
@@ -139,10 +142,8 @@ class MediaStore:
 
     async def delete(self, key: str) -> None:
         """Remove `key`; a key already gone is no error."""
-        try:
+        with contextlib.suppress(NotFoundError, FileNotFoundError):
             await self._call(obstore.delete, self._store, key)
-        except (NotFoundError, FileNotFoundError):
-            pass
 
     async def keys(self, prefix: str) -> list[str]:
         metas = await self._call(lambda: obstore.list(self._store, prefix).collect())

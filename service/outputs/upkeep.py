@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 
 from service import metrics
 from service.jobs.models import OutputsReopened
 from service.jobs.status_machine import apply_change
-from service.outputs.store import MediaStore, StoredObject
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import asyncpg
+
+    from service.outputs.store import MediaStore, StoredObject
 
 log = logging.getLogger(__name__)
 

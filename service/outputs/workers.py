@@ -24,8 +24,8 @@ import logging
 import secrets
 import time
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 
 from service import metrics
@@ -33,9 +33,13 @@ from service.jobs import sql
 from service.jobs.models import OutputChange, OutputSettled
 from service.jobs.status_machine import apply_change
 from service.outputs.copier import Copier, CopyRetry
-from service.outputs.store import MediaStore
-from service.realtime.events import JobEvent
 from service.settings import FAL_MEDIA_LIFETIME_S
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from service.outputs.store import MediaStore
+    from service.realtime.events import JobEvent
 
 log = logging.getLogger(__name__)
 

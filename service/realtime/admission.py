@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Collection
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from service import metrics
-from service.auth.callers import Caller
 from service.errors import TooManyRequests
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Collection
+
+    from service.auth.callers import Caller
 
 log = logging.getLogger(__name__)
 

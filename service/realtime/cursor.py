@@ -26,9 +26,12 @@ that the reads ask only for the missing ids until the gap closes.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from typing import TYPE_CHECKING
 
-from service.realtime.events import JobEvent
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from service.realtime.events import JobEvent
 
 MAX_SKIPPED = 100_000
 """Skipped ids remembered at most (a bound on memory should transactions roll back by the thousand

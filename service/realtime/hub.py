@@ -31,11 +31,14 @@ import asyncio
 import collections
 import enum
 import os
-from collections.abc import Callable, Collection, Container, Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from service.realtime.events import JobEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Container, Iterable
 
 
 class Signal(enum.Enum):

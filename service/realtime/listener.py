@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -27,7 +28,9 @@ from service import metrics
 from service.db.pool import is_unavailable
 from service.realtime.cursor import EventCursor
 from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
-from service.realtime.hub import Hub
+
+if TYPE_CHECKING:
+    from service.realtime.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -150,32 +153,37 @@ class EventListener:
             if not connection.is_closed():
                 connection.terminate()
 
+    def _connected(self) -> tuple[asyncpg.Connection, EventCursor]:
+        """The connection and its cursor, which `_connect` set before any read."""
+        if self._connection is None or self._cursor is None:
+            raise RuntimeError("the listener reads only once connected")
+        return self._connection, self._cursor
+
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
     async def _listen(self) -> None:
-        assert self._connection is not None and self._cursor is not None
+        connection, cursor = self._connected()
         gap_wait = 0.005
         while True:
-            timeout = gap_wait if self._cursor.waiting_on_gap else self._idle_check_s
+            timeout = gap_wait if cursor.waiting_on_gap else self._idle_check_s
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             self._wake.clear()
-            if self._connection.is_closed():
+            if connection.is_closed():
                 raise ConnectionError("listener connection closed")
             full = await self._read_once()
             if full:
                 self._wake.set()
-            gap_wait = min(0.2, gap_wait * 2) if self._cursor.waiting_on_gap else 0.005
+            gap_wait = min(0.2, gap_wait * 2) if cursor.waiting_on_gap else 0.005
 
     async def _read_once(self) -> bool:
         """One query: new rows above the cursor, and the ids it still waits for. True when the
         batch was full (read again)."""
-        assert self._connection is not None and self._cursor is not None
-        cursor = self._cursor
+        connection, cursor = self._connected()
         after, limit = cursor.read_after, cursor.read_limit
-        rows = await self._connection.fetch(_READ, after, limit, cursor.wanted_ids, timeout=self._read_timeout_s)
+        rows = await connection.fetch(_READ, after, limit, cursor.wanted_ids, timeout=self._read_timeout_s)
         self.reads += 1
         self._failures = 0  # a read went through: the connection works
         xmin, xmax = rows[0]["xmin"], rows[0]["xmax"]

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable
-from types import FrameType
+from typing import TYPE_CHECKING
 
-from service.realtime.hub import Hub
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+    from service.realtime.hub import Hub
 
 
 def close_streams_on_exit_signal(hub: Hub) -> Callable[[], None]:

@@ -20,16 +20,19 @@ again on every resume.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import asyncpg
 import msgspec
 
 from service import metrics
 from service.errors import NotFound, Unavailable
 from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
 from service.realtime.hub import Hub, Late, ResumePoint, Signal, Subscription
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Collection, Iterator
+
+    import asyncpg
 
 REPLAY_LIMIT = 1000
 """A resume that would replay more events than this sends each job's latest state instead."""

@@ -10,17 +10,21 @@ credential ends the wait at once (its ticket's `close`), and then nothing is rea
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-import asyncpg
 import msgspec
 
 from service import metrics
 from service.errors import NotAuthenticated, Unavailable
 from service.jobs import queries
 from service.jobs.models import Job
-from service.realtime.admission import Ticket
 from service.realtime.events import JobEvent
 from service.realtime.hub import Hub, Late, Signal
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from service.realtime.admission import Ticket
 
 
 async def wait_for_job(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request_id: str, timeout_s: float,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-
-import asyncpg
+from typing import TYPE_CHECKING
 
 from service.errors import Conflict, UpstreamError
 from service.fal.gateway import FalGateway, was_cancelled
@@ -12,6 +11,9 @@ from service.jobs import queries, reservations
 from service.jobs.models import Job, JobChange
 from service.jobs.status_machine import apply_change
 from service.usecases.follow_jobs import FollowTarget, JobFollower
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,18 @@ media store (outputs)."""
 from __future__ import annotations
 
 import logging
-
-import asyncpg
+from typing import TYPE_CHECKING
 
 from service.errors import Conflict, NotFound
 from service.jobs import queries
-from service.jobs.models import Job
-from service.jobs.models import Deletion
+from service.jobs.models import Deletion, Job
 from service.jobs.status_machine import apply_change
 from service.outputs.access import DB_TIMEOUT_S
-from service.outputs.store import MediaStore
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from service.outputs.store import MediaStore
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,15 @@ webhook's body is translated where it is taken in (`receive_webhook`).
 
 from __future__ import annotations
 
-from service.fal.gateway import CANCELLED_ERROR, FalGateway, FalLogLine, FalRequestFailed, FalStatus, describe_error, was_cancelled
+from service.fal.gateway import (
+    CANCELLED_ERROR,
+    FalGateway,
+    FalLogLine,
+    FalRequestFailed,
+    FalStatus,
+    describe_error,
+    was_cancelled,
+)
 from service.jobs.models import JobChange, LogLine
 
 

@@ -13,10 +13,8 @@ the open-jobs limit then (`reservations.fal_ended`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
 import msgspec
 
 from service import metrics
@@ -28,6 +26,11 @@ from service.jobs import reservations, sql
 from service.jobs.finish_batches import FinishBatches
 from service.jobs.models import JobChange
 from service.jobs.status_machine import Applied, apply_change
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import asyncpg
 
 log = logging.getLogger(__name__)
 

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import msgspec
 
 from service import metrics
 from service.errors import InvalidRequest
-from service.fal.gateway import FalGateway
 from service.jobs import queries, reservations
 from service.jobs.catalog import model_type
 from service.jobs.models import Job, JobType, NewJob
 from service.jobs.reservations import Limits, body_digest
 from service.jobs.status_machine import create_job
 from service.usecases.follow_jobs import FollowTarget, JobFollower
-from service.usecases.receive_webhook import WebhookIntake
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from service.fal.gateway import FalGateway
+    from service.usecases.receive_webhook import WebhookIntake
 
 log = logging.getLogger(__name__)
 

@@ -25,21 +25,24 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
 
 from service import metrics
-from service.errors import DatabaseUnavailable
 from service.db.retention import apply_retention
+from service.errors import DatabaseUnavailable
 from service.fal.gateway import FalGateway, FalRequestFailed
 from service.jobs import reservations
 from service.jobs.models import TERMINAL_STATUSES, JobChange
 from service.jobs.status_machine import apply_change
-from service.outputs.upkeep import OutputUpkeep
 from service.usecases.fal_news import change_from_status, completion_change
 from service.usecases.follow_jobs import FollowTarget, JobFollower
-from service.usecases.receive_webhook import WebhookIntake
+
+if TYPE_CHECKING:
+    from service.outputs.upkeep import OutputUpkeep
+    from service.usecases.receive_webhook import WebhookIntake
 
 log = logging.getLogger(__name__)
 

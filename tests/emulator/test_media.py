@@ -27,7 +27,7 @@ def parse_png(data: bytes) -> tuple[int, int, bytes]:
         if kind == b"IDAT":
             idat += payload
         pos += 12 + length
-    assert list(chunks)[0] == b"IHDR" and list(chunks)[-1] == b"IEND"
+    assert next(iter(chunks)) == b"IHDR" and list(chunks)[-1] == b"IEND"
     width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
     assert (depth, colour) == (8, 3) and len(chunks[b"PLTE"]) == 256 * 3  # 8-bit palette indices
     return width, height, zlib.decompress(idat)
