@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 PREFIX = "fal_jobs_"
 
-# Latency buckets: a webhook ACK is ~1-20 ms here; a fal call up to tens of seconds.
+# Latency buckets: from a webhook's ACK (milliseconds) to a fal call (up to tens of seconds).
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 JOB_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600)
 

@@ -44,8 +44,8 @@ def database_is_local(settings: Settings) -> bool:
 
 def process_count(settings: Settings) -> int:
     """WEB_CONCURRENCY, else one process per usable core (at most 8), or per two cores when
-    Postgres runs on the same machine: measured on 2 cores with a local Postgres, 1 process took
-    1,311 webhooks/s, 2 took 1,175/s and 4 took 893/s (bench/webhooks.py --processes N)."""
+    Postgres runs on the same machine: there more processes take CPU from Postgres, and fewer
+    webhooks go through (docs/benchmarks.md, the scale-out table)."""
     if settings.web_concurrency:
         return settings.web_concurrency
     cores = usable_cores()

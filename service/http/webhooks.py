@@ -7,8 +7,8 @@ dropped silently.
 
 A bare ASGI handler, not a Litestar route with a signature: every fal job ends here, and the
 handler needs only the raw body and the headers. Litestar's signature parsing, dependency
-resolution and response building cost ~170 µs of CPU per request on a 2-core machine (an
-`@asgi` route against a `@post` one answering the same bytes), a third of the webhook's CPU. What
+resolution and response building were, measured against an `@asgi` route answering the same
+bytes, a large share of the webhook's CPU (docs/benchmarks.md has the webhook figures). What
 this path keeps from Litestar: routing, the middleware (one log line per request, metrics,
 security headers) and the exception handlers, so refusals have the one error shape. Its OpenAPI
 operation is written in `service/http/openapi.py`.

@@ -54,8 +54,8 @@ async def upload(store: ObjectStore, key: str, chunks: AsyncIterator[bytes], thr
 class _Handoff:
     """Pieces from the loop to an upload's thread, at most `capacity` waiting. The loop never
     blocks: when the queue is full it awaits a future that the thread completes once the queue
-    has drained to half, one wake-up per few pieces and none while the loop keeps up. (Polling
-    every 5 ms instead measured no cheaper and added up to 5 ms of idle per full queue.)"""
+    has drained to half, one wake-up per few pieces and none while the loop keeps up. (Polling on
+    a timer instead measured no cheaper and left the loop idle while the queue sat full.)"""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
         self._loop = loop
@@ -112,8 +112,8 @@ def _set_once(future: asyncio.Future[None]) -> None:
 
 async def _hashed_pieces(chunks: AsyncIterator[bytes], hash_: Callable[[bytes], None]) -> AsyncIterator[bytes]:
     """The socket's ~64 KiB chunks in pieces of PIECE_BYTES, hashed on the way. Each piece
-    crosses from asyncio into obstore, so fewer, larger ones cost less (bench/outputs.py: 64 KiB
-    pieces cost the most CPU per GB, 256 KiB the least of 128 KiB to 4 MiB). Hashed here, on the
+    crosses from asyncio into obstore, so fewer, larger ones cost less (bench/outputs.py chose
+    PIECE_BYTES as the cheapest size per GB). Hashed here, on the
     loop: in the upload's thread it measured slower, as obstore copies each piece again there."""
     pending: list[bytes] = []
     pending_bytes = 0

@@ -5,12 +5,9 @@ Why: through obstore's put, the event loop that reads the socket also joined the
 pieces, hashed them and handed them over, and obstore copied each piece again before writing it.
 Here the loop only copies what the socket gives into 1 MiB buffers, up to four used in turn; one
 worker thread hashes and writes each full buffer while the loop fills the next (hashlib and file
-writes release the GIL). Measured with bench/outputs.py on a shared 2-core machine, against
-obstore's put: at 50 and 500 MB the copier's event loop spends 0.3-1.1 s less CPU per GB, a copy
-adds ~3.5 MB of RSS instead of 7-13 MB, and the copies kept up with the floor (1.04-1.19) where
-obstore's put measured 0.87-1.03 in the same hours; the process's CPU per GB is about the same
-or a little higher (what the loop no longer does, the thread does). At 1 MB both are at ~0.7-0.8
-of the floor.
+writes release the GIL). The event loop spends less CPU per GB and a copy holds less memory than
+through obstore's put; the process as a whole spends about as much (what the loop no longer does,
+the thread does). docs/benchmarks.md has the outputs bench's figures.
 
 The guarantees are LocalStore's own: the file appears whole or not at all (written under a
 staging name in the same folder, then `os.replace`d, atomic within one filesystem), and the
@@ -42,16 +39,16 @@ if TYPE_CHECKING:
 BATCH_BYTES = 1024 * 1024
 """What the thread is handed at a time. Batches, not the socket's ~64 KiB chunks: each hand-off
 wakes a thread and passes the GIL back and forth, which per chunk cost more CPU than the hashing
-it moved off the loop; 256 KiB batches measured dearer than 1 MiB, 2 and 4 MiB no cheaper."""
+it moved off the loop; smaller batches measured dearer, larger ones no cheaper."""
 BUFFERS = 4
 """Buffers of BATCH_BYTES an upload fills in turn, its memory bound: the loop fills one while the
 thread works through the others, so a thread that is late (a busy machine) stalls the loop only
-once all are full. With two (one filling, one being written) 500 MB copies measured 0.67-1.05 of
-the floor from run to run, with four 1.00-1.07 (on other hours: partly the machine's load)."""
+once all are full. With two (one filling, one being written) large copies fell behind the floor
+from run to run; with four they kept up."""
 
 SPARE_BUFFERS = BUFFERS
-"""Buffers a process keeps for later uploads once one ends (4 MiB, idle): a fresh 1 MiB buffer
-costs ~0.5 ms of page faults as it is first filled here, ~4 % of a 1 MB copy."""
+"""Buffers a process keeps for later uploads once one ends: a fresh buffer pays its page faults as
+it is first filled, a visible share of a small copy."""
 _SPARE: list[memoryview] = []
 """Taken and given back only on the event loop's thread."""
 

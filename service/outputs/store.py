@@ -8,9 +8,9 @@ GCS and Azure come from their usual environment variables (`AWS_ACCESS_KEY_ID`,
 `AWS_ENDPOINT_URL`, `GOOGLE_SERVICE_ACCOUNT`, …), which obstore reads itself.
 
 We call obstore's synchronous API in threads of our own rather than its asyncio one: a process
-that has awaited obstore's coroutines aborts (SIGABRT) at interpreter exit about one time in ten
-(obstore 0.12.1, measured with a bare put), which would make every shutdown a coin toss; the
-synchronous calls never did (0 in 30). Bytes still stream: an upload's thread pulls pieces that
+that has awaited obstore's coroutines sometimes aborts (SIGABRT) at interpreter exit (obstore
+0.12.1, seen with a bare put), which would make every shutdown a gamble; the synchronous calls
+never did. Bytes still stream: an upload's thread pulls pieces that
 the event loop hands it (obstore_upload.py), a read's pieces are pulled one at a time.
 
 Uploads into a local folder (the default) skip obstore: a thread of ours hashes and writes a
