@@ -3,8 +3,9 @@
 Only the standard library is used until we run inside `.venv`, so that a fresh machine with
 nothing but python3 and pip gets from a clone to a running service in one command. Installs come
 from the lock files with plain pip (`pip install -r requirements/<set>.lock`, then the project
-itself with `--no-deps`): `test` installs the dev set, every other command only what serving
-needs. A second run skips the install unless the lock file, pyproject.toml or Python changed.
+itself with `--no-deps`): `test` and `check` install the dev set, every other command only what
+serving needs. A second run skips the install unless the lock file, pyproject.toml or Python
+changed.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _in_project_venv() -> bool:
 
 def main() -> None:
     if os.environ.get("FAL_JOBS_NO_VENV") != "1":
-        dependency_set = "dev" if sys.argv[1:2] == ["test"] else "runtime"
+        dependency_set = "dev" if sys.argv[1:2] in (["test"], ["check"]) else "runtime"
         if not _in_project_venv():
             _ensure_venv(dependency_set)
             os.chdir(ROOT)

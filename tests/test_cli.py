@@ -53,3 +53,19 @@ def test_a_numeric_setting_of_nan_or_inf_stops_the_cli_naming_the_variable(datab
     refused = cli("migrate", database_url=database_url, RECONCILE_INTERVAL_S=value)
     assert refused.returncode == 2 and "configuration error: RECONCILE_INTERVAL_S" in refused.stderr, refused.stderr
     assert value not in refused.stderr.split("RECONCILE_INTERVAL_S", 1)[1], "the message names the rule, not the value"
+
+
+def test_check_runs_ruff_and_mypy_and_both_pass(database_url: str) -> None:
+    checked = cli("check", database_url=database_url)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "fal-jobs: checks passed: ruff, mypy" in checked.stderr
+    assert "Success: no issues found" in checked.stdout, checked.stdout
+
+
+def test_check_runs_every_check_and_fails_naming_the_ones_that_failed(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli.check import run_checks
+
+    code = run_checks([("first", ("-c", "raise SystemExit(3)")), ("second", ("-c", "print('ran')")),
+                       ("third", ("-c", "raise SystemExit(1)"))])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == "fal-jobs: check failed: first, third (its output above says what to fix)"

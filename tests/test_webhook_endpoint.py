@@ -365,3 +365,18 @@ async def test_only_post_is_taken_and_options_says_so(service: RunningServer, ht
     assert response.headers["x-request-id"] and response.headers["x-content-type-options"] == "nosniff"
     options = await http.options(f"{service.url}/api/webhooks/fal")
     assert options.status_code == 204 and options.headers["allow"] == "OPTIONS, POST"
+
+
+async def test_a_websocket_handshake_is_refused(service: RunningServer) -> None:
+    """An ASGI route is offered WebSocket handshakes too: the webhook never accepts one."""
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET /api/webhooks/fal HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 403"), status_line

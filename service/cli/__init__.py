@@ -1,4 +1,4 @@
-"""The command line: run, serve, migrate, test, users, keys, outputs. Parsing and dispatch live
+"""The command line: run, serve, migrate, test, check, users, keys, outputs. Parsing and dispatch live
 here; each family of commands in a module of its own."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from service.cli.check import cmd_check
 from service.cli.database import cmd_migrate
 from service.cli.outputs import cmd_outputs_gc, cmd_outputs_retry
 from service.cli.run import cmd_run, cmd_serve
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="serve only (the Procfile's web process): WEB_CONCURRENCY processes")
     commands.add_parser("migrate", help="apply the database migrations")
     commands.add_parser("test", help="run the test suite; every argument after it goes to pytest")
+    commands.add_parser("check", help="run the static checks: ruff on the project, mypy on service/")
     users = commands.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
     create = users.add_parser("create", help="create a user and print its API key once")
     create.add_argument("name")
@@ -87,7 +89,8 @@ def main(argv: list[str]) -> int:
 
 
 def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
-    handlers = {"run": cmd_run, "serve": cmd_serve, "migrate": cmd_migrate, "test": cmd_test, "keys": cmd_keys}
+    handlers = {"run": cmd_run, "serve": cmd_serve, "migrate": cmd_migrate, "test": cmd_test, "check": cmd_check,
+                "keys": cmd_keys}
     if args.command == "users":
         user_handlers = {"create": cmd_users_create, "sign-in": cmd_users_sign_in, "list": cmd_users_list,
                          "disable": cmd_users_disable, "enable": cmd_users_disable, "limits": cmd_users_limits}

@@ -148,6 +148,10 @@ class DatabasePool(asyncpg.pool.Pool):
     """asyncpg's pool whose `acquire` (and so `fetch`, `fetchval`, … too) waits at most
     `acquire_timeout_s`, in turn, discards interrupted connections and raises `DatabaseUnavailable`."""
 
+    # asyncpg's own attributes (set in its __init__; asyncpg ships no types), declared for the checker.
+    _queue: asyncpg.pool._PoolConnectionHolderQueue
+    _maxsize: int
+
     def __init__(self, *args: Any, acquire_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.acquire_timeout_s = acquire_timeout_s
@@ -160,7 +164,7 @@ class DatabasePool(asyncpg.pool.Pool):
         while not holders.empty():
             self._queue.put_nowait(holders.get_nowait())
 
-    def acquire(self, *, timeout: float | None = None) -> _Lease:  # type: ignore[override]
+    def acquire(self, *, timeout: float | None = None) -> _Lease:
         return _Lease(self, self.acquire_timeout_s if timeout is None else timeout)
 
 

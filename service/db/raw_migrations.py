@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.engine.finder import engine_finder
+from piccolo.engine.postgres import PostgresEngine
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -24,6 +25,9 @@ async def run_sql(sql: str) -> None:
     engine = engine_finder()
     if engine is None:
         raise RuntimeError("piccolo_conf.py defines no database engine")
+    if not isinstance(engine, PostgresEngine):
+        raise RuntimeError(f"piccolo_conf.py's DB must be a PostgresEngine, not {type(engine).__name__}: "
+                           "the raw SQL migrations are PostgreSQL's")
     connection = await engine.get_new_connection()
     try:
         await connection.execute(sql)

@@ -32,6 +32,13 @@ DEFAULT_IMAGE_SIZE = "landscape_4_3"
 SAMPLE_MP4_NAME = "sample.mp4"
 
 
+def _side(size: dict[object, object], name: str) -> int:
+    side = size.get(name)
+    if not isinstance(side, int) or isinstance(side, bool) or not 1 <= side <= MAX_SIDE:
+        raise ValueError(f"image_size.{name} must be an integer between 1 and {MAX_SIDE}")
+    return side
+
+
 def resolve_image_size(value: object) -> tuple[int, int]:
     """`image_size` as fal accepts it: a preset name or {"width", "height"}; ValueError otherwise."""
     if value is None:
@@ -41,11 +48,7 @@ def resolve_image_size(value: object) -> tuple[int, int]:
             raise ValueError(f"unknown image_size preset {value!r}; expected one of {sorted(IMAGE_SIZE_PRESETS)}")
         return IMAGE_SIZE_PRESETS[value]
     if isinstance(value, dict):
-        width, height = value.get("width"), value.get("height")
-        for name, side in (("width", width), ("height", height)):
-            if not isinstance(side, int) or isinstance(side, bool) or not 1 <= side <= MAX_SIDE:
-                raise ValueError(f"image_size.{name} must be an integer between 1 and {MAX_SIDE}")
-        return width, height  # type: ignore[return-value]
+        return _side(value, "width"), _side(value, "height")
     raise ValueError("image_size must be a preset name or an object with width and height")
 
 

@@ -132,11 +132,11 @@ class FalGateway:
             raise FalRequestFailed(error.status_code, _detail(error)) from None
         if isinstance(status, fal_client.Queued):
             return FalStatus(status="IN_QUEUE", request_id=request_id, queue_position=status.position)
+        if not isinstance(status, (fal_client.InProgress, fal_client.Completed)):
+            raise TypeError(f"fal-client answered a status of an unknown kind: {type(status).__name__}")
         logs = msgspec.convert(status.logs, list[FalLogLine] | None)
         if isinstance(status, fal_client.InProgress):
             return FalStatus(status="IN_PROGRESS", request_id=request_id, logs=logs)
-        if not isinstance(status, fal_client.Completed):
-            raise TypeError(f"fal-client answered a status of an unknown kind: {type(status).__name__}")
         return FalStatus(status="COMPLETED", request_id=request_id, logs=logs, error=status.error, error_type=status.error_type)
 
     async def stream_status(self, model_id: str, request_id: str) -> AsyncIterator[FalStatus]:

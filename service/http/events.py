@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -20,6 +20,11 @@ from service.jobs.models import JOB_STATUSES, JOB_TYPES
 from service.realtime.admission import Admission, Ticket
 from service.realtime.hub import Hub, ResumePoint
 from service.realtime.streams import JobAlreadyFinished, LiveStream, open_job_stream, open_user_stream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from service.realtime.streams import Outgoing
 
 
 async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTokens, scope: str, token: str | None) -> Caller:
@@ -45,7 +50,7 @@ class AdmittedStream:
         self._ticket = ticket
         ticket.close = stream.close  # a revoked credential ends the stream
 
-    def __aiter__(self):  # type: ignore[no-untyped-def]
+    def __aiter__(self) -> AsyncIterator[Outgoing]:
         return self._stream.__aiter__()
 
     def close(self) -> None:

@@ -6,13 +6,18 @@ a 400. What a client also needs, and Schemathesis checks against the live servic
 answers with the one error shape `{status, error, message}`, the constraints the controllers
 enforce (request id pattern, enums, ranges, models per job type), and the streams as
 `text/event-stream`.
+
+Those additions are written as the JSON they become. Litestar's spec classes type every field as
+its own dataclasses (`Schema`, `OpenAPIResponse`, ...), but its serializer (`to_schema`) writes a
+dict found in their place as it is; building the dataclasses instead would add their defaults
+(`required: false`, ...) to the document. Each `type: ignore` in this module is such a dict.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar.openapi.spec import OpenAPI, Operation, PathItem
+from litestar.openapi.spec import OpenAPI, OpenAPIResponse, Operation, Parameter, PathItem, SecurityRequirement
 
 from service.jobs.catalog import model_type
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
@@ -40,10 +45,10 @@ SECURITY_SCHEMES: dict[str, Any] = {
                     "description": "A short-lived stream token from POST /api/stream-tokens (EventSource "
                                    "cannot send headers)."},
 }
-API_AUTH = [{"BearerKey": []}, {"SessionCookie": []}]
-STREAM_AUTH = [{"BearerKey": []}, {"StreamToken": []}]
-OUTPUT_AUTH = [{"BearerKey": []}, {"SessionCookie": []}, {"StreamToken": []}]  # a signed link's ?token=
-PUBLIC: list[dict[str, list[str]]] = []
+API_AUTH: list[SecurityRequirement] = [{"BearerKey": []}, {"SessionCookie": []}]
+STREAM_AUTH: list[SecurityRequirement] = [{"BearerKey": []}, {"StreamToken": []}]
+OUTPUT_AUTH: list[SecurityRequirement] = [{"BearerKey": []}, {"SessionCookie": []}, {"StreamToken": []}]  # a signed link's ?token=
+PUBLIC: list[SecurityRequirement] = []
 
 WHY = {
     400: "The request is malformed; the message names the field.",
@@ -62,7 +67,7 @@ WHY = {
 }
 
 # (method, path): security, then the error statuses it answers besides its success.
-ROUTES: dict[tuple[str, str], tuple[list[dict[str, list[str]]], tuple[int, ...]]] = {
+ROUTES: dict[tuple[str, str], tuple[list[SecurityRequirement], tuple[int, ...]]] = {
     ("post", "/api/jobs"): (API_AUTH, (400, 401, 403, 409, 413, 422, 429, 502, 503)),
     ("get", "/api/jobs"): (API_AUTH, (400, 401, 503)),
     ("get", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 404, 429, 503)),
@@ -248,8 +253,9 @@ def _complete_operation(operation: Operation, method: str, path: str) -> None:
     _constrain_parameters(operation, streams)
     if streams:
         ok = responses["200"]
-        ok.content = {"text/event-stream": {"schema": SSE_EVENT}}  # type: ignore[union-attr,assignment]
-        ok.description = "The live stream"  # type: ignore[union-attr]
+        if isinstance(ok, OpenAPIResponse):  # Litestar writes a handler's answer in place, not as a $ref
+            ok.content = {"text/event-stream": {"schema": SSE_EVENT}}  # type: ignore[dict-item]
+            ok.description = "The live stream"
         if path.startswith("/api/jobs/"):
             responses["204"] = {"description": "Resumed after the job's terminal event: nothing more will come; "  # type: ignore[assignment]
                                                "EventSource stops reconnecting."}
@@ -258,6 +264,8 @@ def _complete_operation(operation: Operation, method: str, path: str) -> None:
 def _constrain_parameters(operation: Operation, streams: bool) -> None:
     """The constraints the controllers enforce on each parameter (filters differ on the streams)."""
     for parameter in operation.parameters or []:
+        if not isinstance(parameter, Parameter):  # Litestar writes a handler's parameters in place, never $refs
+            continue
         schema = PARAMETERS.get(parameter.name)
         if parameter.name in ("status", "type"):
             schema = (STREAM_FILTERS if streams else LIST_FILTERS)[parameter.name]
@@ -273,13 +281,14 @@ def _describe_output_download(openapi: OpenAPI) -> None:
     if output is not None and output.get is not None and output.get.responses is not None:
         media = {kind: {"schema": {"type": "string", "format": "binary"}}
                  for kind in ("image/*", "video/*", "audio/*", "application/octet-stream")}
-        output.get.responses.update({  # type: ignore[arg-type]
+        answers = {
             "200": {"description": "The stored copy (its own content type).", "content": media},
             "206": {"description": "The requested Range of the stored copy.", "content": media},
             "304": {"description": "Unchanged since the ETag in If-None-Match."},
             "307": {"description": "Not stored (yet): a redirect to fal's copy, while fal keeps it.",
                     "headers": {"Location": {"schema": {"type": "string"}}}},
-        })
+        }
+        output.get.responses.update(answers)  # type: ignore[arg-type]
 
 
 def _describe_readyz(openapi: OpenAPI) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 _PARAMETER_TYPE = re.compile(r"\{(\w+):[^}]+\}")
@@ -31,7 +32,7 @@ def _allowed(scope: Scope) -> bytes | None:
 
 def options_allow_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "OPTIONS":
             await app(scope, receive, send)
             return
         allowed = _allowed(scope)

@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
@@ -31,7 +32,7 @@ def request_log_middleware(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> 
     """`app` with a log line, metrics and a request id per request, and `headers` on every answer."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:  # the enum member, so the checker narrows Scope to HTTPScope
             await app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")

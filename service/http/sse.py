@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from litestar import Response
 from litestar.types import Receive, Scope, Send
@@ -17,9 +17,12 @@ from litestar.types import Receive, Scope, Send
 from service import metrics
 from service.realtime.streams import Outgoing
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
 
 class ClosableStream(Protocol):
-    def __aiter__(self) -> Any: ...
+    def __aiter__(self) -> AsyncIterator[Outgoing]: ...
     def close(self) -> None: ...
 
 
@@ -56,7 +59,7 @@ class EventStreamASGI:
             # Inside the try: a client gone before the start still closes the stream and its subscription.
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": f"retry: {self._retry_ms}\n\n".encode(), "more_body": True})
-            async for message in self._stream:  # type: ignore[attr-defined]
+            async for message in self._stream:
                 await send({"type": "http.response.body", "body": encode(message), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
@@ -84,5 +87,5 @@ class EventStreamResponse(Response[bytes]):
         self._stream = stream
         self._retry_ms = retry_ms
 
-    def to_asgi_response(self, *args: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+    def to_asgi_response(self, *args: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
         return EventStreamASGI(self._stream, retry_ms=self._retry_ms, headers={**(headers or {}), **dict(self.headers)})

@@ -16,10 +16,13 @@ operation is written in `service/http/openapi.py`.
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgspec
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, MethodNotAllowedException
 from litestar.handlers import asgi
-from litestar.types import Receive, Scope, Send
+from litestar.types import HTTPReceiveMessage, Receive, Scope, Send
 
 from service.usecases.receive_webhook import WebhookReceiver
 
@@ -43,7 +46,8 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
     pieces: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        # Litestar types `receive` for both protocols; on an HTTP request it gives HTTP events only.
+        message = cast("HTTPReceiveMessage", await receive())
         if message["type"] == "http.disconnect":
             raise ClientGone
         piece = message.get("body", b"")
@@ -57,10 +61,13 @@ async def read_body(receive: Receive, limit: int, declared: str | None) -> bytes
 
 @asgi(WEBHOOK_PATH, copy_scope=False)
 async def fal_webhook(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != ScopeType.HTTP:  # an ASGI route is offered WebSocket handshakes too
+        raise MethodNotAllowedException(detail="a WebSocket is not accepted here; fal POSTs its webhooks",
+                                        headers={"Allow": ALLOW.decode()})
     method = scope["method"]
     if method == "OPTIONS":
         await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", ALLOW)]})
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     if method != "POST":
         raise MethodNotAllowedException(detail=f"{method} is not allowed here; fal POSTs its webhooks",
@@ -76,4 +83,4 @@ async def fal_webhook(scope: Scope, receive: Receive, send: Send) -> None:
     content = _encode(await receiver.receive(headers, body))
     await send({"type": "http.response.start", "status": 200,
                 "headers": [_JSON, (b"content-length", b"%d" % len(content))]})
-    await send({"type": "http.response.body", "body": content})
+    await send({"type": "http.response.body", "body": content, "more_body": False})

@@ -36,15 +36,19 @@ def output_path(request_id: str, index: int) -> str:
     return f"/api/jobs/{request_id}/outputs/{index}"
 
 
+_MEDIA_KINDS: dict[str, OutputKind] = {"image": "image", "video": "video", "audio": "audio"}
+"""A content type's major part, or a word in the output's key, that names its kind."""
+
+
 def _kind(key: str, entry: dict[str, Any], url: str) -> OutputKind:
     content_type = entry.get("content_type")
     if isinstance(content_type, str):
-        major = content_type.split("/", 1)[0].lower()
-        if major in ("image", "video", "audio"):
-            return major  # type: ignore[return-value]
-    for marker, kind in (("image", "image"), ("video", "video"), ("audio", "audio")):
+        major = _MEDIA_KINDS.get(content_type.split("/", 1)[0].lower())
+        if major is not None:
+            return major
+    for marker, kind in _MEDIA_KINDS.items():
         if marker in key.lower():
-            return kind  # type: ignore[return-value]
+            return kind
     extension = urlsplit(url).path.rsplit(".", 1)[-1].lower()
     return _EXTENSIONS.get(extension, "other")
 

@@ -42,6 +42,8 @@ from service.outputs.staged_file import local_path, write_staged
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
+    from obstore.store import ClientConfig
+
 T = TypeVar("T")
 
 CALL_TIMEOUT_S = 30.0
@@ -84,7 +86,7 @@ class MediaStore:
             root = Path(local_dir).resolve()
             store: ObjectStore = LocalStore(root, mkdir=True, automatic_cleanup=True)
             return cls(store, description=local_dir, local_root=root)
-        client_options: dict[str, object] = {"timeout": f"{int(CALL_TIMEOUT_S)}s", "connect_timeout": "5s"}
+        client_options: ClientConfig = {"timeout": f"{int(CALL_TIMEOUT_S)}s", "connect_timeout": "5s"}
         if os.environ.get("AWS_ALLOW_HTTP", "").lower() == "true":
             # A client option, which obstore does not take from the environment by itself: for a
             # local S3-compatible server (MinIO, the tests' moto) without TLS.
@@ -94,7 +96,7 @@ class MediaStore:
         elif url.startswith("memory://"):
             store = from_url(url)
         else:
-            store = from_url(url, client_options=client_options)  # type: ignore[arg-type]
+            store = from_url(url, client_options=client_options)
         local_root = Path(store.prefix) if isinstance(store, LocalStore) and store.prefix is not None else None
         return cls(store, description=url.split("?", 1)[0], local_root=local_root)
 

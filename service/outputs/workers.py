@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -135,7 +135,8 @@ class OutputWorkers:
             timeout = self._poll_s if not failures else min(self._poll_s, 2.0**failures)
             if self._next_due is not None:
                 timeout = min(timeout, max(0.0, self._next_due - time.monotonic()))
-            waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait()), *self._running}
+            # The wake-up and the copies: tasks of different result types (Task is invariant in it).
+            waiters: set[asyncio.Task[Any]] = {asyncio.ensure_future(self._wake.wait()), *self._running}
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if self._next_due is not None and self._next_due <= time.monotonic():
                 self._next_due = None

@@ -3,9 +3,14 @@ an event is encoded once however many subscribers receive it."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import msgspec
 
 from service.jobs.models import TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 class JobEvent(msgspec.Struct, frozen=True):
@@ -35,6 +40,6 @@ EVENT_COLUMNS = (
 )
 
 
-def event_from_row(row: object) -> JobEvent:
-    return JobEvent(row["id"], row["request_id"], row["user_id"], row["version"], row["status"], row["type"], row["data"],  # type: ignore[index]
-                    row["outputs_pending"], row["written_at"])  # type: ignore[index]
+def event_from_row(row: Mapping[str, Any]) -> JobEvent:  # an asyncpg Record of EVENT_COLUMNS
+    return JobEvent(row["id"], row["request_id"], row["user_id"], row["version"], row["status"], row["type"], row["data"],
+                    row["outputs_pending"], row["written_at"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -18,13 +18,17 @@ if TYPE_CHECKING:
 
     from service.realtime.hub import Hub
 
+    # What signal.getsignal returns: a handler, SIG_DFL/SIG_IGN (ints), or None for one not set from Python.
+    Handler = Callable[[int, FrameType | None], Any] | int | None
+
 
 def close_streams_on_exit_signal(hub: Hub) -> Callable[[], None]:
     """Chain a handler in front of the current SIGINT/SIGTERM handlers; returns an undo."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Keyed by int: the handler is called with the signal's number.
+    previous: dict[int, Handler] = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(sig: int, frame: FrameType | None) -> None:
         loop.call_soon_threadsafe(hub.shut_down)

@@ -30,7 +30,7 @@ from service.realtime.events import EVENT_COLUMNS, JobEvent, event_from_row
 from service.realtime.hub import Hub, Late, ResumePoint, Signal, Subscription
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Collection, Iterator
+    from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 
     import asyncpg
 
@@ -56,7 +56,7 @@ class LiveStream:
     """An async iterator of `Outgoing` messages; `close()` ends it from outside (a disconnect)."""
 
     def __init__(self, hub: Hub, pool: asyncpg.Pool, subscription: Subscription, *, preamble: list[Outgoing],
-                 initial: list[JobEvent | Late], ends_on_terminal: bool) -> None:
+                 initial: Sequence[JobEvent | Late], ends_on_terminal: bool) -> None:
         self._hub = hub
         self._pool = pool
         self._subscription = subscription

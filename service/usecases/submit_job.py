@@ -17,7 +17,7 @@ from service import metrics
 from service.errors import InvalidRequest
 from service.jobs import queries, reservations
 from service.jobs.catalog import model_type
-from service.jobs.models import Job, JobType, NewJob
+from service.jobs.models import Job, JobMode, JobType, NewJob
 from service.jobs.reservations import Limits, body_digest
 from service.jobs.status_machine import create_job
 from service.usecases.follow_jobs import FollowTarget, JobFollower
@@ -107,7 +107,7 @@ class SubmitJob:
             except Exception:  # it stops counting after reservations.SUBMIT_GRACE anyway
                 log.warning("could not drop a reservation after a refused submit", extra={"action": "release_reservation"})
             raise
-        mode = "webhook" if self._webhook_url else "polling"
+        mode: JobMode = "webhook" if self._webhook_url else "polling"
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 job = await create_job(
