@@ -90,6 +90,12 @@ class FalGateway:
         # fal sends a comment every 15 s on a quiet status stream: a longer silence is a stalled one.
         self._stream_timeout = httpx.Timeout(30.0, read=stream_read_timeout_s)
         self._client = fal_client.AsyncClient(key=key, default_timeout=timeout_s)
+        # Status streams stay open for a job's whole life, one per followed job: on fal-client's
+        # client they would take its pool's connections (100) and leave a submit waiting for one.
+        # They get a client of their own, unbounded here (the followers bound them: MAX_FOLLOWERS).
+        self._streams = httpx.AsyncClient(headers={"Authorization": f"Key {key}", "User-Agent": fal_client.client.USER_AGENT},
+                                          timeout=self._stream_timeout,
+                                          limits=httpx.Limits(max_connections=None, max_keepalive_connections=20))
 
     async def _aimed(self) -> fal_client.AsyncClient:
         """fal-client, aimed at this gateway's queue for the submit about to be made (see above)."""
@@ -106,6 +112,7 @@ class FalGateway:
     async def aclose(self) -> None:
         http = await self._http()
         await http.aclose()
+        await self._streams.aclose()
 
     async def _http(self) -> httpx.AsyncClient:
         return await self._client._client  # fal-client's own client, with our credentials
@@ -115,12 +122,16 @@ class FalGateway:
         """Queue a request and return fal's request id; UpstreamError names fal's refusal."""
         app, path = _app_path(model_id)
         try:
-            handle = await (await self._aimed()).submit(app, arguments, path=path, webhook_url=webhook_url,
-                                                        headers=self._submit_headers)
+            # Bounded like every call to fal (fal-client retries a time-out on its own, for minutes).
+            async with asyncio.timeout(self._call_timeout_s):
+                handle = await (await self._aimed()).submit(app, arguments, path=path, webhook_url=webhook_url,
+                                                            headers=self._submit_headers)
         except fal_client.client.FalClientHTTPError as error:
             raise UpstreamError(f"fal refused the submit: {error.status_code} {_detail(error)}") from None
         except httpx.HTTPError as error:
             raise UpstreamError(f"fal could not be reached: {type(error).__name__}") from None
+        except TimeoutError:
+            raise UpstreamError(f"fal did not take the submit within {self._call_timeout_s:g} s") from None
         return handle.request_id
 
     @metrics.fal_call("status")
@@ -141,9 +152,8 @@ class FalGateway:
 
     async def stream_status(self, model_id: str, request_id: str) -> AsyncIterator[FalStatus]:
         """fal's status stream: one status per change, ending after COMPLETED."""
-        http = await self._http()
         url = f"{self._request_url(model_id, request_id)}/status/stream"
-        async with aconnect_sse(http, "GET", url, params={"logs": "1"}, timeout=self._stream_timeout) as source:
+        async with aconnect_sse(self._streams, "GET", url, params={"logs": "1"}, timeout=self._stream_timeout) as source:
             if source.response.status_code >= 400:
                 await source.response.aread()
                 raise FalRequestFailed(source.response.status_code, _body(source.response))
