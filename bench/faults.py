@@ -267,12 +267,8 @@ class Bench:
         held = HeldRow()
         http = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=in_flight))
         watcher = await asyncpg.connect(self.dsn, server_settings={"application_name": "bench"})
-        jobs = [f"held-{n:03}-{uuid.uuid4()}" for n in range(100)]
+        jobs = await self._held_row_jobs(http, 100)
         connection = await asyncpg.connect(self.dsn, server_settings={"application_name": "bench-holder"})
-        await init_connection(connection)
-        for request_id in jobs:
-            await create_job(connection, NewJob(request_id=request_id, user_id=self.user.user_id, model_id=MODEL,
-                                                type="image", input={"prompt": "held"}, mode="webhook"))
         held_job, others = jobs[0], jobs[1:]
         gate = asyncio.Semaphore(in_flight)
         sampling = asyncio.Event()
@@ -309,6 +305,18 @@ class Bench:
         await http.aclose()
         held.others = len(others)
         return held
+
+    async def _held_row_jobs(self, http: httpx.AsyncClient, count: int) -> list[str]:
+        """Jobs submitted through the service, so that fal (the emulator) knows them as the sweep
+        asks: each held at the end of its queue, so that the only webhooks are the bench's own."""
+        headers = {"Authorization": f"Bearer {self.user.api_key}"}
+        body = {"type": "image", "model_id": MODEL, "input": {"prompt": "held", "fal_emulator": {"hold": True}}}
+        jobs = []
+        for _ in range(count):
+            response = await http.post(f"{self.url}/api/jobs", headers=headers, json=body)
+            response.raise_for_status()
+            jobs.append(response.json()["request_id"])
+        return jobs
 
     async def _sample_connections(self, watcher: asyncpg.Connection, held: HeldRow, sampling: asyncio.Event) -> None:
         """While `sampling` is set: the service's connections by application name, at their peak."""
