@@ -117,7 +117,9 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         intake = WebhookIntake(pool, gateway)
         reconciler = Reconciler(
             pool, gateway, follower, intake,
+            # Its lock's connection answers within the statement time-out too, or the sweep gives up.
             connect_lock=lambda: asyncpg.connect(dsn, timeout=settings.db_connect_timeout_s,
+                                                 command_timeout=settings.db_statement_timeout_s,
                                                  server_settings={"application_name": "fal-jobs-sweep"}),
             overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
             event_retention_days=settings.event_retention_days,
@@ -148,8 +150,7 @@ def _submissions(settings: Settings, fal: FalTarget, pool: DatabasePool, gateway
                  intake: WebhookIntake, follower: JobFollower) -> SubmitJob:
     return SubmitJob(
         pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=fal.webhook_url,
-        limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute,
-                      cancel_hold_max_s=settings.cancel_hold_max_s),
+        limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute),
     )
 
 

@@ -89,7 +89,8 @@ FINISH_BATCHES = Histogram(PREFIX + "finish_batch_jobs",
                            "are counted in finish_batch_failures_total)",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 100))
 FINISH_BATCH_FAILURES = Counter(PREFIX + "finish_batch_failures_total",
-                                "Batches of job ends that failed (each of their webhooks was then applied alone)")
+                                "Batches of job ends that failed (on a held row or a refused value each of their "
+                                "webhooks then went alone; on a sick database each answered 503)")
 LIMIT_REFUSALS = Counter(PREFIX + "limit_refusals_total",
                          "Requests refused with 429 by a limit (open_jobs, jobs_per_minute, streams, waits, downloads)", ["limit"])
 

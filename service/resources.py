@@ -51,10 +51,20 @@ JWKS_HTTP_TIMEOUT_S = 10.0
 MEDIA_HTTP_TIMEOUT_S = 30.0
 
 
+def _log_early_end(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    log.error("a background task ended on its own: %s", task.get_name(), exc_info=error,
+              extra={"action": "background_task_ended", "task": task.get_name()})
+
+
 @asynccontextmanager
 async def running(work: Coroutine[Any, Any, None], *, name: str) -> AsyncIterator[asyncio.Task[None]]:
-    """`work` as a task for as long as the block lasts; cancelled and awaited at its end."""
+    """`work` as a task for as long as the block lasts; cancelled and awaited at its end. A task that
+    ends on its own before then (it should not) is logged at once, not only at shutdown."""
     task = asyncio.create_task(work, name=name)
+    task.add_done_callback(_log_early_end)
     try:
         yield task
     finally:

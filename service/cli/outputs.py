@@ -16,15 +16,21 @@ if TYPE_CHECKING:
 
 
 def cmd_outputs_retry(settings: Settings, args: argparse.Namespace) -> int:
-    from service.outputs.upkeep import redrive_failed
+    from service.outputs.upkeep import REDRIVE_BATCH, redrive_failed
 
     async def work(pool: asyncpg.Pool) -> int:
-        total = 0
+        total, seen = 0, set()
+        # Batch after batch until one is short; an output the running service failed again meanwhile
+        # (seen already) ends the run rather than going round again.
         while batch := await redrive_failed(pool, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
                                             retryable_after_s=None, request_id=args.job, by="command"):
-            for output in batch:
+            fresh = [output for output in batch if (output.request_id, output.index) not in seen]
+            for output in fresh:
                 print(f"{output.request_id} {output.index} was: {output.error or '-'}")
-            total += len(batch)
+                seen.add((output.request_id, output.index))
+            total += len(fresh)
+            if len(batch) < REDRIVE_BATCH or not fresh:
+                break
         print(f"fal-jobs: {total} failed output(s) set pending again; the service's copy workers take them "
               "(only outputs whose fal copy lives, by FAL_MEDIA_EXPIRY_S or fal's 7 days)", file=sys.stderr)
         return 0

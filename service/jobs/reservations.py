@@ -48,8 +48,6 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_open_jobs: int
     max_jobs_per_minute: int
-    cancel_hold_max_s: float = 1800.0
-    """How long a job cancelled while running counts as open at most, when fal's end is not seen."""
 
 
 class Reservation(msgspec.Struct, frozen=True):
