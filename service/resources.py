@@ -148,9 +148,6 @@ async def open_outputs(settings: Settings, pool: DatabasePool, hub: Hub, policy:
                                 fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
                                 store_retry_max_s=settings.output_store_retry_max_s)
         stack.push_async_callback(workers.aclose)
-        # A cancelled run_forever leaves its wait for the wake-up event pending (a task of its
-        # own); waking once it has stopped lets that task end instead of outliving the service.
-        stack.callback(workers.wake)
         hub.observe(workers.on_event)
         await stack.enter_async_context(running(workers.run_forever(), name="outputs"))
         yield store

@@ -426,25 +426,26 @@ async def test_a_subscriber_that_stops_reading_overflows_its_queue_and_gets_a_fr
 
 
 async def test_a_submit_is_not_starved_by_the_status_streams_of_the_open_jobs(
-    service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser,
+    server_dsn: str, fal: FalEmulator, http: httpx.AsyncClient,
 ) -> None:
     """Every open job has its status stream followed; more of them than fal-client's pool holds
     connections (100) must not leave the next submit waiting for one (it waited out its pool
-    time-out: no job and a 502, or no answer at all)."""
-    from service.auth.users import UserLimits, set_limits
-
-    await set_limits(pool, user.name, UserLimits(max_open_jobs=1000, max_jobs_per_minute=1000))
-    follower = service.app.state.follower
-    streaming_before = follower.active
-    queued = [(await submit(http, service.url, user, hold=True))["request_id"] for _ in range(105)]
-    try:
-        async with asyncio.timeout(60):
-            while follower.active < streaming_before + len(queued):
-                await asyncio.sleep(0.05)
-        answer = await http.post(f"{service.url}/api/jobs", headers=bearer(user), timeout=20, json={
-            "type": "image", "model_id": "fal-ai/flux/dev", "input": {"prompt": "past the pool"}})
-        assert answer.status_code == 202, answer.text
-        queued.append(answer.json()["request_id"])
-    finally:
-        for request_id in queued:
-            fal.forget(request_id)
+    time-out: no job and a 502, or no answer at all). A service of its own, so that no other test's
+    jobs take follower slots."""
+    async with scratch_database(server_dsn) as dsn, database_pool(dsn) as pool:
+        user = await create_user(pool, "many-open")
+        async with running_service(dsn, fal, webhooks=True, MAX_OPEN_JOBS_PER_USER="1000",
+                                   MAX_JOBS_PER_MINUTE="1000", MAX_FOLLOWERS="300") as service:
+            follower = service.app.state.follower
+            queued = [(await submit(http, service.url, user, hold=True))["request_id"] for _ in range(105)]
+            try:
+                async with asyncio.timeout(60):
+                    while sum(follower.is_streaming(request_id) for request_id in queued) < len(queued):
+                        await asyncio.sleep(0.05)
+                answer = await http.post(f"{service.url}/api/jobs", headers=bearer(user), timeout=20, json={
+                    "type": "image", "model_id": "fal-ai/flux/dev", "input": {"prompt": "past the pool"}})
+                assert answer.status_code == 202, answer.text
+                queued.append(answer.json()["request_id"])
+            finally:
+                for request_id in queued:
+                    fal.forget(request_id)

@@ -136,13 +136,13 @@ class OutputWorkers:
             if self._next_due is not None:
                 timeout = min(timeout, max(0.0, self._next_due - time.monotonic()))
             # The wake-up and the copies: tasks of different result types (Task is invariant in it).
-            waiters: set[asyncio.Task[Any]] = {asyncio.ensure_future(self._wake.wait()), *self._running}
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            woken: asyncio.Task[Any] = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({woken, *self._running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # cancelled too (shutdown): the wake-up's own task must not outlive the loop
+                woken.cancel()
             if self._next_due is not None and self._next_due <= time.monotonic():
                 self._next_due = None
-            for waiter in waiters:
-                if waiter not in self._running:
-                    waiter.cancel()
 
     async def aclose(self) -> None:
         """Stop copying and hand the claims back, so another process takes them at once."""
