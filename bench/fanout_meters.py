@@ -5,7 +5,6 @@ many transactions the bench database committed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from bench.harness import Service, machine_busy_s, proc_cpu_s
+from bench.harness import Service, machine_busy_s, postgres_cpu_s
 
 if TYPE_CHECKING:
     from bench.fanout_report import Row
@@ -21,18 +20,6 @@ if TYPE_CHECKING:
 STATS_QUIET_S = 11.0
 """A Postgres backend that goes idle less than 1 s after its last statistics flush flushes its
 pending counts 10 s later (PGSTAT_IDLE_INTERVAL): windows that must be exact wait this long."""
-
-
-def postgres_cpu_s(pids: Sequence[int]) -> float:
-    """CPU seconds of those Postgres backends that run on this machine (0 for a remote server)."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{pid}/comm") as comm:
-                if not comm.read().startswith("postgres"):
-                    continue
-            total += proc_cpu_s(pid)
-    return total
 
 
 @dataclass
@@ -50,8 +37,9 @@ class CpuMeter:
 
     def start(self) -> CpuMeter:
         self.wall, self.bench = time.perf_counter(), time.process_time()
-        self.service, self.postgres, self.machine = (self.service_under_test.cpu_split(), postgres_cpu_s(self.pg_pids),
-                                                     machine_busy_s())
+        # A remote server's CPU cannot be read from here: it counts as 0 in this table.
+        self.service, self.postgres, self.machine = (self.service_under_test.cpu_split(),
+                                                     postgres_cpu_s(self.pg_pids) or 0.0, machine_busy_s())
         return self
 
     def stop(self, row: Row, pg_pids: Sequence[int]) -> None:
@@ -61,7 +49,7 @@ class CpuMeter:
         row.cpu_service_sys_s = service[1] - self.service[1]
         # Backends that appeared during the window count from their start (their whole life).
         new = [pid for pid in pg_pids if pid not in self.pg_pids]
-        row.cpu_postgres_s = postgres_cpu_s(self.pg_pids) - self.postgres + postgres_cpu_s(new)
+        row.cpu_postgres_s = (postgres_cpu_s(self.pg_pids) or 0.0) - self.postgres + (postgres_cpu_s(new) or 0.0)
         row.cpu_machine_s = machine_busy_s() - self.machine
         row.cpu_other_s = row.cpu_machine_s - row.cpu_bench_s - row.cpu_service_s - row.cpu_postgres_s
         window = time.perf_counter() - self.wall

@@ -81,6 +81,20 @@ def proc_cpu_s(pid: int) -> float:
     return sum(proc_cpu_split(pid))
 
 
+def postgres_cpu_s(pids: Sequence[int]) -> float | None:
+    """CPU seconds of those of `pids` that are Postgres processes on this machine; None when none is
+    (a remote server: its CPU cannot be read from here)."""
+    total, seen = 0.0, False
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/comm") as comm:
+                if not comm.read().startswith("postgres"):
+                    continue
+            total += proc_cpu_s(pid)
+            seen = True
+    return total if seen else None
+
+
 def rss_kib(pid: int | str = "self") -> int:
     try:
         with open(f"/proc/{pid}/status") as status:

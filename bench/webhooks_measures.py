@@ -3,21 +3,13 @@ this process, the service, the database's Postgres processes and the rest of the
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-from bench.harness import Service, percentile, proc_cpu_s
-
-
-def postgres_cpu_s(pids: Sequence[int]) -> float | None:
-    """CPU of the given Postgres processes (None when /proc does not show them: a remote server)."""
-    if not pids or not any(os.path.exists(f"/proc/{pid}") for pid in pids):
-        return None
-    return sum(proc_cpu_s(pid) for pid in pids)
+from bench.harness import Service, percentile, postgres_cpu_s
 
 
 async def postgres_pids(pool: asyncpg.Pool) -> list[int]:
