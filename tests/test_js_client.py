@@ -5,7 +5,7 @@ wheel and the package installed by `npm ci` from its lock file.
 The node tests reach the service through a TCP proxy they can cut (FAL_JOBS_URL), or directly
 (FAL_JOBS_DIRECT_URL), and step the world through a control URL of this file's
 (FAL_JOBS_CONTROL_URL): new users with their own limits, held fal requests released, the proxy cut,
-down or up. Stream tokens live STREAM_TOKEN_TTL_S = 2 s here, so a token expires mid-stream.
+down or up. Stream tokens live STREAM_TOKEN_TTL_S = 3 s here, so a token expires mid-stream.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.proxy import TcpProxy
 
 live = pytest.mark.asyncio(loop_scope="session")
 
-TOKEN_TTL_S = "2"
+TOKEN_TTL_S = "3"
 NODE_TESTS = sorted(path.name for path in (JS_CLIENT / "test").glob("*.test.js"))
 NODE_RUN_LIMIT_S = 240
 
