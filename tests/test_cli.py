@@ -55,10 +55,10 @@ def test_a_numeric_setting_of_nan_or_inf_stops_the_cli_naming_the_variable(datab
     assert value not in refused.stderr.split("RECONCILE_INTERVAL_S", 1)[1], "the message names the rule, not the value"
 
 
-def test_check_runs_ruff_and_mypy_and_both_pass(database_url: str) -> None:
+def test_check_runs_ruff_mypy_and_tsc_and_all_pass(database_url: str) -> None:
     checked = cli("check", database_url=database_url)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "fal-jobs: checks passed: ruff, mypy" in checked.stderr
+    assert "fal-jobs: checks passed: ruff, mypy, tsc" in checked.stderr
     assert "Success: no issues found" in checked.stdout, checked.stdout
 
 

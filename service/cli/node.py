@@ -57,7 +57,6 @@ def node_env(base: dict[str, str] | None = None) -> dict[str, str]:
 def _wanted(package: Path) -> str:
     digest = hashlib.sha256((package / "package.json").read_bytes())
     digest.update((package / "package-lock.json").read_bytes())
-    digest.update(node_executable().name.encode())
     return digest.hexdigest()
 
 

@@ -30,7 +30,8 @@ export interface FalJobsClientOptions {
   retryDelayMs?: number;
   /** A Retry-After longer than this is not waited out: the error is thrown, with its `retryAfterMs`. */
   maxRetryAfterMs?: number;
-  /** Told before each retry and each stream reconnect that follows a refusal or a failure. */
+  /** Told before each retry of a call, and before each new try to open a stream that was refused
+   * (429, 5xx) or could not connect. */
   onRetry?: (info: RetryInfo) => void;
   fetch?: FetchLike;
   /** JSON.parse unless given: a lossless parser keeps integers beyond 2^53 (fal's seeds) exact. */
