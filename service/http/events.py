@@ -13,6 +13,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from service.auth.callers import Caller, caller_for_credential
 from service.auth.stream_tokens import USER_SCOPE, StreamTokens, job_scope
 from service.errors import InvalidRequest, NotAuthenticated
+from service.http.cors import stream_cors
 from service.http.dependencies import CallerDependency, PoolDependency, bearer_caller
 from service.http.sse import EventStreamResponse
 from service.jobs import queries
@@ -99,7 +100,8 @@ class StreamToken(msgspec.Struct):
 class EventsController(Controller):
     tags = ["live"]
 
-    @get("/api/jobs/{request_id:str}/events", summary="One job's live status (SSE): snapshot, changes, end")
+    @get("/api/jobs/{request_id:str}/events", summary="One job's live status (SSE): snapshot, changes, end",
+         middleware=[stream_cors])
     async def job_events(
         self, request: Request, pool: PoolDependency, hub: NamedDependency[Hub], tokens: NamedDependency[StreamTokens],
         admission: NamedDependency[Admission], request_id: FromPath[str],
@@ -121,7 +123,7 @@ class EventsController(Controller):
             raise
         return EventStreamResponse(AdmittedStream(stream, ticket))
 
-    @get("/api/events", summary="All of the caller's jobs, live (SSE); stays open")
+    @get("/api/events", summary="All of the caller's jobs, live (SSE); stays open", middleware=[stream_cors])
     async def user_events(
         self, request: Request, pool: PoolDependency, hub: NamedDependency[Hub], tokens: NamedDependency[StreamTokens],
         admission: NamedDependency[Admission],
