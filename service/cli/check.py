@@ -1,5 +1,6 @@
 """`check`: the static checks, ruff on the project and mypy on service/, configured in pyproject.toml,
-and `tsc --noEmit` over the TypeScript client in clients/js (service/cli/node.py).
+and `tsc --noEmit` over the TypeScript client in clients/js and over the Next.js example in
+examples/nextjs (service/cli/node.py).
 
 They run from the project's virtualenv (the dev set, which `python3 -m service` installs for this
 command as for `test`), so every machine checks with the versions the lock file pins.
@@ -21,6 +22,7 @@ CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ruff", ("-m", "ruff", "check", ".")),
     ("mypy", ("-m", "mypy")),
     ("tsc", ("-m", "service.cli.node", "typecheck")),
+    ("tsc examples/nextjs", ("-m", "service.cli.node", "typecheck-example")),
 )
 """Each check's name and its arguments to this interpreter (mypy's files come from pyproject.toml)."""
 
