@@ -23,6 +23,9 @@ CREATE TABLE fal_uploads (
     store_key text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz NOT NULL,
+    -- INPUT_DELIVERY=fal_cdn: the copy on fal's CDN, reused until it would expire.
+    cdn_url text,
+    cdn_expires_at timestamptz,
     UNIQUE (user_id, sha256)
 );
 CREATE INDEX fal_uploads_by_user ON fal_uploads (user_id, created_at DESC);

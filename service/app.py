@@ -23,6 +23,7 @@ from service.auth.callers import revoked_among
 from service.auth.stream_tokens import StreamTokens
 from service.db.embedded import start_embedded_postgres
 from service.db.pool import DatabasePool
+from service.fal.cdn import FalCdn
 from service.fal.gateway import FalGateway
 from service.fal.signatures import WebhookVerifier
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
@@ -58,10 +59,17 @@ from service.resources import (
     sampling_pool_metrics,
 )
 from service.serving import check_can_serve
-from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, load_settings
+from service.settings import (
+    FAL_CDN_URL_DEFAULT,
+    FAL_JWKS_URL_DEFAULT,
+    FAL_QUEUE_URL_DEFAULT,
+    FAL_REST_URL_DEFAULT,
+    Settings,
+    load_settings,
+)
 from service.uploads.intake import UploadLimits
 from service.uploads.library import Uploads
-from service.uploads.references import SignedLinks, UploadInputs
+from service.uploads.references import Delivery, FalCdnCopies, SignedLinks, UploadInputs
 from service.usecases.cancel_job import CancelJob
 from service.usecases.delete_job import DeleteJob
 from service.usecases.follow_jobs import JobFollower
@@ -91,6 +99,8 @@ class FalTarget(msgspec.Struct, frozen=True):
     emulator_media_base: str | None
     public_url: str | None = None
     """Where fal reaches us: APP_URL, or this process when the emulator is mounted here."""
+    rest_url: str = FAL_REST_URL_DEFAULT
+    cdn_url: str = FAL_CDN_URL_DEFAULT
 
 
 def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget:
@@ -107,6 +117,8 @@ def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget
         webhook_url=f"{public_url}{WEBHOOK_PATH}" if public_url else None,
         emulator_media_base=emulator.media_base if emulator else settings.emulator_media_url,
         public_url=public_url,
+        rest_url=settings.fal_rest_url or (emulator.base_url if emulator else FAL_REST_URL_DEFAULT),
+        cdn_url=settings.fal_cdn_url or (emulator.base_url if emulator else FAL_CDN_URL_DEFAULT),
     )
 
 
@@ -148,7 +160,7 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
             listener=listener, media=MediaAccess(pool, store), media_policy=media_policy,
             webhooks=WebhookReceiver(WebhookVerifier(keyring, expected_user_id=fal.webhook_user_id), intake),
             submissions=_submissions(settings, fal, pool, gateway, intake, follower,
-                                     UploadInputs(uploads, SignedLinks(input_tokens, fal.public_url))),
+                                     UploadInputs(uploads, await _input_delivery(settings, fal, uploads, input_tokens, stack))),
             uploads=uploads, input_tokens=input_tokens,
             cancellations=CancelJob(pool, gateway, follower, cancel_hold_max_s=settings.cancel_hold_max_s),
             deletions=DeleteJob(pool, store),
@@ -166,6 +178,16 @@ def _submissions(settings: Settings, fal: FalTarget, pool: DatabasePool, gateway
         limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute),
         inputs=inputs,
     )
+
+
+async def _input_delivery(settings: Settings, fal: FalTarget, uploads: Uploads, input_tokens: StreamTokens,
+                          stack: AsyncExitStack) -> Delivery:
+    """How `upload:<id>` inputs reach fal (INPUT_DELIVERY)."""
+    if settings.input_delivery == "signed_url":
+        return SignedLinks(input_tokens, fal.public_url)
+    cdn = FalCdn(key=fal.key, rest_url=fal.rest_url, cdn_url=fal.cdn_url, expiry_s=settings.fal_media_expiry_s)
+    stack.push_async_callback(cdn.aclose)
+    return FalCdnCopies(uploads, cdn, lifetime_s=settings.fal_copy_lifetime_s)
 
 
 def _uploads(settings: Settings, pool: DatabasePool, store: MediaStore) -> Uploads:

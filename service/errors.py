@@ -93,4 +93,4 @@ class Unprocessable(InvalidRequest):
     """Well-formed, but its content cannot be used (an image too large to decode, an input naming an
     upload that is not the caller's)."""
 
-    code = "unprocessable"
+    code = "invalid_request"

@@ -52,13 +52,21 @@ def media_dir() -> Path:
 async def start(database_url: str, fal: FalEmulator, media_dir: Path, **overrides: str) -> RunningServer:
     from service.app import create_app
 
-    return await serve(lambda url: create_app(fal_settings(database_url, fal, url, MEDIA_DIR=str(media_dir),
-                                                           **overrides)))
+    values = {"MEDIA_DIR": str(media_dir), "FAL_REST_URL": fal.base_url, "FAL_CDN_URL": fal.base_url, **overrides}
+    return await serve(lambda url: create_app(fal_settings(database_url, fal, url, **values)))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def uploads_service(database_url: str, fal: FalEmulator, media_dir: Path) -> AsyncIterator[RunningServer]:
-    running = await start(database_url, fal, media_dir)
+    running = await start(database_url, fal, media_dir, INPUT_DELIVERY="signed_url")
+    yield running
+    await running.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def cdn_service(database_url: str, fal: FalEmulator, media_dir: Path) -> AsyncIterator[RunningServer]:
+    """The default delivery: inputs go to fal's CDN (the emulator's), as fal-client uploads them."""
+    running = await start(database_url, fal, media_dir, FAL_MEDIA_EXPIRY_S="7200")
     yield running
     await running.stop()
 
@@ -114,7 +122,7 @@ async def test_an_upload_is_sniffed_stored_listed_served_and_deleted(
 
 @pytest.mark.parametrize(("body", "content_type", "status", "error"), [
     (b"<!doctype html><html><script>alert(1)</script></html>" * 20, "image/png", 415, "unsupported_media_type"),
-    (png_header_claiming(30_000, 30_000), "image/png", 422, "unprocessable"),
+    (png_header_claiming(30_000, 30_000), "image/png", 422, "invalid_request"),
 ])
 async def test_a_bad_upload_is_refused_and_nothing_is_stored(
     uploads_service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser, media_dir: Path,
@@ -210,6 +218,31 @@ async def test_an_image_to_video_job_from_an_upload_reaches_the_model(
     assert (await http.get(f"{uploads_service.url}/api/uploads/{upload_id}?token=x{token}")).status_code == 401
 
 
+async def test_through_fal_cdn_the_file_is_uploaded_once_and_the_model_fetches_it(
+    cdn_service: RunningServer, http: httpx.AsyncClient, fal: FalEmulator, user: NewUser,
+) -> None:
+    png = solid_png(16, 16, (0, 128, 255))
+    digest = hashlib.sha256(png).hexdigest()
+    upload_id = (await upload(http, cdn_service.url, user, png)).json()["upload_id"]
+    jobs = []
+    for _ in range(2):
+        created = await submit(http, cdn_service.url, user, {"prompt": "p", "image_url": f"upload:{upload_id}"})
+        assert created.status_code == 202, created.text
+        jobs.append(created.json()["request_id"])
+    on_cdn = [f for f in fal.storage.files.values() if f.sha256 == digest]
+    assert len(on_cdn) == 1  # the second job reused the CDN's copy
+    assert on_cdn[0].content_type == "image/png" and on_cdn[0].name == f"{upload_id}.png"
+    assert on_cdn[0].lifecycle == '{"expiration_duration_seconds": 7200}'
+    for request_id in jobs:
+        job = (await http.get(f"{cdn_service.url}/api/jobs/{request_id}?wait=60", headers=bearer(user))).json()
+        assert job["status"] == "completed", job
+        assert job["input"]["image_url"] == f"upload:{upload_id}"
+        sent = fal.requests[request_id].input["image_url"]
+        assert sent == f"{fal.base_url}/files/{on_cdn[0].file_id}/{upload_id}.png"
+        assert [(f.status, f.sha256) for f in fal.input_fetches if f.request_id == request_id] == [(200, digest)]
+        assert job["result"]["video"]["file_name"] == "from-0080ff.mp4"
+
+
 async def test_an_upload_that_is_not_yours_or_gone_is_never_sent_to_fal(
     uploads_service: RunningServer, http: httpx.AsyncClient, fal: FalEmulator, user: NewUser, other_user: NewUser,
 ) -> None:
@@ -255,3 +288,20 @@ async def test_expired_uploads_go_unless_an_open_job_uses_them(
     left = [u["upload_id"] for u in (await http.get(f"{url}/api/uploads", headers=bearer(owner))).json()["uploads"]]
     assert left == [kept] and gone not in left
     assert len(stored_files(media_dir, owner)) == 1
+
+
+async def test_the_python_client_uploads_a_path_or_bytes(
+    uploads_service: RunningServer, http: httpx.AsyncClient, user: NewUser, tmp_path: Path,
+) -> None:
+    from service.client import FalJobsClient, FalJobsError
+
+    png = solid_png(20, 10, (1, 2, 3))
+    (tmp_path / "in.png").write_bytes(png)
+    async with FalJobsClient(uploads_service.url, user.api_key) as client:
+        from_path = await client.upload(tmp_path / "in.png")
+        from_bytes = await client.upload(png)
+        assert from_path.upload_id == from_bytes.upload_id
+        assert (from_path.content_type, from_path.width, from_path.height, from_path.size) == ("image/png", 20, 10, len(png))
+        with pytest.raises(FalJobsError) as refused:
+            await client.upload(b"plain text, not a picture")
+        assert refused.value.status == 415

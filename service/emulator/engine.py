@@ -29,6 +29,7 @@ from .inputs import InputFetch, fetch_image, takes_image
 from .pacing import Pace, queue_and_run, request_faults
 from .records import AppRef, EmulatedRequest, QueueError, SubmitRecord, new_request, split_model_path
 from .signing import KeySet
+from .storage_routes import StorageState
 from .webhooks import FAL_RETRY_SCHEDULE_S, WebhookSender
 from .wire import DeliveryAttempt, StatusResponse, SubmitResponse, WebhookBody
 
@@ -61,6 +62,8 @@ class FalEmulator:
         self.requests: dict[str, EmulatedRequest] = {}
         self.deliveries: list[DeliveryAttempt] = []
         self.submissions: list[SubmitRecord] = []
+        self.storage = StorageState()
+        """fal's storage for input files: tokens handed out and files uploaded (storage_routes.py)."""
         self.input_fetches: list[InputFetch] = []
         """Every input URL a run fetched (image-to-video and image-to-image models)."""
         # The last media paths fetched (tests look for one); bounded, since the demo runs for days.

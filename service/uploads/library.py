@@ -48,6 +48,8 @@ class StoredUpload(msgspec.Struct, frozen=True):
     upload: Upload
     user_id: str
     store_key: str
+    cdn_url: str | None = None
+    cdn_expires_at: datetime | None = None
 
 
 _COLUMNS = "upload_id, content_type, size, sha256, width, height, created_at, expires_at"
@@ -140,11 +142,16 @@ class Uploads:
         by its caller) is NotFound, like their jobs."""
         check_upload_id(upload_id)
         row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS}, user_id, store_key FROM fal_uploads WHERE upload_id = $1", upload_id,
-            timeout=DB_TIMEOUT_S)
+            f"SELECT {_COLUMNS}, user_id, store_key, cdn_url, cdn_expires_at FROM fal_uploads WHERE upload_id = $1",
+            upload_id, timeout=DB_TIMEOUT_S)
         if row is None or (user_id is not None and row["user_id"] != user_id):
             raise NotFound(f"upload {upload_id!r} not found")
-        return StoredUpload(upload=_upload(row), user_id=row["user_id"], store_key=row["store_key"])
+        return StoredUpload(upload=_upload(row), user_id=row["user_id"], store_key=row["store_key"],
+                            cdn_url=row["cdn_url"], cdn_expires_at=row["cdn_expires_at"])
+
+    async def remember_cdn_copy(self, upload_id: str, url: str, expires_at: datetime) -> None:
+        await self._pool.execute("UPDATE fal_uploads SET cdn_url = $2, cdn_expires_at = $3 WHERE upload_id = $1",
+                                 upload_id, url, expires_at, timeout=DB_TIMEOUT_S)
 
     async def delete(self, user_id: str, upload_id: str) -> None:
         check_upload_id(upload_id)

@@ -5,6 +5,7 @@ missing, deleted or another user's is refused before anything reaches fal, namin
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -16,8 +17,13 @@ if TYPE_CHECKING:
     import asyncpg
 
     from service.auth.stream_tokens import StreamTokens
+    from service.fal.cdn import FalCdn
     from service.uploads.library import StoredUpload, Uploads
 
+CDN_REUSE_MARGIN_S = 24 * 3600.0
+EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif",
+              "video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm", "audio/wav": ".wav",
+              "audio/mpeg": ".mp3"}
 REFERENCE = re.compile(r"^upload:([A-Za-z0-9_-]{1,64})$")
 LINK_CREDENTIAL = "upload-input"
 """The credential a signed input link carries: made for fal at submit, by no key or session."""
@@ -74,6 +80,32 @@ class SignedLinks:
         token, _ = self._tokens.issue(Caller(user_id=stored.user_id, credential=LINK_CREDENTIAL),
                                       upload_scope(stored.upload.upload_id))
         return f"{self._public_url}/api/uploads/{stored.upload.upload_id}?token={token}"
+
+
+class FalCdnCopies:
+    """`INPUT_DELIVERY=fal_cdn`: the file goes to fal's CDN as fal's own clients upload it; the CDN's
+    URL is kept per upload and reused while fal keeps the copy (FAL_MEDIA_EXPIRY_S, else 7 days)."""
+
+    def __init__(self, uploads: Uploads, cdn: FalCdn, *, lifetime_s: int) -> None:
+        self._uploads = uploads
+        self._cdn = cdn
+        self._lifetime_s = lifetime_s
+
+    async def url(self, stored: StoredUpload) -> str:
+        now = datetime.now(UTC)
+        # Reused only with room left for the job to wait in fal's queue and run.
+        margin = timedelta(seconds=min(CDN_REUSE_MARGIN_S, self._lifetime_s / 2))
+        if stored.cdn_url is not None and stored.cdn_expires_at is not None and stored.cdn_expires_at - margin > now:
+            return stored.cdn_url
+        upload = stored.upload
+        pieces = await self._uploads.store.read(stored.store_key, 0, upload.size)
+        try:
+            url = await self._cdn.upload(pieces, size=upload.size, content_type=upload.content_type,
+                                         file_name=f"{upload.upload_id}{EXTENSIONS.get(upload.content_type, '')}")
+        finally:
+            await pieces.aclose()
+        await self._uploads.remember_cdn_copy(upload.upload_id, url, now + timedelta(seconds=self._lifetime_s))
+        return url
 
 
 class ResolvedInput(msgspec.Struct, frozen=True):
