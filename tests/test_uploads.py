@@ -166,6 +166,27 @@ async def test_a_body_over_the_limit_is_refused_without_reading_the_rest(
     assert staging == []
 
 
+async def test_a_form_upload_streams_its_file_part(
+    uploads_service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser, media_dir: Path,
+) -> None:
+    url, png = uploads_service.url, solid_png(30, 20, (4, 5, 6))
+    answer = await http.post(f"{url}/api/uploads", headers=bearer(user), data={"note": "a field first"},
+                             files={"file": ("photo.png", png, "image/png")})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["sha256"] == hashlib.sha256(png).hexdigest() and answer.json()["size"] == len(png)
+    assert (await http.get(f"{url}/api/uploads/{answer.json()['upload_id']}", headers=bearer(user))).content == png
+    no_file = await http.post(f"{url}/api/uploads", headers=bearer(user), data={"note": "x"},
+                              files={"other": (None, b"not a file")})
+    assert no_file.status_code == 400 and "no file part" in no_file.json()["message"]
+    html = await http.post(f"{url}/api/uploads", headers=bearer(user),
+                           files={"file": ("x.png", b"<html><body>hi</body></html>", "image/png")})
+    assert html.status_code == 415
+    big = await http.post(f"{url}/api/uploads", headers=bearer(user),
+                          files={"file": ("big.png", solid_png(8, 8, (0, 0, 0)) + bytes(60 * MiB), "image/png")})
+    assert big.status_code == 413
+    assert len(stored_files(media_dir, user)) == 1 and await rows_of(pool, user) == 1
+
+
 async def test_the_daily_quota_holds_across_processes(
     database_url: str, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser, media_dir: Path,
 ) -> None:

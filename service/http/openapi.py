@@ -88,7 +88,7 @@ ROUTES: dict[tuple[str, str], tuple[list[SecurityRequirement], tuple[int, ...]]]
     ("delete", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 403, 404, 409, 503)),
     ("get", "/api/jobs/{request_id}/outputs/{index}"): (OUTPUT_AUTH, (400, 401, 404, 410, 412, 416, 503)),
     ("post", "/api/jobs/{request_id}/outputs/{index}/link"): (API_AUTH, (400, 401, 403, 404, 503)),
-    ("post", "/api/uploads"): (API_AUTH, (401, 403, 413, 415, 422, 429, 503)),
+    ("post", "/api/uploads"): (API_AUTH, (400, 401, 403, 413, 415, 422, 429, 503)),
     ("get", "/api/uploads"): (API_AUTH, (401, 503)),
     ("get", "/api/uploads/{upload_id}"): (OUTPUT_AUTH, (401, 404, 412, 416, 429, 503)),
     ("delete", "/api/uploads/{upload_id}"): (API_AUTH, (401, 403, 404, 503)),
@@ -312,7 +312,10 @@ def _describe_uploads(openapi: OpenAPI) -> None:
     create = paths["/api/uploads"].post if "/api/uploads" in paths else None
     if create is not None:
         kinds = ("application/octet-stream", "image/*", "video/*", "audio/*")
-        create.request_body = RequestBody(content=dict.fromkeys(kinds, binary), required=True)
+        form: Any = {"schema": {"type": "object", "required": ["file"],
+                                "properties": {"file": {"type": "string", "format": "binary"}}}}
+        create.request_body = RequestBody(content={**dict.fromkeys(kinds, binary), "multipart/form-data": form},
+                                          required=True)
     read = paths["/api/uploads/{upload_id}"].get if "/api/uploads/{upload_id}" in paths else None
     if read is not None and read.responses is not None:
         media = {kind: binary for kind in ("image/*", "video/*", "audio/*")}

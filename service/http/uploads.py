@@ -15,6 +15,7 @@ from service.auth.stream_tokens import StreamTokens
 from service.http.dependencies import CallerDependency, provide_caller
 from service.http.ranged import serve_stored
 from service.realtime.admission import Admission
+from service.uploads.form import check_form_length, file_part, is_form
 from service.uploads.library import Upload, Uploads
 from service.uploads.references import upload_scope
 
@@ -32,12 +33,19 @@ class UploadsController(Controller):
 
     # The body streams into the store and is counted there (MAX_UPLOAD_BYTES): no cap of Litestar's.
     @post("/", status_code=201, request_max_body_size=None,
-          summary="Upload a file (the raw body) for use as a job input: `upload:<upload_id>`")
+          summary="Upload a file (the raw body, or a multipart/form-data file field) for use as a job input: "
+                  "`upload:<upload_id>`")
     async def create_upload(self, request: Request, caller: CallerDependency,
                             uploads: NamedDependency[Uploads]) -> Upload:
-        length = request.headers.get("content-length")
-        return await uploads.create(caller.user_id, request.stream(),
-                                    content_length=int(length) if length and length.isdigit() else None)
+        header = request.headers.get("content-length")
+        length = int(header) if header and header.isdigit() else None
+        content_type = request.headers.get("content-type")
+        if is_form(content_type):
+            check_form_length(length, uploads.limits.max_bytes)
+            return await uploads.create(caller.user_id, file_part(request.stream(), content_type or "",
+                                                                  max_bytes=uploads.limits.max_bytes),
+                                        content_length=None)
+        return await uploads.create(caller.user_id, request.stream(), content_length=length)
 
     @get("/", summary="The caller's uploads, newest first")
     async def list_uploads(self, caller: CallerDependency, uploads: NamedDependency[Uploads]) -> UploadList:
