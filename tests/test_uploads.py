@@ -52,7 +52,7 @@ def media_dir() -> Path:
 async def start(database_url: str, fal: FalEmulator, media_dir: Path, **overrides: str) -> RunningServer:
     from service.app import create_app
 
-    values = {"MEDIA_DIR": str(media_dir), "FAL_REST_URL": fal.base_url, "FAL_CDN_URL": fal.base_url, **overrides}
+    values = {"MEDIA_DIR": str(media_dir), **overrides}
     return await serve(lambda url: create_app(fal_settings(database_url, fal, url, **values)))
 
 
