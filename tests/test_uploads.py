@@ -326,3 +326,20 @@ async def test_the_python_client_uploads_a_path_or_bytes(
         with pytest.raises(FalJobsError) as refused:
             await client.upload(b"plain text, not a picture")
         assert refused.value.status == 415
+
+
+async def test_signed_links_need_a_public_app_url(
+    database_url: str, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser, media_dir: Path,
+) -> None:
+    from service.app import create_app
+
+    running = await serve(lambda url: create_app(fal_settings(database_url, fal, None, MEDIA_DIR=str(media_dir),
+                                                              INPUT_DELIVERY="signed_url")))
+    try:
+        upload_id = (await upload(http, running.url, user, solid_png(8, 8, (3, 3, 3)))).json()["upload_id"]
+        before = len(fal.submissions)
+        answer = await submit(http, running.url, user, {"prompt": "p", "image_url": f"upload:{upload_id}"})
+        assert answer.status_code == 422 and "APP_URL" in answer.json()["message"]
+        assert len(fal.submissions) == before
+    finally:
+        await running.stop()
