@@ -21,6 +21,7 @@ import msgspec
 from httpx_sse import aconnect_sse
 
 from service.jobs.models import Job
+from service.uploads.library import Upload
 
 if TYPE_CHECKING:
     import os
@@ -100,6 +101,21 @@ class FalJobsClient:
         _raise_for_error(response)
         return msgspec.json.decode(response.content, type=Job)
 
+    async def upload(self, file: str | os.PathLike[str] | bytes) -> Upload:
+        """Upload a file (a path, streamed from disk, or bytes) for use as a job input: name it in
+        `input` as `f"upload:{upload.upload_id}"`. The service reads its type from the bytes."""
+        headers = {**self._headers, "Content-Type": "application/octet-stream"}
+        content: bytes | AsyncIterator[bytes]
+        if isinstance(file, bytes):
+            content = file
+        else:
+            path = Path(file)
+            headers["Content-Length"] = str(path.stat().st_size)
+            content = _file_pieces(path)
+        response = await self._http.post(f"{self._base}/api/uploads", headers=headers, content=content)
+        _raise_for_error(response)
+        return msgspec.json.decode(response.content, type=Upload)
+
     async def get_job(self, request_id: str) -> Job:
         response = await self._http.get(f"{self._base}/api/jobs/{request_id}", headers=self._headers)
         _raise_for_error(response)
@@ -170,3 +186,12 @@ class FalJobsClient:
             raise FalJobsError(508, "too_many_redirects", f"output {n} of job {request_id!r} redirected too often")
         finally:
             partial.unlink(missing_ok=True)
+
+
+UPLOAD_PIECE_BYTES = 1024 * 1024
+
+
+async def _file_pieces(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as file:
+        while piece := await asyncio.to_thread(file.read, UPLOAD_PIECE_BYTES):
+            yield piece

@@ -50,6 +50,8 @@ def standalone_emulator(settings: Settings) -> Iterator[None]:
         _wait_until_up(emulator, base)
         os.environ.update({
             "FAL_KEY": key, "FAL_QUEUE_URL": base, "FAL_JWKS_URL": f"{base}/.well-known/jwks.json",
+            # Input files go to its storage and CDN endpoints (INPUT_DELIVERY=fal_cdn).
+            "FAL_REST_URL": base, "FAL_CDN_URL": base,
             "FAL_WEBHOOK_USER_ID": "fal-emulator-user",
             # Its media is copied into our store like fal's, though it is plain http on loopback.
             "EMULATOR_MEDIA_URL": f"{base}/media",

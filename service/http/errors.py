@@ -24,8 +24,11 @@ from service.errors import (
     InvalidRequest,
     NotAuthenticated,
     NotFound,
+    PayloadTooLarge,
     TooManyRequests,
     Unavailable,
+    Unprocessable,
+    UnsupportedMediaType,
     UpstreamError,
 )
 
@@ -39,6 +42,9 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     Conflict: 409,
     IdempotencyKeyReused: 422,
     TooManyRequests: 429,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unprocessable: 422,
     Gone: 410,
     UpstreamError: 502,
     Unavailable: 503,

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.openapi.spec import OpenAPI, OpenAPIResponse, Operation, Parameter, PathItem, SecurityRequirement
+from litestar.openapi.spec import (
+    OpenAPI,
+    OpenAPIResponse,
+    Operation,
+    Parameter,
+    PathItem,
+    RequestBody,
+    SecurityRequirement,
+)
 
 from service.jobs.catalog import model_type
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
@@ -59,6 +67,7 @@ WHY = {
     413: "The body is larger than this endpoint accepts.",
     410: "The output was deleted with its job.",
     412: "If-Match does not name the output's ETag (its sha256).",
+    415: "The file is not of an accepted type (read from its bytes).",
     416: "The Range lies outside the output.",
     422: "The Idempotency-Key was already used with another request body.",
     429: "A limit (open jobs, jobs per minute, streams per credential) is reached; Retry-After says when to retry.",
@@ -79,6 +88,10 @@ ROUTES: dict[tuple[str, str], tuple[list[SecurityRequirement], tuple[int, ...]]]
     ("delete", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 403, 404, 409, 503)),
     ("get", "/api/jobs/{request_id}/outputs/{index}"): (OUTPUT_AUTH, (400, 401, 404, 410, 412, 416, 503)),
     ("post", "/api/jobs/{request_id}/outputs/{index}/link"): (API_AUTH, (400, 401, 403, 404, 503)),
+    ("post", "/api/uploads"): (API_AUTH, (400, 401, 403, 413, 415, 422, 429, 503)),
+    ("get", "/api/uploads"): (API_AUTH, (401, 503)),
+    ("get", "/api/uploads/{upload_id}"): (OUTPUT_AUTH, (401, 404, 412, 416, 429, 503)),
+    ("delete", "/api/uploads/{upload_id}"): (API_AUTH, (401, 403, 404, 503)),
     ("post", "/api/webhooks/fal"): (PUBLIC, (400, 401, 413, 503)),
     ("get", "/api/session"): ([{"SessionCookie": []}], (401, 503)),
     ("post", "/api/session/sign-out"): (API_AUTH, (401, 403, 503)),
@@ -237,6 +250,7 @@ def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None
                 continue
             _complete_operation(operation, method, path)
     _describe_output_download(openapi)
+    _describe_uploads(openapi)
     _describe_readyz(openapi)
 
 
@@ -289,6 +303,28 @@ def _describe_output_download(openapi: OpenAPI) -> None:
                     "headers": {"Location": {"schema": {"type": "string"}}}},
         }
         output.get.responses.update(answers)  # type: ignore[arg-type]
+
+
+def _describe_uploads(openapi: OpenAPI) -> None:
+    """An upload is the raw body (its type read from the bytes); reading one answers its bytes."""
+    paths = openapi.paths or {}
+    binary: Any = {"schema": {"type": "string", "format": "binary"}}
+    create = paths["/api/uploads"].post if "/api/uploads" in paths else None
+    if create is not None:
+        kinds = ("application/octet-stream", "image/*", "video/*", "audio/*")
+        form: Any = {"schema": {"type": "object", "required": ["file"],
+                                "properties": {"file": {"type": "string", "format": "binary"}}}}
+        create.request_body = RequestBody(content={**dict.fromkeys(kinds, binary), "multipart/form-data": form},
+                                          required=True)
+    read = paths["/api/uploads/{upload_id}"].get if "/api/uploads/{upload_id}" in paths else None
+    if read is not None and read.responses is not None:
+        media = {kind: binary for kind in ("image/*", "video/*", "audio/*")}
+        answers: dict[str, Any] = {
+            "200": {"description": "The upload's bytes (its own content type).", "content": media},
+            "206": {"description": "The requested Range of the upload.", "content": media},
+            "304": {"description": "Unchanged since the ETag in If-None-Match."},
+        }
+        read.responses.update(answers)
 
 
 def _describe_readyz(openapi: OpenAPI) -> None:

@@ -20,6 +20,7 @@ from service.jobs.catalog import model_type
 from service.jobs.models import Job, JobMode, JobType, NewJob
 from service.jobs.reservations import Limits, body_digest
 from service.jobs.status_machine import create_job
+from service.uploads.references import UploadInputs, record_uses
 from service.usecases.follow_jobs import FollowTarget, JobFollower
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class SubmitJob:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, intake: WebhookIntake, follower: JobFollower,
         *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits,
+        inputs: UploadInputs | None = None,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -76,6 +78,7 @@ class SubmitJob:
         self._allowed_models = allowed_models
         self._webhook_url = webhook_url
         self._limits = limits
+        self._inputs = inputs
 
     def validate(self, request: CreateJobRequest) -> None:
         if not MODEL_ID_PATTERN.match(request.model_id):
@@ -94,13 +97,16 @@ class SubmitJob:
         """Reserve within the user's limits, submit to fal, record the job; or replay the job an
         earlier request with the same Idempotency-Key created."""
         self.validate(request)
+        # `upload:<id>` strings become URLs fal can fetch; the job keeps the references.
+        resolved = await self._inputs.resolve(user_id, request.input) if self._inputs else None
         reservation = await reservations.reserve(
             self._pool, user_id, digest=body_digest(request), idempotency_key=idempotency_key, defaults=self._limits
         )
         if reservation.replay_of is not None:
             return Created(job=await queries.get_job(self._pool, user_id, reservation.replay_of), replayed=True)
         try:
-            request_id = await self._gateway.submit(request.model_id, request.input, self._webhook_url)
+            request_id = await self._gateway.submit(request.model_id, resolved.input if resolved else request.input,
+                                                    self._webhook_url)
         except BaseException:
             try:
                 await reservations.cancel(self._pool, reservation.id)
@@ -116,6 +122,8 @@ class SubmitJob:
                            input=request.input, mode=mode),
                 )
                 await reservations.fulfil(connection, reservation.id, request_id)
+                if resolved is not None:
+                    await record_uses(connection, request_id, resolved.upload_ids)
         except Exception:
             # fal has the request but we could not record it: do not leave it running unowned.
             try:
