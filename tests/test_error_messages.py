@@ -71,7 +71,7 @@ async def test_outputs_of_an_unfinished_job_are_409_naming_its_state(
     state = status or "pending"
     download = await http.get(f"{service_url}/api/jobs/{request_id}/outputs/0", headers=bearer(user))
     assert_error(download, 409, f"job '{request_id}' is {state}; its outputs exist once it is completed")
-    assert f"?wait=" in download.json()["message"]
+    assert "?wait=" in download.json()["message"]
     link = await http.post(f"{service_url}/api/jobs/{request_id}/outputs/0/link", headers=bearer(user))
     assert_error(link, 409, f"is {state}")
 

@@ -8,7 +8,6 @@ import zlib
 import fal_client
 import httpx
 import pytest
-
 from fal_client.client import FalClientHTTPError
 
 from service.emulator import FalEmulator
