@@ -169,6 +169,16 @@ async def test_video_job_plays(signed_in: Any) -> None:
     assert played["error"] is None and played["at"] > 9.5, played
 
 
+async def test_image_has_the_size_asked_for(signed_in: Any) -> None:
+    page = (await signed_in()).page
+    await page.get_by_test_id("image-size").select_option("portrait_16_9")
+    request_id = await submit(page, prompt="a tall lighthouse", extra={"fal_emulator": {"queue_ms": 0, "run_ms": 0}})
+    image = card(page, request_id).get_by_test_id("job-image")
+    await expect_(image).to_have_js_property("complete", True)
+    # What Chromium decoded from the PNG the emulator drew: fal's portrait_16_9 preset.
+    assert await image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [576, 1024]
+
+
 async def test_failed_job_shows_its_error(signed_in: Any) -> None:
     page = (await signed_in()).page
     request_id = await submit(page, prompt="this one fails", extra={"fal_emulator": {"outcome": "error"}})
