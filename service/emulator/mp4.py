@@ -81,8 +81,8 @@ class Sample:
             raise ValueError("the sample must be one chunk of equal-length frames with one key frame, first")
         (offset,) = _u32s(leaves[b"stco"], 8, 1)
         self.frames = [data[start:start + size] for start, size in zip(_offsets(offset, sizes), sizes, strict=True)]
-        for kind, at in ((b"mvhd", 0), (b"tkhd", 0), (b"mdhd", 0)):
-            if self._leaf(kind)[at] != 0:
+        for kind in (b"mvhd", b"tkhd", b"mdhd", b"elst"):
+            if self._leaf(kind)[0] != 0:
                 raise ValueError(f"the sample's {kind.decode()} must be version 0 (32-bit times)")
         (self.movie_timescale,) = _u32s(self._leaf(b"mvhd"), 12, 1)
         (self.media_timescale,) = _u32s(self._leaf(b"mdhd"), 12, 1)
