@@ -50,6 +50,11 @@ async def test_the_document_declares_auth_errors_and_streams(service: RunningSer
                 schema = response["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, f"{method} {path} {status}"
     assert document["paths"]["/api/jobs/{request_id}/result"]["get"]["responses"].keys() >= {"200", "404", "409"}
+    # An output asked for before its job completed is 409, and a created job's 202 says where it is.
+    for method, path in (("get", "/api/jobs/{request_id}/outputs/{index}"), ("post", "/api/jobs/{request_id}/outputs/{index}/link")):
+        assert "409" in document["paths"][path][method]["responses"], f"{method} {path}"
+    created = document["paths"]["/api/jobs"]["post"]["responses"]["202"]
+    assert created["headers"]["Location"]["schema"] == {"type": "string"}
     for path in ("/api/events", "/api/jobs/{request_id}/events"):
         assert list(document["paths"][path]["get"]["responses"]["200"]["content"]) == ["text/event-stream"]
     assert document["components"]["schemas"]["ErrorBody"]["required"] == ["status", "error", "message"]

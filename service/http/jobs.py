@@ -74,7 +74,9 @@ class JobsController(Controller):
         job = job_view(created.job)
         token, expires_at = tokens.issue(caller, job_scope(job.request_id))
         body = CreatedJob(**msgspec.structs.asdict(job), stream_token=token, stream_token_expires_at=expires_at)
-        headers = {"Idempotent-Replayed": "true"} if created.replayed else {}
+        headers = {"Location": job.links.self}
+        if created.replayed:
+            headers["Idempotent-Replayed"] = "true"
         return Response(body, status_code=202, headers=headers)
 
     @get("/", summary="The caller's jobs, newest first")

@@ -63,7 +63,8 @@ WHY = {
     401: "Not authenticated, or the credentials are wrong.",
     403: "A session request without its CSRF token.",
     404: "No such job for this caller (another user's job is 404 too).",
-    409: "The job is not in a state that allows this (or the first request with this Idempotency-Key is still submitting).",
+    409: "The job is not in a state that allows this (an output before the job completed, say; or the first "
+         "request with this Idempotency-Key is still submitting).",
     413: "The body is larger than this endpoint accepts.",
     410: "The output was deleted with its job.",
     412: "If-Match does not name the output's ETag (its sha256).",
@@ -86,8 +87,8 @@ ROUTES: dict[tuple[str, str], tuple[list[SecurityRequirement], tuple[int, ...]]]
     ("get", "/api/events"): (STREAM_AUTH, (400, 401, 429, 503)),
     ("post", "/api/stream-tokens"): (API_AUTH, (400, 401, 403, 404, 503)),
     ("delete", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 403, 404, 409, 503)),
-    ("get", "/api/jobs/{request_id}/outputs/{index}"): (OUTPUT_AUTH, (400, 401, 404, 410, 412, 416, 503)),
-    ("post", "/api/jobs/{request_id}/outputs/{index}/link"): (API_AUTH, (400, 401, 403, 404, 503)),
+    ("get", "/api/jobs/{request_id}/outputs/{index}"): (OUTPUT_AUTH, (400, 401, 404, 409, 410, 412, 416, 503)),
+    ("post", "/api/jobs/{request_id}/outputs/{index}/link"): (API_AUTH, (400, 401, 403, 404, 409, 503)),
     ("post", "/api/uploads"): (API_AUTH, (400, 401, 403, 413, 415, 422, 429, 503)),
     ("get", "/api/uploads"): (API_AUTH, (401, 503)),
     ("get", "/api/uploads/{upload_id}"): (OUTPUT_AUTH, (401, 404, 412, 416, 429, 503)),
@@ -251,6 +252,7 @@ def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None
             _complete_operation(operation, method, path)
     _describe_output_download(openapi)
     _describe_uploads(openapi)
+    _describe_created(openapi)
     _describe_readyz(openapi)
 
 
@@ -325,6 +327,16 @@ def _describe_uploads(openapi: OpenAPI) -> None:
             "304": {"description": "Unchanged since the ETag in If-None-Match."},
         }
         read.responses.update(answers)
+
+
+def _describe_created(openapi: OpenAPI) -> None:
+    """A created job's 202 says where the job is (`Location`), as its `links.self` does."""
+    jobs = openapi.paths.get("/api/jobs") if openapi.paths else None
+    created = jobs.post.responses.get("202") if jobs is not None and jobs.post and jobs.post.responses else None
+    if isinstance(created, OpenAPIResponse):  # Litestar writes a handler's answer in place
+        created.headers = {**(created.headers or {}), "Location": {  # type: ignore[dict-item]
+            "description": "the job's URL, `/api/jobs/{request_id}` (its `links.self`)",
+            "schema": {"type": "string"}, "required": True}}
 
 
 def _describe_readyz(openapi: OpenAPI) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
@@ -39,6 +39,13 @@ class CreateJobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     type: JobType
     model_id: str
     input: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    # What a 400 for an unknown field says (service/http/validation.py): the usual slip is a model
+    # parameter (`prompt`) beside `input` rather than in it.
+    unknown_field_hint: ClassVar[str] = (
+        'model parameters go inside `input`, like {"type": "image", "model_id": "fal-ai/flux/schnell", '
+        '"input": {"prompt": "a red fox"}}; the body\'s fields are `type`, `model_id` and `input`'
+    )
 
 
 class Created(msgspec.Struct, frozen=True):
