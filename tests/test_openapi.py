@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.auth.api_keys import NewUser
 from tests.conftest import RunningServer
@@ -54,6 +55,7 @@ async def test_the_document_declares_auth_errors_and_streams(service: RunningSer
     assert document["components"]["schemas"]["ErrorBody"]["required"] == ["status", "error", "message"]
 
 
+@pytest.mark.timeout(300)  # some 800 cases: about a minute alone, two or more on a busy machine
 async def test_schemathesis_finds_no_failure(service: RunningServer, user: NewUser) -> None:
     # SCHEMATHESIS_MAX_EXAMPLES=300 SCHEMATHESIS_SEED=random: a large run on the same live service.
     seed = os.environ.get("SCHEMATHESIS_SEED", "20261201")
