@@ -357,3 +357,27 @@ async def test_the_python_client_sends_tags_and_metadata(service: RunningServer,
         job = await client.create_job("image", "fal-ai/flux/dev", {"prompt": "p"}, tags=["user:7"], metadata={"k": [1]})
         assert (job.tags, job.metadata) == (["user:7"], {"k": [1]})
         assert (await client.get_job(job.request_id)).tags == ["user:7"]
+
+
+async def test_the_migration_gives_older_events_the_defaults(database_url: str, user: NewUser) -> None:
+    """Events written before the migration get `tags: []` and `metadata: {}`, as every later one has
+    them: a stream that replays or snapshots an older job sends the same fields."""
+    import importlib
+
+    migration = importlib.import_module("piccolo_migrations.fal_jobs_2026_12_05t10_00_00_000000_tags_and_metadata")
+    connection = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(RollBack):
+            async with connection.transaction():
+                await connection.execute(migration.BACKWARDS_SQL)
+                await connection.execute("INSERT INTO fal_jobs (request_id, user_id, model_id, type, input) "
+                                         "VALUES ('before-tags', $1, 'fal-ai/flux/dev', 'image', '{}')", user.user_id)
+                before = await connection.fetchval("SELECT data FROM fal_job_events WHERE request_id = 'before-tags'")
+                assert "tags" not in msgspec.json.decode(before)
+                await connection.execute(migration.FORWARDS_SQL)
+                after = msgspec.json.decode(
+                    await connection.fetchval("SELECT data FROM fal_job_events WHERE request_id = 'before-tags'"))
+                assert (after["tags"], after["metadata"], after["request_id"]) == ([], {}, "before-tags")
+                raise RollBack
+    finally:
+        await connection.close()
