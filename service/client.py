@@ -80,11 +80,17 @@ class FalJobsClient:
             await self._http.aclose()
 
     async def create_job(self, type: Literal["image", "video"], model_id: str, input: dict[str, Any], *,
+                         tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
                          idempotency_key: str | None = None, attempts: int = 4) -> Job:
-        """Create a job. Every create carries an Idempotency-Key (a new one unless given), so it is
-        retried safely on a transport error or a 409 "still in progress": fal is paid once."""
+        """Create a job (with your own `tags` and `metadata`, never sent to fal). Every create carries
+        an Idempotency-Key (a new one unless given), so it is retried safely on a transport error or
+        a 409 "still in progress": fal is paid once."""
         headers = {**self._headers, "Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        body = {"type": type, "model_id": model_id, "input": input}
+        body: dict[str, Any] = {"type": type, "model_id": model_id, "input": input}
+        if tags:
+            body["tags"] = tags
+        if metadata:
+            body["metadata"] = metadata
         url = f"{self._base}/api/jobs"
         for attempt in range(1, attempts):
             try:

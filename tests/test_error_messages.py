@@ -36,7 +36,7 @@ async def test_an_enum_error_lists_the_allowed_values(service_url: str, http: ht
     assert_error(job, 400, "type: Invalid enum value 'picture'; expected one of 'image', 'video'")
     # Any Literal field of any body, not only a job's type.
     token = await http.post(f"{service_url}/api/stream-tokens", json={"scope": "everything"}, headers=bearer(user))
-    assert_error(token, 400, "scope: Invalid enum value 'everything'; expected one of 'job', 'user'")
+    assert_error(token, 400, "scope: Invalid enum value 'everything'; expected one of 'job', 'tag', 'user'")
 
 
 async def test_a_prompt_beside_input_is_told_to_go_inside(service_url: str, http: httpx.AsyncClient, user: NewUser) -> None:
@@ -47,7 +47,7 @@ async def test_a_prompt_beside_input_is_told_to_go_inside(service_url: str, http
 
 async def test_an_unknown_field_elsewhere_names_the_fields(service_url: str, http: httpx.AsyncClient, user: NewUser) -> None:
     response = await http.post(f"{service_url}/api/stream-tokens", json={"scope": "user", "job": "x"}, headers=bearer(user))
-    assert_error(response, 400, "body: unknown field `job`; the fields are `scope`, `request_id`")
+    assert_error(response, 400, "body: unknown field `job`; the fields are `scope`, `request_id`, `tag`")
 
 
 @pytest.mark.parametrize(

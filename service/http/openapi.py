@@ -30,6 +30,7 @@ from litestar.openapi.spec import (
 from service.jobs.catalog import model_type
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
 from service.jobs.queries import MAX_PAGE_SIZE, REQUEST_ID_PATTERN
+from service.jobs.tags import MAX_METADATA_BYTES, MAX_TAGS, TAG_PATTERN, TAG_RULE
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -113,7 +114,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "index": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
     # Printable ASCII; HTTP strips a header value's outer spaces, so the document does not offer them.
     "Idempotency-Key": {"type": "string", "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]{0,253}[\\x21-\\x7e])?$"},
+    "tag": {"type": "string", "pattern": TAG_PATTERN.pattern},
 }
+TAG: dict[str, Any] = {"type": "string", "pattern": TAG_PATTERN.pattern, "description": TAG_RULE}
 LIST_FILTERS = {"status": {"type": "string", "enum": list(JOB_STATUSES)}, "type": {"type": "string", "enum": list(JOB_TYPES)}}
 # Comma-separated lists: `?status=pending,failed` (form style, not exploded); left out for no filter.
 STREAM_FILTERS = {
@@ -200,6 +203,9 @@ STREAM_TOKEN_REQUEST: dict[str, Any] = {
          "properties": {"scope": {"const": "user"}, "request_id": {"type": ["string", "null"]}}},
         {"type": "object", "additionalProperties": False, "required": ["scope", "request_id"],
          "properties": {"scope": {"const": "job"}, "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern}}},
+        # The streams of the caller's jobs carrying the tag: each one's, and /api/events?tag=.
+        {"type": "object", "additionalProperties": False, "required": ["scope", "tag"],
+         "properties": {"scope": {"const": "tag"}, "tag": TAG}},
     ],
 }
 
@@ -228,6 +234,13 @@ def _job_request(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     "input": {"type": "object", "description": "the model's input, at most 64 KiB of JSON",
                               "propertyNames": {"pattern": "^[^\\u0000]*$"},
                               "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+                    "tags": {"type": "array", "maxItems": MAX_TAGS, "items": TAG,
+                             "description": "labels of the app's own (`user:123`); duplicates are dropped, "
+                                            "the order is kept"},
+                    "metadata": {"type": "object", "propertyNames": {"pattern": "^[^\\u0000]*$"},
+                                 "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+                                 "description": f"the app's own JSON object, at most {MAX_METADATA_BYTES} bytes "
+                                                "of JSON; stored and returned, never sent to fal"},
                 },
             })
     return {"title": "CreateJobRequest", "oneOf": variants}
