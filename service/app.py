@@ -17,7 +17,6 @@ import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
 from service.auth.callers import revoked_among
 from service.auth.stream_tokens import StreamTokens
@@ -26,6 +25,7 @@ from service.db.pool import DatabasePool
 from service.fal.cdn import FalCdn
 from service.fal.gateway import FalGateway
 from service.fal.signatures import WebhookVerifier
+from service.http.api_docs import api_reference_config
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
 from service.http.errors import EXCEPTION_HANDLERS
 from service.http.events import EventsController
@@ -238,7 +238,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[options_allow_middleware],
-        openapi_config=OpenAPIConfig(title="fal-jobs", version="0.1.0", path="/schema"),
+        openapi_config=api_reference_config(title="fal-jobs", version="0.1.0"),
         logging_config=None,
     )
     # Around the router and its exception handlers, not on the routes: a path no route matches (404)
