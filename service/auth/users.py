@@ -1,5 +1,5 @@
 """Operating on users: list them, disable one (its keys and sessions stop working at once), and
-give one its own limits where the settings' defaults are too tight."""
+give one its own limits where the settings' defaults are too tight. Names compare without case."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ async def set_disabled(pool: asyncpg.Pool, name: str, disabled: bool) -> None:
     open streams close within seconds in every process."""
     done = await pool.fetchval(
         "UPDATE fal_users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END "
-        "WHERE name = $1 RETURNING id",
+        "WHERE lower(name) = lower($1) RETURNING id",
         name, disabled,
     )
     if done is None:
@@ -70,7 +70,7 @@ async def set_limits(pool: asyncpg.Pool, name: str, limits: UserLimits) -> None:
             raise InvalidRequest(f"{field}: must be above 0")
     done = await pool.fetchval(
         "UPDATE fal_users SET max_open_jobs = $2, max_jobs_per_minute = $3, max_streams = $4 "
-        "WHERE name = $1 RETURNING id",
+        "WHERE lower(name) = lower($1) RETURNING id",
         name, limits.max_open_jobs, limits.max_jobs_per_minute, limits.max_streams,
     )
     if done is None:
