@@ -1,19 +1,24 @@
 "use client";
 
+import type { Job } from "@fal-jobs/client";
 import { useState } from "react";
 import type { FormEvent } from "react";
 
 import type { GenerateAnswer } from "./api/generate/route";
 import { JobCard } from "./job-card";
+import type { StreamToken } from "./job-card";
 
-interface Started {
+interface Shown {
   requestId: string;
-  token: { token: string; expires_at: number };
+  /** The token /api/generate answered with, for a job made here. */
+  token?: StreamToken;
+  /** The state the server listed, for a job made before. */
+  initial?: Job;
 }
 
-/** The form, and every job it started in this visit (newest first), each followed live. */
-export function Generator({ serviceUrl }: { serviceUrl: string }) {
-  const [jobs, setJobs] = useState<Started[]>([]);
+/** The form, and the user's jobs (newest first), each followed live until it is done. */
+export function Generator({ serviceUrl, initialJobs }: { serviceUrl: string; initialJobs: Job[] }) {
+  const [jobs, setJobs] = useState<Shown[]>(() => initialJobs.map((job) => ({ requestId: job.request_id, initial: job })));
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
 
@@ -55,9 +60,7 @@ export function Generator({ serviceUrl }: { serviceUrl: string }) {
         {error && <p role="alert">{error}</p>}
       </form>
       <section aria-label="Your jobs" className="jobs">
-        {jobs.map((job) => (
-          <JobCard key={job.requestId} requestId={job.requestId} token={job.token} serviceUrl={serviceUrl} />
-        ))}
+        {jobs.map((job) => <JobCard key={job.requestId} serviceUrl={serviceUrl} {...job} />)}
       </section>
     </>
   );

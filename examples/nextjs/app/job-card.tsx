@@ -1,7 +1,13 @@
 "use client";
 
+import { isSettled } from "@fal-jobs/client";
 import type { Job } from "@fal-jobs/client";
 import { useFalJob } from "@fal-jobs/client/react";
+
+export interface StreamToken {
+  token: string;
+  expires_at: number;
+}
 
 const LABELS: Record<Job["status"], string> = {
   pending: "Queued",
@@ -21,24 +27,30 @@ function media(job: Job): { kind: "image" | "video"; url: string } | null {
   return typeof image === "string" ? { kind: "image", url: image } : null;
 }
 
-async function freshToken(requestId: string): Promise<{ token: string; expires_at: number }> {
-  const answer = await fetch(`/api/stream-token?job=${encodeURIComponent(requestId)}`, { cache: "no-store" });
+/** A new stream token from this app's server (which holds the API key; the browser never does). */
+async function freshToken(): Promise<StreamToken> {
+  const answer = await fetch("/api/stream-token", { cache: "no-store" });
   const body = await answer.json();
   if (!answer.ok) throw new Error(body.message ?? `HTTP ${answer.status}`);
   return body;
 }
 
 /** One job, live: its state as the service streams it, then its picture or video. */
-export function JobCard({ requestId, token, serviceUrl }: {
+export function JobCard({ requestId, serviceUrl, token, initial }: {
   requestId: string;
-  token: { token: string; expires_at: number };
   serviceUrl: string;
+  token?: StreamToken;
+  initial?: Job;
 }) {
-  const { job, connection, error } = useFalJob(requestId, {
+  // A job that was already done when the page was made needs no stream.
+  const doneBefore = initial !== undefined && isSettled(initial);
+  const live = useFalJob(doneBefore ? null : requestId, {
     baseUrl: serviceUrl,
-    token, // the one /api/generate answered: the first connection asks nobody
-    getToken: () => freshToken(requestId),
+    ...(token ? { token } : {}), // the one /api/generate answered: the first connection asks nobody
+    getToken: freshToken,
   });
+  const job = live.job ?? initial ?? null;
+  const connection = doneBefore ? "closed" : live.connection;
   const status = job?.status;
   const done = job ? media(job) : null;
   const prompt = typeof job?.input.prompt === "string" ? job.input.prompt : "";
@@ -57,7 +69,7 @@ export function JobCard({ requestId, token, serviceUrl }: {
       {!done && status !== "failed" && status !== "cancelled" && <progress aria-label={status ?? "connecting"} />}
       {lastLog && !done && <p className="log">{lastLog}</p>}
       {job?.error && <p role="alert">{job.error}</p>}
-      {error && !job && <p role="alert">{error.message}</p>}
+      {live.error && !job && <p role="alert">{live.error.message}</p>}
       <footer><code>{requestId}</code>{prompt && <> · {prompt}</>}</footer>
     </article>
   );

@@ -2,7 +2,7 @@
 // and server components import this file (nothing here reaches the browser's bundle).
 
 import { FalJobsClient } from "@fal-jobs/client";
-import type { CreatedJob, StreamTokenScope } from "@fal-jobs/client";
+import type { Job } from "@fal-jobs/client";
 
 import type { EndUser } from "./end-user";
 
@@ -19,27 +19,27 @@ export function publicServiceUrl(): string {
   return (process.env.FAL_JOBS_PUBLIC_URL || required("FAL_JOBS_URL")).replace(/\/+$/, "");
 }
 
-/**
- * What a browser's stream token opens: here one job's stream. On a service with tag-scoped tokens,
- * `{ scope: "tag", tag: user.tag }` opens the streams of every job of this user (and nothing else),
- * so one token serves all of them: change this line, nothing else.
- */
-export function streamScope(user: EndUser, requestId: string): StreamTokenScope {
-  return { scope: "job", request_id: requestId };
-}
-
+/** What the browser gets to follow its jobs. */
 export interface BrowserToken {
   token: string;
   /** Unix seconds: the browser asks /api/stream-token for a new one before then. */
   expires_at: number;
 }
 
-/** A stream token for `user`'s browser to follow the job `created` (the create's own when it fits). */
-export async function streamTokenFor(user: EndUser, created: CreatedJob): Promise<BrowserToken> {
-  const scope = streamScope(user, created.request_id);
-  if (scope.scope === "job") return { token: created.stream_token, expires_at: created.stream_token_expires_at };
-  const { token, expires_at } = await falJobs().createStreamToken(scope);
+/**
+ * A stream token for `user`'s browser: scoped to the user's tag, it opens the streams of that
+ * user's jobs and of nothing else (not the other users' jobs under the same API key), so one token
+ * serves all of them and the browser can ask for it without saying which job.
+ */
+export async function streamTokenFor(user: EndUser): Promise<BrowserToken> {
+  const { token, expires_at } = await falJobs().createStreamToken({ scope: "tag", tag: user.tag });
   return { token, expires_at };
+}
+
+/** The user's latest jobs (newest first), for the page to start with. */
+export async function recentJobs(user: EndUser, limit = 6): Promise<Job[]> {
+  const page = await falJobs().getJobPage({ tag: user.tag, limit });
+  return page.jobs;
 }
 
 function required(name: string): string {

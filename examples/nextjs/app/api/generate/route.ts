@@ -32,7 +32,7 @@ export async function POST(request: Request): Promise<Response> {
   const user = await signedInUser();
   try {
     const job = await falJobs().createJob({ type, model_id: MODELS[type], input: { prompt }, tags: [user.tag] });
-    const token = await streamTokenFor(user, job);
+    const token = await streamTokenFor(user);
     const answer: GenerateAnswer = {
       request_id: job.request_id, stream_token: token.token, stream_token_expires_at: token.expires_at,
     };
