@@ -3,6 +3,8 @@ wheel (the dev set) ships, so a machine with only python3 and pip type-checks an
 
 `python -m service.cli.node typecheck` is the check `python3 -m service check` runs: `tsc --noEmit`
 over the package, with its own TypeScript (installed by `npm ci` from package-lock.json first).
+`python -m service.cli.node page-client` rebuilds the page's copy of the package's browser side
+(service/web/vendor/fal-jobs-client.js, committed, so `run` needs no Node).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from service.settings import PROJECT_ROOT
 
 JS_CLIENT = PROJECT_ROOT / "clients" / "js"
+PAGE_CLIENT = PROJECT_ROOT / "service" / "web" / "vendor" / "fal-jobs-client.js"
+"""The package's browser side as one ES module, served to the page as /static/vendor/fal-jobs-client.js."""
 _STAMP = ".fal-jobs-installed"
 """In node_modules: the digest of the package.json and lock file it was installed from."""
 
@@ -90,11 +94,25 @@ def typecheck(package: Path = JS_CLIENT) -> int:
     return run_tool(package, "tsc", "--noEmit", "-p", "tsconfig.json")
 
 
+def build_page_client(out: Path = PAGE_CLIENT, package: Path = JS_CLIENT) -> None:
+    """tsc's build of the package, then its browser side bundled into `out` (scripts/bundle-page.js)."""
+    ensure_node_modules(package)
+    for command in ([str(package / "node_modules" / ".bin" / "tsc"), "-p", "tsconfig.json"],
+                    [str(package / "scripts" / "bundle-page.js"), str(out)]):
+        done = subprocess.run([str(node_executable()), *command], cwd=package, env=node_env(),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise NodeMissing(f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+
+
 def main(argv: list[str]) -> int:
-    if argv != ["typecheck"]:
-        print("usage: python -m service.cli.node typecheck", file=sys.stderr)
+    if argv not in (["typecheck"], ["page-client"]):
+        print("usage: python -m service.cli.node typecheck|page-client", file=sys.stderr)
         return 2
     try:
+        if argv == ["page-client"]:
+            build_page_client()
+            return 0
         return typecheck()
     except NodeMissing as exc:
         print(f"fal-jobs: {exc}", file=sys.stderr)
