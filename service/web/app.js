@@ -1,7 +1,11 @@
-// fal-jobs in the browser: a form that submits jobs and a list kept live by ONE EventSource.
+// fal-jobs in the browser: a form that submits jobs and a list kept live by ONE stream, the
+// user's, through the TypeScript client's `subscribeJobs` (clients/js, served as one ES module:
+// tokens, their refresh, resume after the last event id and backoff all live there).
 //
 // Order of work at start: session → stream (wait for its `ready`) → list. Jobs from the list and
 // the stream are merged by request_id, keeping the highest `version`, so overlap is harmless.
+
+import { subscribeJobs } from "/static/vendor/fal-jobs-client.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -19,6 +23,8 @@ const ENDINGS = { completed: "completed", failed: "failed", cancelled: "was canc
 const ANNOUNCEMENTS_KEPT = 3;
 const PAGE_SIZE = 50;
 const READY_WAIT_MS = 5000;
+const RESTART_MS = 5000;
+const CONNECTION_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", closed: "Not connected" };
 
 const state = {
   session: null, // {user_id, name, csrf_token, local_emulator}
@@ -26,10 +32,8 @@ const state = {
   jobs: new Map(), // request_id -> job
   cards: new Map(), // request_id -> card element
   nextCursor: null,
-  source: null, // the one EventSource
-  lastEventId: null,
-  retryMs: 1000,
-  retryTimer: null,
+  subscription: null, // the one stream (subscribeJobs)
+  restartTimer: null,
   stopped: false,
   submitting: false,
 };
@@ -80,7 +84,7 @@ async function start() {
   state.session = session;
   showSignedIn();
   await loadModels();
-  const ready = openStream();
+  const ready = openStream(undefined);
   await Promise.race([ready, delay(READY_WAIT_MS)]);
   await loadJobs();
   setInterval(tickElapsed, 1000);
@@ -270,88 +274,67 @@ async function submitJob(event) {
 
 // ---------------------------------------------------------------- the stream
 
-function setConnection(kind, text) {
+function setConnection(connection) {
   const box = $('[data-testid="connection"]');
-  box.dataset.state = kind;
-  $(".connection-text", box).textContent = text;
+  box.dataset.state = connection === "closed" ? "idle" : connection;
+  $(".connection-text", box).textContent = CONNECTION_TEXT[connection];
 }
 
-/** Opens the user's stream; resolves once it is subscribed (its `ready` or first `open`). */
-function openStream() {
-  return new Promise((resolve) => {
-    connect(resolve);
-  });
-}
-
-async function connect(onReady = () => {}) {
-  if (state.stopped || !state.session) return onReady();
-  setConnection(state.lastEventId === null ? "connecting" : "reconnecting",
-    state.lastEventId === null ? "Connecting…" : "Reconnecting…");
-  let token;
+/** A stream token for the user's stream, on the session cookie; a lost session ends the stream. */
+async function streamToken() {
   try {
-    token = await api("POST", "/api/stream-tokens", { scope: "user" });
+    return await api("POST", "/api/stream-tokens", { scope: "user" });
   } catch (error) {
-    if (error.status === 401) {
-      onReady();
-      return sessionLost();
-    }
-    scheduleReconnect();
-    return onReady();
+    if (error.status === 401) sessionLost();
+    throw error;
   }
-  let url = token.url;
-  if (state.lastEventId !== null) url += `&last_event_id=${encodeURIComponent(state.lastEventId)}`;
-  const source = new EventSource(url);
-  state.source = source;
+}
 
-  const remember = (event) => {
-    if (event.lastEventId) state.lastEventId = event.lastEventId;
-  };
-  source.addEventListener("open", () => {
-    state.retryMs = 1000;
-    setConnection("live", "Live");
-    // A resume (last_event_id) gets no `ready`: being open is enough.
-    if (state.lastEventId !== null) onReady();
-  });
-  source.addEventListener("ready", (event) => {
-    remember(event);
-    setConnection("live", "Live");
-    // A fresh stream only carries changes from its `ready` on: if the list was read before it
-    // (the stream was late or failed at first), read it again so nothing in between is missed.
-    if (state.listLoaded) loadJobs();
-    onReady();
-  });
-  source.addEventListener("job", (event) => {
-    remember(event);
-    upsert(JSON.parse(event.data));
-  });
-  source.addEventListener("error", () => {
-    if (source !== state.source) return;
-    if (source.readyState === EventSource.CLOSED) {
-      // EventSource gave up (e.g. its token expired and the reconnect got 401): new token, resume.
-      state.source = null;
-      scheduleReconnect();
-    } else {
-      // EventSource reconnects by itself, sending Last-Event-ID.
-      setConnection("reconnecting", "Reconnecting…");
-    }
+/** Opens the user's stream; resolves once it is subscribed (its `ready` or a resume's open). */
+function openStream(lastEventId) {
+  return new Promise((resolve) => {
+    if (state.stopped || !state.session) return resolve();
+    setConnection(lastEventId === undefined ? "connecting" : "reconnecting");
+    let subscription = null;
+    subscription = subscribeJobs({
+      getToken: streamToken,
+      lastEventId,
+      onUpdate: upsert,
+      onReady: ({ resumed }) => {
+        // A fresh stream only carries changes from its `ready` on: if the list was read before it
+        // (the stream was late or failed at first), read it again so nothing in between is missed.
+        if (!resumed && state.listLoaded) loadJobs();
+        resolve();
+      },
+      onState: (connection) => {
+        if (subscription !== null && subscription !== state.subscription && state.subscription !== null) return;
+        setConnection(connection);
+        if (connection === "closed") {
+          resolve();
+          restartStream();
+        }
+      },
+    });
+    state.subscription = subscription;
   });
 }
 
-function scheduleReconnect() {
-  if (state.stopped) return;
-  setConnection("reconnecting", "Reconnecting…");
-  clearTimeout(state.retryTimer);
-  const wait = state.retryMs;
-  state.retryMs = Math.min(state.retryMs * 2, 30000);
-  state.retryTimer = setTimeout(() => connect(), wait);
+/** The client gave up (fresh tokens refused again and again): while signed in, a new one resumes. */
+function restartStream() {
+  const old = state.subscription;
+  if (state.stopped || !state.session || !old || !old.error) return;
+  setConnection("reconnecting");
+  clearTimeout(state.restartTimer);
+  state.restartTimer = setTimeout(() => openStream(old.lastEventId), RESTART_MS);
 }
 
 function stopStream() {
   state.stopped = true;
-  clearTimeout(state.retryTimer);
-  if (state.source) state.source.close();
-  state.source = null;
-  setConnection("idle", "Not connected");
+  clearTimeout(state.restartTimer);
+  const subscription = state.subscription;
+  state.subscription = null;
+  if (subscription) subscription.close();
+  setConnection("closed");
 }
 
 // ---------------------------------------------------------------- the list
@@ -452,10 +435,19 @@ function createCard(job) {
     ),
     el("p", { class: "prompt", "data-testid": "job-prompt" }, String(job.input?.prompt ?? "")),
     el("p", { class: "model muted" }, job.model_id),
+    tagList(job),
     el("p", { class: "detail", "data-testid": "job-detail", hidden: true }),
     el("div", { class: "media", "data-testid": "job-media", hidden: true }),
     el("div", { class: "actions" }, cancel, el("span", { class: "action-error", role: "alert" })),
   );
+}
+
+/** The job's tags (the app's labels, fixed at creation), small; none: nothing. */
+function tagList(job) {
+  const tags = Array.isArray(job.tags) ? job.tags.filter((t) => typeof t === "string") : [];
+  if (tags.length === 0) return null;
+  return el("ul", { class: "job-tags", "aria-label": "Tags", "data-testid": "job-tags" },
+    ...tags.map((tag) => el("li", { class: "job-tag" }, tag)));
 }
 
 function badgeText(job) {
