@@ -6,6 +6,7 @@
 // the stream are merged by request_id, keeping the highest `version`, so overlap is harmless.
 
 import { subscribeJobs } from "/static/vendor/fal-jobs-client.js";
+import { imageField, imagePicker } from "/static/image-input.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -36,6 +37,7 @@ const state = {
   restartTimer: null,
   stopped: false,
   submitting: false,
+  picker: null, // the input image, for a model that starts from one
 };
 
 // ---------------------------------------------------------------- HTTP
@@ -102,7 +104,14 @@ function wireStatic() {
   form.addEventListener("submit", submitJob);
   for (const radio of form.elements.type) radio.addEventListener("change", syncKind);
   const model = $('[data-testid="model"]');
-  model.addEventListener("change", () => { model.title = model.value; });
+  model.addEventListener("change", () => {
+    model.title = model.value;
+    syncImageInput();
+  });
+  state.picker = imagePicker($('[data-testid="image-input"]'), {
+    csrfToken: () => state.session?.csrf_token ?? "",
+    onSessionLost: () => sessionLost(),
+  });
 }
 
 function showInvalidLinkNotice(show) {
@@ -189,6 +198,14 @@ function syncKind() {
   );
   if ([...select.options].some((o) => o.value === previous)) select.value = previous;
   select.title = select.value;
+  syncImageInput();
+}
+
+/** The image picker for a model that starts from an image; its frame is the image's, no aspect ratio. */
+function syncImageInput() {
+  const takesImage = imageField($('[data-testid="model"]').value) !== null;
+  $('[data-testid="image-input"]').hidden = !takesImage;
+  $('[data-testid="aspect-ratio-field"]').hidden = takesImage;
 }
 
 function showFormError(message) {
@@ -215,7 +232,7 @@ function readInput(form) {
     }
   } else {
     input.duration = form.elements.duration.value;
-    input.aspect_ratio = form.elements.aspect_ratio.value;
+    if (!imageField(form.elements.model_id.value)) input.aspect_ratio = form.elements.aspect_ratio.value;
   }
   const extraText = form.elements.extra.value.trim();
   if (extraText) {
@@ -251,6 +268,9 @@ async function submitJob(event) {
   button.setAttribute("aria-disabled", "true");
   button.textContent = "Submitting…";
   try {
+    // The input image (an upload under way is waited for); one given in the advanced JSON wins.
+    const field = imageField(request.model_id);
+    if (field && !(field in request.input)) request.input[field] = await state.picker.value();
     // One key per submission: a retry after a dropped connection answers the same job instead of
     // paying fal twice.
     const idempotency = { "Idempotency-Key": crypto.randomUUID() };
@@ -437,9 +457,25 @@ function createCard(job) {
     el("p", { class: "model muted" }, job.model_id),
     tagList(job),
     el("p", { class: "detail", "data-testid": "job-detail", hidden: true }),
-    el("div", { class: "media", "data-testid": "job-media", hidden: true }),
+    el("div", { class: "media-row" }, inputImage(job),
+      el("div", { class: "media", "data-testid": "job-media", hidden: true })),
     el("div", { class: "actions" }, cancel, el("span", { class: "action-error", role: "alert" })),
   );
+}
+
+/** The image the job started from (an upload of ours, or a URL), shown beside its result. */
+function inputImage(job) {
+  const raw = job.input?.image_url;
+  if (typeof raw !== "string" || !raw) return null;
+  const url = raw.startsWith("upload:")
+    ? `/api/uploads/${encodeURIComponent(raw.slice("upload:".length))}` // the session cookie opens it
+    : safeUrl(raw);
+  if (!url) return null;
+  const prompt = String(job.input?.prompt ?? "").trim();
+  return el("figure", { class: "input-image" },
+    el("img", { src: url, alt: `Input image${prompt ? ` for: ${prompt}` : ""}`, loading: "lazy", decoding: "async",
+                "data-testid": "job-input-image" }),
+    el("figcaption", { class: "muted" }, "Input"));
 }
 
 /** The job's tags (the app's labels, fixed at creation), small; none: nothing. */
