@@ -24,6 +24,8 @@ FAL_QUEUE_URL_DEFAULT = "https://queue.fal.run"
 FAL_JWKS_URL_DEFAULT = "https://rest.fal.ai/.well-known/jwks.json"
 FAL_REST_URL_DEFAULT = "https://rest.fal.ai"
 FAL_CDN_URL_DEFAULT = "https://v3.fal.media"
+FAL_SCHEMA_URL_DEFAULT = "https://fal.ai/api/openapi/queue/openapi.json"
+"""fal's public OpenAPI of one endpoint, asked for with `?endpoint_id=<model id>`."""
 FAL_MEDIA_LIFETIME_S = 7 * 24 * 3600
 """fal keeps generated media at least this long unless asked otherwise (its FAQ)."""
 
@@ -33,6 +35,7 @@ DEFAULT_ALLOWED_MODELS = (
     "fal-ai/kling-video/v2.1/master/text-to-video",
     "fal-ai/kling-video/v2.1/master/image-to-video",
     "fal-ai/minimax/video-01",
+    "fal-ai/flux/dev/image-to-image",
 )
 
 
@@ -90,6 +93,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """fal's REST API (storage tokens). Unset: fal's own (FAL_REST_URL_DEFAULT), or the mounted emulator's."""
     fal_cdn_url: HttpUrl | None = None
     """fal's CDN (input uploads). Unset: fal's own (FAL_CDN_URL_DEFAULT), or the mounted emulator's."""
+    fal_schema_url: HttpUrl | None = None
+    """fal's per-endpoint OpenAPI (model input schemas). Unset: fal's own (FAL_SCHEMA_URL_DEFAULT), or the mounted emulator's."""
+    fal_schema_ttl_s: Seconds = 3600.0
+    """A model's input schema is read from fal again after this long (kept in memory meanwhile)."""
     fal_webhook_user_id: str | None = None
     """Our fal account's user id: webhooks signed for any other account are refused (401)."""
     forwarded_allow_ips: str = "127.0.0.1"

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CancelOutcome = Literal["requested", "already_completed", "not_found"]
 RESULT_TIMEOUT_S = 30.0
+SCHEMA_TIMEOUT_S = 5.0
+"""A model's schema is read before a submit: it must not hold the submit long."""
 
 
 class FalRequestFailed(Exception):
@@ -78,8 +80,11 @@ def _detail(error: fal_client.client.FalClientHTTPError) -> Any:
 
 class FalGateway:
     def __init__(self, *, key: str, queue_url: str, timeout_s: float = 30.0, media_expiry_s: int | None = None,
-                 call_timeout_s: float = 30.0, stream_read_timeout_s: float = 60.0) -> None:
+                 call_timeout_s: float = 30.0, stream_read_timeout_s: float = 60.0, schema_url: str | None = None) -> None:
         self._queue_url = queue_url.rstrip("/")
+        self._schema_url = schema_url
+        # fal's model schemas are public: read without our key, on a client of their own.
+        self._public = httpx.AsyncClient(timeout=SCHEMA_TIMEOUT_S, headers={"User-Agent": fal_client.client.USER_AGENT})
         # fal keeps a request's media per this header: once our copy is safe, fal's may go.
         self._submit_headers = {} if media_expiry_s is None else {
             "X-Fal-Object-Lifecycle-Preference": msgspec.json.encode({"expiration_duration_seconds": media_expiry_s}).decode()
@@ -113,6 +118,7 @@ class FalGateway:
         http = await self._http()
         await http.aclose()
         await self._streams.aclose()
+        await self._public.aclose()
 
     async def _http(self) -> httpx.AsyncClient:
         return await self._client._client  # fal-client's own client, with our credentials
@@ -185,6 +191,24 @@ class FalGateway:
         except (httpx.HTTPError, TimeoutError) as error:
             raise UpstreamError(f"fal could not be reached: {type(error).__name__}") from None
         return "requested"
+
+    @metrics.fal_call("schema")
+    async def model_openapi(self, model_id: str) -> Any:
+        """fal's OpenAPI document of one endpoint (`GET {schema_url}?endpoint_id=<id>`: its input and
+        output schemas); UpstreamError when it cannot be had within SCHEMA_TIMEOUT_S."""
+        if self._schema_url is None:
+            raise UpstreamError("no FAL_SCHEMA_URL to read model schemas from")
+        try:
+            async with asyncio.timeout(SCHEMA_TIMEOUT_S):
+                response = await self._public.get(self._schema_url, params={"endpoint_id": model_id})
+        except (httpx.HTTPError, TimeoutError) as error:
+            raise UpstreamError(f"fal's schema could not be read: {type(error).__name__}") from None
+        if response.status_code != 200:
+            raise UpstreamError(f"fal's schema: fal answered {response.status_code}")
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            raise UpstreamError("fal's schema: the answer is not JSON") from None
 
     def _request_url(self, model_id: str, request_id: str) -> str:
         app, _ = _app_path(model_id)

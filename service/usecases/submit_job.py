@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from service.fal.gateway import FalGateway
+    from service.fal.model_schemas import ModelSchemas
     from service.usecases.receive_webhook import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class SubmitJob:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, intake: WebhookIntake, follower: JobFollower,
         *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits,
-        inputs: UploadInputs | None = None,
+        inputs: UploadInputs | None = None, schemas: ModelSchemas | None = None,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -100,6 +101,7 @@ class SubmitJob:
         self._webhook_url = webhook_url
         self._limits = limits
         self._inputs = inputs
+        self._schemas = schemas
 
     def validate(self, request: CreateJobRequest) -> CreateJobRequest:
         """The request as it is stored (tags deduplicated), or InvalidRequest naming the field."""
@@ -122,6 +124,8 @@ class SubmitJob:
         """Reserve within the user's limits, submit to fal, record the job; or replay the job an
         earlier request with the same Idempotency-Key created."""
         request = self.validate(request)
+        if self._schemas is not None:  # the model's own schema (fal's): 422 naming the field, nothing sent
+            await self._schemas.check(request.model_id, request.input)
         # `upload:<id>` strings become URLs fal can fetch; the job keeps the references.
         resolved = await self._inputs.resolve(user_id, request.input) if self._inputs else None
         reservation = await reservations.reserve(
