@@ -203,7 +203,7 @@ function syncKind() {
 
 /** The image picker for a model that starts from an image; its frame is the image's, no aspect ratio. */
 function syncImageInput() {
-  const takesImage = imageField($('[data-testid="model"]').value) !== null;
+  const takesImage = imageField($('[data-testid="model"]').value, state.models) !== null;
   $('[data-testid="image-input"]').hidden = !takesImage;
   $('[data-testid="aspect-ratio-field"]').hidden = takesImage;
 }
@@ -232,7 +232,7 @@ function readInput(form) {
     }
   } else {
     input.duration = form.elements.duration.value;
-    if (!imageField(form.elements.model_id.value)) input.aspect_ratio = form.elements.aspect_ratio.value;
+    if (!imageField(form.elements.model_id.value, state.models)) input.aspect_ratio = form.elements.aspect_ratio.value;
   }
   const extraText = form.elements.extra.value.trim();
   if (extraText) {
@@ -269,7 +269,7 @@ async function submitJob(event) {
   button.textContent = "Submitting…";
   try {
     // The input image (an upload under way is waited for); one given in the advanced JSON wins.
-    const field = imageField(request.model_id);
+    const field = imageField(request.model_id, state.models);
     if (field && !(field in request.input)) request.input[field] = await state.picker.value();
     // One key per submission: a retry after a dropped connection answers the same job instead of
     // paying fal twice.

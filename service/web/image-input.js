@@ -4,12 +4,18 @@
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
-// Until GET /api/models describes each model's input fields, the id says which take an image.
+// A model whose schema the service never had (`fields: null`): the id says whether it takes an image.
 const IMAGE_MODELS = /\/(image-to-video|image-to-image)$/;
 const TYPES = new Set(["image/png", "image/jpeg", "image/webp", "image/gif"]);
 
-/** The input field a model takes its image in, or null when it takes none. */
-export function imageField(modelId) {
+/** The input field a model takes its image in, or null when it takes none: read from the model's
+ * own fields as GET /api/models describes them (`models`, that answer). */
+export function imageField(modelId, models = []) {
+  const model = models.find((entry) => entry.model_id === modelId);
+  if (model && Array.isArray(model.fields)) {
+    const field = model.fields.find((entry) => entry.file === "image");
+    return field ? field.name : null;
+  }
   return IMAGE_MODELS.test(modelId || "") ? "image_url" : null;
 }
 
