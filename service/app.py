@@ -24,6 +24,7 @@ from service.auth.stream_tokens import StreamTokens
 from service.db.embedded import start_embedded_postgres
 from service.db.pool import DatabasePool
 from service.fal.gateway import FalGateway
+from service.fal.pricing import PriceBook
 from service.fal.signatures import WebhookVerifier
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
 from service.http.errors import EXCEPTION_HANDLERS
@@ -56,7 +57,13 @@ from service.resources import (
     sampling_pool_metrics,
 )
 from service.serving import check_can_serve
-from service.settings import FAL_JWKS_URL_DEFAULT, FAL_QUEUE_URL_DEFAULT, Settings, load_settings
+from service.settings import (
+    FAL_API_URL_DEFAULT,
+    FAL_JWKS_URL_DEFAULT,
+    FAL_QUEUE_URL_DEFAULT,
+    Settings,
+    load_settings,
+)
 from service.usecases.cancel_job import CancelJob
 from service.usecases.delete_job import DeleteJob
 from service.usecases.follow_jobs import JobFollower
@@ -81,6 +88,7 @@ class FalTarget(msgspec.Struct, frozen=True):
     key: str
     queue_url: str
     jwks_url: str
+    api_url: str
     webhook_user_id: str | None
     webhook_url: str | None
     emulator_media_base: str | None
@@ -94,6 +102,7 @@ def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget
         # Set URLs win, emulator or not (a standalone emulator, a proxy in front of fal).
         queue_url=settings.fal_queue_url or (emulator.base_url if emulator else FAL_QUEUE_URL_DEFAULT),
         jwks_url=settings.fal_jwks_url or (emulator.jwks_url if emulator else FAL_JWKS_URL_DEFAULT),
+        api_url=settings.fal_api_url or (emulator.base_url if emulator else FAL_API_URL_DEFAULT),
         # The mounted emulator is its own fal account; real fal needs FAL_WEBHOOK_USER_ID to pin ours.
         webhook_user_id=settings.fal_webhook_user_id or (
             emulator.user_id if emulator and settings.fal_jwks_url is None else None),
@@ -110,7 +119,8 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         enter = stack.enter_async_context
         pool = await enter(open_pool(settings, dsn))
         hub, listener = await enter(open_realtime(settings, settings.listen_database_url or dsn))
-        gateway, keyring = await enter(open_fal(settings, key=fal.key, queue_url=fal.queue_url, jwks_url=fal.jwks_url))
+        gateway, keyring = await enter(open_fal(settings, key=fal.key, queue_url=fal.queue_url, jwks_url=fal.jwks_url,
+                                                  api_url=fal.api_url))
         media_policy = SourcePolicy(settings.media_hosts, emulator_media_base=fal.emulator_media_base)
         store = await enter(open_outputs(settings, pool, hub, media_policy))
         follower = await enter(open_follower(settings, pool, gateway))
@@ -151,6 +161,7 @@ def _submissions(settings: Settings, fal: FalTarget, pool: DatabasePool, gateway
     return SubmitJob(
         pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=fal.webhook_url,
         limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute),
+        prices=PriceBook(gateway, settings.allowed_models, ttl_s=settings.pricing_ttl_s),
     )
 
 

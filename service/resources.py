@@ -120,14 +120,14 @@ async def open_realtime(settings: Settings, dsn: str) -> AsyncIterator[tuple[Hub
 
 
 @asynccontextmanager
-async def open_fal(settings: Settings, *, key: str, queue_url: str, jwks_url: str
+async def open_fal(settings: Settings, *, key: str, queue_url: str, jwks_url: str, api_url: str
                    ) -> AsyncIterator[tuple[FalGateway, JwksKeyring]]:
     """fal's queue (fal-client's HTTP client) and the keyring that checks its webhooks' signatures."""
     async with AsyncExitStack() as stack:
         http = httpx.AsyncClient(timeout=JWKS_HTTP_TIMEOUT_S)
         stack.push_async_callback(http.aclose)
         gateway = FalGateway(key=key, queue_url=queue_url, media_expiry_s=settings.fal_media_expiry_s,
-                             call_timeout_s=settings.fal_call_timeout_s)
+                             call_timeout_s=settings.fal_call_timeout_s, api_url=api_url)
         stack.push_async_callback(gateway.aclose)
         yield gateway, JwksKeyring(jwks_url, http)
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FAL_QUEUE_URL_DEFAULT = "https://queue.fal.run"
 FAL_JWKS_URL_DEFAULT = "https://rest.fal.ai/.well-known/jwks.json"
+FAL_API_URL_DEFAULT = "https://api.fal.ai"
+"""fal's Platform API (prices: `GET /v1/models/pricing`)."""
 FAL_MEDIA_LIFETIME_S = 7 * 24 * 3600
 """fal keeps generated media at least this long unless asked otherwise (its FAQ)."""
 
@@ -82,6 +84,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Unset: fal's own (FAL_QUEUE_URL_DEFAULT), or the mounted emulator's."""
     fal_jwks_url: HttpUrl | None = None
     """Unset: fal's own (FAL_JWKS_URL_DEFAULT), or the mounted emulator's."""
+    fal_api_url: HttpUrl | None = None
+    """Unset: fal's own (FAL_API_URL_DEFAULT), or the mounted emulator's. Prices are read there."""
+    pricing_ttl_s: Seconds = 3600.0
+    """How long prices read from fal stand before they are read again."""
     fal_webhook_user_id: str | None = None
     """Our fal account's user id: webhooks signed for any other account are refused (401)."""
     forwarded_allow_ips: str = "127.0.0.1"
@@ -163,7 +169,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         # URLs are joined with paths later; one spelling, without the trailing slash.
-        for name in ("app_url", "fal_queue_url", "fal_jwks_url"):
+        for name in ("app_url", "fal_queue_url", "fal_jwks_url", "fal_api_url"):
             value = getattr(self, name)
             if value is not None and value.endswith("/"):
                 msgspec.structs.force_setattr(self, name, value.rstrip("/"))

@@ -4,7 +4,7 @@ Runtime queries are plain SQL over asyncpg (see `service.jobs`): the status mach
 `SELECT ... FOR UPDATE` inside one transaction, and the hot paths stay one round trip each.
 """
 
-from piccolo.columns import JSONB, BigSerial, Integer, Text, Timestamptz, Varchar
+from piccolo.columns import JSONB, BigSerial, Integer, Numeric, Text, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
@@ -18,6 +18,7 @@ class FalUser(Table, tablename="fal_users"):
     max_open_jobs = Integer(null=True, default=None)
     max_jobs_per_minute = Integer(null=True, default=None)
     max_streams = Integer(null=True, default=None)
+    max_spend_per_day = Numeric(null=True, default=None)
 
 
 class FalApiKey(Table, tablename="fal_api_keys"):
@@ -49,6 +50,8 @@ class FalJob(Table, tablename="fal_jobs"):
     # Set with `cancelled` when fal may still run the request (cancelled while running): the
     # open-jobs limit counts the job until then, or until fal's end is seen (back to NULL).
     counts_open_until = Timestamptz(null=True, default=None)
+    # The job's JobCost: our estimate of fal's bill (raw migration ..._costs.py).
+    cost = JSONB(null=True, default=None)
 
 
 class FalJobEvent(Table, tablename="fal_job_events"):
@@ -98,3 +101,4 @@ class FalJobReservation(Table, tablename="fal_job_reservations"):
     body_sha256 = Varchar(length=64)
     request_id = Text(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
+    estimated_cost = Numeric(null=True, default=None)  # the job's estimate, counted by budgets while it is submitted

@@ -9,6 +9,7 @@ from litestar import Litestar
 
 from .jwks_routes import jwks_routes
 from .media_routes import media_routes
+from .pricing_routes import pricing_routes
 from .queue_routes import queue_routes
 
 if TYPE_CHECKING:
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 
 def create_emulator_app(emulator: FalEmulator) -> Litestar:
     return Litestar(
-        route_handlers=[*jwks_routes(emulator), *media_routes(emulator), *queue_routes(emulator)],
+        route_handlers=[*jwks_routes(emulator), *media_routes(emulator), *pricing_routes(emulator),
+                        *queue_routes(emulator)],
         # Mounted inside another app, the outer app owns the emulator and closes it; aclose is idempotent.
         on_shutdown=[emulator.aclose],
         openapi_config=None,

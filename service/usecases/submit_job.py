@@ -21,11 +21,13 @@ from service.jobs.models import Job, JobMode, JobType, NewJob
 from service.jobs.reservations import Limits, body_digest
 from service.jobs.status_machine import create_job
 from service.usecases.follow_jobs import FollowTarget, JobFollower
+from service.usecases.job_costs import estimate_cost
 
 if TYPE_CHECKING:
     import asyncpg
 
     from service.fal.gateway import FalGateway
+    from service.fal.pricing import PriceBook
     from service.usecases.receive_webhook import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ def _unstorable(value: Any, path: str) -> str | None:
 class SubmitJob:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, intake: WebhookIntake, follower: JobFollower,
-        *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits,
+        *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits, prices: PriceBook | None = None,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -76,6 +78,7 @@ class SubmitJob:
         self._allowed_models = allowed_models
         self._webhook_url = webhook_url
         self._limits = limits
+        self._prices = prices
 
     def validate(self, request: CreateJobRequest) -> None:
         if not MODEL_ID_PATTERN.match(request.model_id):
@@ -94,6 +97,7 @@ class SubmitJob:
         """Reserve within the user's limits, submit to fal, record the job; or replay the job an
         earlier request with the same Idempotency-Key created."""
         self.validate(request)
+        cost = await estimate_cost(self._prices, request.model_id, request.input)
         reservation = await reservations.reserve(
             self._pool, user_id, digest=body_digest(request), idempotency_key=idempotency_key, defaults=self._limits
         )
@@ -113,7 +117,7 @@ class SubmitJob:
                 job = await create_job(
                     connection,
                     NewJob(request_id=request_id, user_id=user_id, model_id=request.model_id, type=request.type,
-                           input=request.input, mode=mode),
+                           input=request.input, mode=mode, cost=cost),
                 )
                 await reservations.fulfil(connection, reservation.id, request_id)
         except Exception:
