@@ -55,6 +55,7 @@ from service.resources import (
     open_realtime,
     running,
     sampling_pool_metrics,
+    warming,
 )
 from service.serving import check_can_serve
 from service.settings import (
@@ -142,11 +143,13 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         await enter(running(admission.revalidate_forever(partial(revoked_among, pool), every_s=CREDENTIAL_CHECK_S),
                             name="revalidate-credentials"))
         await enter(sampling_pool_metrics())
+        prices = PriceBook(gateway, settings.allowed_models, ttl_s=settings.pricing_ttl_s)
+        await enter(warming(prices))
         app.state.update(
             pool=pool, intake=intake, admission=admission, reconciler=reconciler, follower=follower, hub=hub,
             listener=listener, media=MediaAccess(pool, store), media_policy=media_policy,
             webhooks=WebhookReceiver(WebhookVerifier(keyring, expected_user_id=fal.webhook_user_id), intake),
-            submissions=_submissions(settings, fal, pool, gateway, intake, follower),
+            submissions=_submissions(settings, fal, pool, gateway, intake, follower, prices),
             cancellations=CancelJob(pool, gateway, follower, cancel_hold_max_s=settings.cancel_hold_max_s),
             deletions=DeleteJob(pool, store),
             tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
@@ -157,11 +160,12 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
 
 
 def _submissions(settings: Settings, fal: FalTarget, pool: DatabasePool, gateway: FalGateway,
-                 intake: WebhookIntake, follower: JobFollower) -> SubmitJob:
+                 intake: WebhookIntake, follower: JobFollower, prices: PriceBook) -> SubmitJob:
     return SubmitJob(
         pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=fal.webhook_url,
-        limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute),
-        prices=PriceBook(gateway, settings.allowed_models, ttl_s=settings.pricing_ttl_s),
+        limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute,
+                      max_spend_per_day=settings.max_spend_per_day),
+        prices=prices,
     )
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from litestar.config.app import AppConfig
     from litestar.types import Receive, Scope, Send
 
+    from service.fal.pricing import PriceBook
     from service.outputs.sources import SourcePolicy
     from service.settings import Settings
 
@@ -161,6 +162,19 @@ async def open_follower(settings: Settings, pool: DatabasePool, gateway: FalGate
         yield follower
     finally:
         await follower.aclose()
+
+
+@asynccontextmanager
+async def warming(prices: PriceBook) -> AsyncIterator[None]:
+    """fal's prices read once in the background at start (a failure is logged by the book and
+    retried by the next submit); the read is cancelled if the service stops first."""
+    task = asyncio.create_task(prices.warm(), name="pricing-warm")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @asynccontextmanager

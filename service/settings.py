@@ -59,6 +59,8 @@ StoreUrl = Annotated[
     str, _meta("must be an object store URL: s3://bucket/prefix, gs://…, az://…, file:///path or memory:///",
                pattern=r"^(s3|s3a|gs|az|abfs|abfss|azure|file|memory)://")
 ]
+Money = Annotated[float, _meta("must be an amount above 0 (in the price's currency, e.g. 25 or 2.50)",
+                                gt=0, le=1_000_000_000)]
 Bytes = Annotated[int, _meta("must be a number of bytes above 0", gt=0, le=2**50)]
 Hosts = Annotated[tuple[str, ...], _meta("must list host names, comma-separated")]
 LogFormat = Annotated[Literal["json", "text"], _meta("must be json or text")]
@@ -94,6 +96,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Proxies whose X-Forwarded-For/-Proto uvicorn trusts (comma-separated IPs or CIDRs, or *)."""
     max_open_jobs_per_user: Count = 10
     max_jobs_per_minute: Count = 60
+    max_spend_per_day: Money | None = None
+    """Per user, in the price's currency, over a rolling 24 h of estimates and final costs; None: no budget."""
     cancel_hold_max_s: Seconds = 1800.0
     """A job cancelled while fal ran it counts against max_open_jobs_per_user until fal reports its
     end, and at most this long: longer than the longest run of an allowed model (fal may let a

@@ -1,9 +1,14 @@
 """What jobs cost: fal's prices read from its Platform API (the emulator's) and kept for PRICING_TTL_S,
-and the cost each job carries on every representation."""
+the cost each job carries on every representation, and budgets in money across processes."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -12,6 +17,7 @@ import msgspec
 import pytest
 
 from service.auth.api_keys import NewUser
+from service.auth.users import UserLimits, set_limits
 from service.emulator import FalEmulator
 from service.fal.gateway import FalGateway
 from service.fal.pricing import RETRY_AFTER_FAILURE_S, PriceBook
@@ -21,6 +27,7 @@ from service.jobs.status_machine import apply_change, create_job
 from tests.conftest import FAL_KEY, RunningServer, bearer, free_socket
 from tests.sse import SseReader
 from tests.test_fal_round_trip import wait_until_terminal
+from tests.test_live_operations import start_process, wait_ready
 
 FLUX = "fal-ai/flux/dev"
 SCHNELL = "fal-ai/flux/schnell"
@@ -174,3 +181,78 @@ async def test_a_kling_video_costs_its_seconds_and_a_failed_job_costs_nothing(
     job = await wait_until_terminal(http, service.url, user, failed.json()["request_id"])
     assert job["status"] == "failed"
     assert (job["cost"]["estimated"], job["cost"]["final"]) == (0.003, 0)
+
+
+async def test_a_users_budget_refuses_what_it_does_not_cover_and_counts_final_costs(
+    service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser,
+) -> None:
+    from service import metrics
+
+    refusals = metrics.LIMIT_REFUSALS.labels("spend_per_day")._value.get()
+    await set_limits(pool, user.name, UserLimits(max_spend_per_day=0.05))
+    # A failed job reserves its estimate while it runs, then counts its final cost: nothing.
+    failed = await post_job(http, service.url, user, FLUX, {"fal_emulator": {"outcome": "error"}})
+    assert (await wait_until_terminal(http, service.url, user, failed.json()["request_id"]))["cost"]["final"] == 0
+    for _ in range(2):
+        assert (await post_job(http, service.url, user, FLUX, LONG)).status_code == 202
+    submitted = len(fal.submissions)
+    over = await post_job(http, service.url, user, FLUX, LONG)
+    assert over.status_code == 429 and over.json()["error"] == "budget_exceeded", over.text
+    assert 86000 < int(over.headers["retry-after"]) <= 86400, "the first job leaves the 24 h window in a day"
+    assert len(fal.submissions) == submitted, "a refused create must not reach fal"
+    assert metrics.LIMIT_REFUSALS.labels("spend_per_day")._value.get() == refusals + 1
+    scraped = (await http.get(f"{service.url}/metrics")).text
+    assert 'fal_jobs_limit_refusals_total{limit="spend_per_day"}' in scraped
+
+
+async def test_two_processes_racing_keep_within_a_budget_and_send_nothing_more_to_fal(
+    database_url: str, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser, tmp_path: Path,
+) -> None:
+    urls, processes = [], []
+    for name in ("a", "b"):
+        port = free_socket().getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url,
+               "FAL_API_URL": fal.base_url, "FAL_JWKS_URL": fal.jwks_url, "APP_URL": url, "PORT": str(port),
+               "LOG_LEVEL": "WARNING", "RECONCILE_INTERVAL_S": "3600", "MAX_OPEN_JOBS_PER_USER": "1000",
+               "MAX_JOBS_PER_MINUTE": "1000", "MAX_SPEND_PER_DAY": "0.1"}
+        processes.append(start_process(env, tmp_path / f"{name}.log"))
+        urls.append(url)
+    try:
+        for url, process, name in zip(urls, processes, ("a", "b"), strict=True):
+            await asyncio.to_thread(wait_ready, url, process, tmp_path / f"{name}.log")
+        marker = f"budget-{user.name}"
+        answers = await asyncio.gather(*(
+            http.post(f"{urls[i % 2]}/api/jobs", headers=bearer(user),
+                      json={"type": "image", "model_id": FLUX, "input": {"prompt": f"{marker} {i}", **LONG}})
+            for i in range(30)
+        ))
+        codes = [answer.status_code for answer in answers]
+        # $0.1 covers exactly four images of 1 megapixel at $0.025.
+        assert codes.count(202) == 4 and codes.count(429) == 26, codes
+        refused = [a for a in answers if a.status_code == 429]
+        assert {a.json()["error"] for a in refused} == {"budget_exceeded"}
+        assert all(a.headers["retry-after"].isdigit() for a in refused)
+        sent = [r for r in fal.submissions if r.request_id and
+                fal.requests[r.request_id].input.get("prompt", "").startswith(marker)]
+        assert len(sent) == 4, "a refused create must not reach fal"
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.to_thread(process.wait, 30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_users_limits_sets_a_users_own_budget_and_list_shows_it(database_url: str) -> None:
+    from tests.test_cli import cli
+
+    name = f"spender-{uuid.uuid4().hex[:8]}"
+    assert cli("users", "create", name, database_url=database_url).returncode == 0
+    bad = cli("users", "limits", name, "--spend-per-day", "0", database_url=database_url)
+    assert bad.returncode == 2 and "must be an amount above 0" in bad.stderr
+    done = cli("users", "limits", name, "--spend-per-day", "2.5", database_url=database_url)
+    assert done.returncode == 0, done.stderr
+    listed = cli("users", "list", database_url=database_url)
+    assert [line.split()[-1] for line in listed.stdout.splitlines() if line.startswith(name)] == ["-/-/-/2.5"]

@@ -51,11 +51,23 @@ class PriceBook:
                     await self._read()
         return self._prices.get(model_id)
 
-    async def _read(self) -> None:
+    async def warm(self) -> None:
+        """Read the prices now (at start), so that the first submits do not wait for them together.
+        A failure here leaves them unread: the next submit tries again (fal, or the mounted
+        emulator, may not answer before the service is up)."""
+        try:
+            async with self._lock:
+                if self._stale():
+                    await self._read(back_off=False)
+        except Exception:
+            log.exception("reading fal's prices at start failed", extra={"action": "pricing.warm_failed"})
+
+    async def _read(self, *, back_off: bool = True) -> None:
         try:
             prices = await self._gateway.prices(self._model_ids, timeout_s=PRICES_TIMEOUT_S)
         except UpstreamError as error:
-            self._next_read_at = self._clock() + min(self._ttl_s, RETRY_AFTER_FAILURE_S)
+            if back_off:
+                self._next_read_at = self._clock() + min(self._ttl_s, RETRY_AFTER_FAILURE_S)
             log.warning("fal's prices could not be read; the last known ones stand (%d models)", len(self._prices),
                         extra={"action": "pricing.read_failed", "error": error.message})
             return

@@ -99,7 +99,8 @@ class SubmitJob:
         self.validate(request)
         cost = await estimate_cost(self._prices, request.model_id, request.input)
         reservation = await reservations.reserve(
-            self._pool, user_id, digest=body_digest(request), idempotency_key=idempotency_key, defaults=self._limits
+            self._pool, user_id, digest=body_digest(request), idempotency_key=idempotency_key, defaults=self._limits,
+            estimate=cost.estimated if cost else None,
         )
         if reservation.replay_of is not None:
             return Created(job=await queries.get_job(self._pool, user_id, reservation.replay_of), replayed=True)
