@@ -424,7 +424,8 @@ function createCard(job) {
       el("span", { class: "elapsed", "data-testid": "job-elapsed", title: "Elapsed time" }),
     ),
     el("p", { class: "prompt", "data-testid": "job-prompt" }, String(job.input?.prompt ?? "")),
-    el("p", { class: "model muted" }, job.model_id),
+    el("p", { class: "model muted" }, job.model_id,
+       el("span", { class: "cost", "data-testid": "job-cost", title: "Our estimate of fal's bill, not fal's invoice" })),
     el("p", { class: "detail", "data-testid": "job-detail", hidden: true }),
     el("div", { class: "media", "data-testid": "job-media", hidden: true }),
     el("div", { class: "actions" }, cancel, el("span", { class: "action-error", role: "alert" })),
@@ -437,6 +438,14 @@ function badgeText(job) {
     return job.queue_position === 0 ? `${label} · next` : `${label} · position ${job.queue_position}`;
   }
   return label;
+}
+
+function costText(cost) {
+  const amount = cost?.final ?? cost?.estimated;
+  if (amount === null || amount === undefined) return "";
+  const money = new Intl.NumberFormat("en-US", { style: "currency", currency: cost.currency || "USD",
+                                                 maximumFractionDigits: 4 }).format(amount);
+  return cost.final === null || cost.final === undefined ? ` · about ${money}` : ` · ${money}`;
 }
 
 function updateCard(card, job) {
@@ -465,6 +474,7 @@ function updateCard(card, job) {
   }
   detail.textContent = detailText;
   detail.hidden = !detailText;
+  $('[data-testid="job-cost"]', card).textContent = costText(job.cost);
 
   const terminal = TERMINAL.has(job.status);
   $(".actions", card).hidden = terminal;
