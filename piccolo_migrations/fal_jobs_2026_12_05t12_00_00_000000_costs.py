@@ -7,6 +7,10 @@ output shows (`service/jobs/costs.py`: `units_of_output`) and the unit price the
 with: failed jobs cost 0 (fal bills successful outputs only), cancelled ones keep their estimate.
 A reservation carries its job's estimate while the job is being submitted, so that two processes
 together keep within a budget; `fal_users.max_spend_per_day` overrides MAX_SPEND_PER_DAY.
+
+The events written before this migration are given `"cost": null` (as the tags migration gives
+them `tags` and `metadata`), so that a stream replaying or snapshotting an older job sends every
+field a later one has. The trigger needs no change: it copies the whole row, cost included.
 """
 
 from service.db.raw_migrations import raw_sql_migration
@@ -31,6 +35,8 @@ LANGUAGE sql IMMUTABLE AS $$
                      * (cost ->> 'unit_price')::numeric)
     END
 $$;
+
+UPDATE fal_job_events SET data = data || '{"cost": null}'::jsonb WHERE NOT data ? 'cost';
 """
 
 BACKWARDS_SQL = """

@@ -17,15 +17,16 @@ import msgspec
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
 from service.auth.callers import revoked_among
 from service.auth.stream_tokens import StreamTokens
 from service.db.embedded import start_embedded_postgres
 from service.db.pool import DatabasePool
+from service.fal.cdn import FalCdn
 from service.fal.gateway import FalGateway
 from service.fal.pricing import PriceBook
 from service.fal.signatures import WebhookVerifier
+from service.http.api_docs import api_reference_config
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
 from service.http.errors import EXCEPTION_HANDLERS
 from service.http.events import EventsController
@@ -38,11 +39,13 @@ from service.http.outputs import OutputsController
 from service.http.pages import current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
 from service.http.security_headers import security_headers
+from service.http.uploads import UploadsController
 from service.http.webhooks import WEBHOOK_PATH, fal_webhook
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
 from service.outputs.access import MediaAccess
 from service.outputs.sources import SourcePolicy
+from service.outputs.store import MediaStore
 from service.outputs.upkeep import OutputUpkeep
 from service.realtime.admission import Admission
 from service.resources import (
@@ -60,11 +63,16 @@ from service.resources import (
 from service.serving import check_can_serve
 from service.settings import (
     FAL_API_URL_DEFAULT,
+    FAL_CDN_URL_DEFAULT,
     FAL_JWKS_URL_DEFAULT,
     FAL_QUEUE_URL_DEFAULT,
+    FAL_REST_URL_DEFAULT,
     Settings,
     load_settings,
 )
+from service.uploads.intake import UploadLimits
+from service.uploads.library import Uploads
+from service.uploads.references import Delivery, FalCdnCopies, SignedLinks, UploadInputs
 from service.usecases.cancel_job import CancelJob
 from service.usecases.delete_job import DeleteJob
 from service.usecases.follow_jobs import JobFollower
@@ -93,6 +101,10 @@ class FalTarget(msgspec.Struct, frozen=True):
     webhook_user_id: str | None
     webhook_url: str | None
     emulator_media_base: str | None
+    public_url: str | None = None
+    """Where fal reaches us: APP_URL, or this process when the emulator is mounted here."""
+    rest_url: str = FAL_REST_URL_DEFAULT
+    cdn_url: str = FAL_CDN_URL_DEFAULT
 
 
 def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget:
@@ -109,6 +121,9 @@ def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget
             emulator.user_id if emulator and settings.fal_jwks_url is None else None),
         webhook_url=f"{public_url}{WEBHOOK_PATH}" if public_url else None,
         emulator_media_base=emulator.media_base if emulator else settings.emulator_media_url,
+        public_url=public_url,
+        rest_url=settings.fal_rest_url or (emulator.base_url if emulator else FAL_REST_URL_DEFAULT),
+        cdn_url=settings.fal_cdn_url or (emulator.base_url if emulator else FAL_CDN_URL_DEFAULT),
     )
 
 
@@ -126,6 +141,8 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         store = await enter(open_outputs(settings, pool, hub, media_policy))
         follower = await enter(open_follower(settings, pool, gateway))
         intake = WebhookIntake(pool, gateway)
+        uploads = _uploads(settings, pool, store)
+        input_tokens = StreamTokens(settings.stream_token_secret, ttl_s=settings.input_url_ttl_s)
         reconciler = Reconciler(
             pool, gateway, follower, intake,
             # Its lock's connection answers within the statement time-out too, or the sweep gives up.
@@ -136,6 +153,7 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
             event_retention_days=settings.event_retention_days,
             outputs=OutputUpkeep(pool, store, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
                                  redrive_after_s=settings.output_redrive_after_s),
+            uploads=uploads,
         )
         await enter(running(reconciler.run_forever(), name="reconcile"))
         admission = Admission(max_per_credential=settings.max_streams_per_user,
@@ -149,24 +167,44 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
             pool=pool, intake=intake, admission=admission, reconciler=reconciler, follower=follower, hub=hub,
             listener=listener, media=MediaAccess(pool, store), media_policy=media_policy,
             webhooks=WebhookReceiver(WebhookVerifier(keyring, expected_user_id=fal.webhook_user_id), intake),
-            submissions=_submissions(settings, fal, pool, gateway, intake, follower, prices),
+            submissions=_submissions(settings, fal, pool, gateway, intake, follower, prices,
+                                     UploadInputs(uploads, await _input_delivery(settings, fal, uploads, input_tokens, stack))),
+            uploads=uploads, input_tokens=input_tokens,
             cancellations=CancelJob(pool, gateway, follower, cancel_hold_max_s=settings.cancel_hold_max_s),
             deletions=DeleteJob(pool, store),
             tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
         )
-        log.info("fal-jobs started", extra={"fal": "emulator" if settings.uses_emulator else "fal.ai",
+        # The emulator `run` starts beside us has a key and URLs of its own; its media base gives it away.
+        emulated = settings.uses_emulator or fal.emulator_media_base is not None
+        log.info("fal-jobs started", extra={"action": "started", "fal": "emulator" if emulated else "fal.ai",
                                             "webhooks": bool(fal.webhook_url)})
         yield
 
 
 def _submissions(settings: Settings, fal: FalTarget, pool: DatabasePool, gateway: FalGateway,
-                 intake: WebhookIntake, follower: JobFollower, prices: PriceBook) -> SubmitJob:
+                 intake: WebhookIntake, follower: JobFollower, prices: PriceBook, inputs: UploadInputs) -> SubmitJob:
     return SubmitJob(
         pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=fal.webhook_url,
         limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute,
                       max_spend_per_day=settings.max_spend_per_day),
-        prices=prices,
+        prices=prices, inputs=inputs,
     )
+
+
+async def _input_delivery(settings: Settings, fal: FalTarget, uploads: Uploads, input_tokens: StreamTokens,
+                          stack: AsyncExitStack) -> Delivery:
+    """How `upload:<id>` inputs reach fal (INPUT_DELIVERY)."""
+    if settings.input_delivery == "signed_url":
+        return SignedLinks(input_tokens, fal.public_url)
+    cdn = FalCdn(key=fal.key, rest_url=fal.rest_url, cdn_url=fal.cdn_url, expiry_s=settings.fal_media_expiry_s)
+    stack.push_async_callback(cdn.aclose)
+    return FalCdnCopies(uploads, cdn, lifetime_s=settings.fal_copy_lifetime_s)
+
+
+def _uploads(settings: Settings, pool: DatabasePool, store: MediaStore) -> Uploads:
+    return Uploads(pool, store, UploadLimits(
+        max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels,
+        max_bytes_per_day=settings.max_upload_bytes_per_day, retention_days=settings.upload_retention_days))
 
 
 def _from_state(name: str) -> Provide:
@@ -183,7 +221,7 @@ def create_app(settings: Settings) -> Litestar:
     fal = fal_target(settings, emulator)
     app = Litestar(
         route_handlers=[
-            healthz, readyz, JobsController, OutputsController, EventsController, fal_webhook,
+            healthz, readyz, JobsController, OutputsController, UploadsController, EventsController, fal_webhook,
             page, current_session, sign_out, models, static_files, metrics_endpoint,
         ],
         lifespan=[partial(lifespan, settings=settings, fal=fal)],
@@ -204,10 +242,12 @@ def create_app(settings: Settings) -> Litestar:
             "listener": _from_state("listener"),
             "media": _from_state("media"),
             "media_policy": _from_state("media_policy"),
+            "uploads": _from_state("uploads"),
+            "input_tokens": _from_state("input_tokens"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[options_allow_middleware],
-        openapi_config=OpenAPIConfig(title="fal-jobs", version="0.1.0", path="/schema"),
+        openapi_config=api_reference_config(title="fal-jobs", version="0.1.0"),
         logging_config=None,
     )
     # Around the router and its exception handlers, not on the routes: a path no route matches (404)

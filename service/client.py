@@ -21,6 +21,7 @@ import msgspec
 from httpx_sse import aconnect_sse
 
 from service.jobs.models import Job
+from service.uploads.library import Upload
 
 if TYPE_CHECKING:
     import os
@@ -79,11 +80,17 @@ class FalJobsClient:
             await self._http.aclose()
 
     async def create_job(self, type: Literal["image", "video"], model_id: str, input: dict[str, Any], *,
+                         tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
                          idempotency_key: str | None = None, attempts: int = 4) -> Job:
-        """Create a job. Every create carries an Idempotency-Key (a new one unless given), so it is
-        retried safely on a transport error or a 409 "still in progress": fal is paid once."""
+        """Create a job (with your own `tags` and `metadata`, never sent to fal). Every create carries
+        an Idempotency-Key (a new one unless given), so it is retried safely on a transport error or
+        a 409 "still in progress": fal is paid once."""
         headers = {**self._headers, "Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        body = {"type": type, "model_id": model_id, "input": input}
+        body: dict[str, Any] = {"type": type, "model_id": model_id, "input": input}
+        if tags:
+            body["tags"] = tags
+        if metadata:
+            body["metadata"] = metadata
         url = f"{self._base}/api/jobs"
         for attempt in range(1, attempts):
             try:
@@ -99,6 +106,21 @@ class FalJobsClient:
         response = await self._http.post(url, headers=headers, json=body)  # the last try: its failure is the caller's
         _raise_for_error(response)
         return msgspec.json.decode(response.content, type=Job)
+
+    async def upload(self, file: str | os.PathLike[str] | bytes) -> Upload:
+        """Upload a file (a path, streamed from disk, or bytes) for use as a job input: name it in
+        `input` as `f"upload:{upload.upload_id}"`. The service reads its type from the bytes."""
+        headers = {**self._headers, "Content-Type": "application/octet-stream"}
+        content: bytes | AsyncIterator[bytes]
+        if isinstance(file, bytes):
+            content = file
+        else:
+            path = Path(file)
+            headers["Content-Length"] = str(path.stat().st_size)
+            content = _file_pieces(path)
+        response = await self._http.post(f"{self._base}/api/uploads", headers=headers, content=content)
+        _raise_for_error(response)
+        return msgspec.json.decode(response.content, type=Upload)
 
     async def get_job(self, request_id: str) -> Job:
         response = await self._http.get(f"{self._base}/api/jobs/{request_id}", headers=self._headers)
@@ -170,3 +192,12 @@ class FalJobsClient:
             raise FalJobsError(508, "too_many_redirects", f"output {n} of job {request_id!r} redirected too often")
         finally:
             partial.unlink(missing_ok=True)
+
+
+UPLOAD_PIECE_BYTES = 1024 * 1024
+
+
+async def _file_pieces(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as file:
+        while piece := await asyncio.to_thread(file.read, UPLOAD_PIECE_BYTES):
+            yield piece

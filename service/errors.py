@@ -81,3 +81,22 @@ class Gone(DomainError):
 class DatabaseUnavailable(Unavailable):
     """Postgres could not serve the call: unreachable, too slow, restarting, or the connection broke.
     Raised by the pool (`service.db.pool`), never for a query that is merely wrong."""
+
+
+class PayloadTooLarge(DomainError):
+    """A request body over a limit of ours; the rest of it was not read."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(DomainError):
+    """A file of a type this service does not take."""
+
+    code = "unsupported_media_type"
+
+
+class Unprocessable(InvalidRequest):
+    """Well-formed, but its content cannot be used (an image too large to decode, an input naming an
+    upload that is not the caller's)."""
+
+    code = "invalid_request"

@@ -9,14 +9,24 @@ fit when that is too many.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import asyncpg
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from service.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_DEFAULT_PROCESSES = 8
 """Past this, more processes of one machine mostly add Postgres connections and NOTIFY readers;
@@ -25,6 +35,8 @@ CONNECTIONS_KEPT_FREE = 10
 """Left to migrations, the CLI, psql and the superuser slots."""
 CONNECTIONS_BESIDE_POOL = 2
 """Each process's LISTEN connection, and the one holding its sweep's lock while it sweeps."""
+LISTEN_BACKLOG = 2048
+"""uvicorn's default: connections the kernel queues for the workers to accept."""
 
 
 def usable_cores() -> int:
@@ -68,6 +80,54 @@ def check_can_serve(settings: Settings) -> None:
         )
 
 
+class CannotListen(Exception):
+    """The port cannot be had; the message is one sentence naming the setting to change."""
+
+
+def bind_listener(settings: Settings) -> socket.socket:
+    """The service's listening socket, bound before anything else starts (the database, the emulator,
+    a sign-in link), so that a busy port ends the command at once; uvicorn serves on this very socket
+    (no second bind that another server could win in between)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((settings.host, settings.port))
+        # Listening at once: from here a second server's bind fails (two SO_REUSEADDR sockets may
+        # share a port until one listens). Connections made before the workers start wait in the queue.
+        listener.listen(LISTEN_BACKLOG)
+    except OSError as error:
+        listener.close()
+        raise CannotListen(_cannot_listen(settings, error)) from None
+    return listener
+
+
+def _cannot_listen(settings: Settings, error: OSError) -> str:
+    host, port = settings.host, settings.port
+    if error.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is already in use (another fal-jobs?); "
+                f"{_set_port(settings)} (or in .env) to use another")
+    if error.errno == errno.EACCES:
+        return f"port {port} on {host} is not open to this user (below 1024 needs root); {_set_port(settings)} (or in .env)"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+        return (f"HOST={host} is not an address of this machine; set HOST=127.0.0.1 (or 0.0.0.0 for every "
+                "interface; or in .env)")
+    return f"cannot listen on {host}:{port} ({error.strerror or error}); set HOST or PORT (or in .env)"
+
+
+def _set_port(settings: Settings) -> str:
+    """`set PORT=<the next free port>`: the sentence names one that works now."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    for port in range(settings.port + 1, min(settings.port + 50, 65536)):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((settings.host, port))
+            except OSError:
+                continue
+            return f"set PORT={port}"
+    return "set PORT to a free port"
+
+
 async def pool_size_for(dsn: str, processes: int, wanted: int) -> int:
     """The largest pool, up to `wanted`, with which `processes` processes (each also holding its
     LISTEN connection and, while it sweeps, the sweep's) stay under the server's max_connections."""
@@ -86,8 +146,11 @@ async def pool_size_for(dsn: str, processes: int, wanted: int) -> int:
     return min(wanted, fits)
 
 
-def serve(settings: Settings, *, processes: int) -> None:
-    """Serve the app factory under uvicorn with `processes` worker processes (blocks)."""
+def serve(settings: Settings, *, processes: int, listener: socket.socket,
+          on_started: Callable[[], None] | None = None) -> int:
+    """Serve the app factory under uvicorn with `processes` worker processes on `listener` (see
+    `bind_listener`); blocks, and returns the exit code. `on_started` runs once, in this process,
+    when every worker has finished its start-up: nothing a worker logs at start comes after it."""
     import shutil
     import tempfile
 
@@ -110,22 +173,70 @@ def serve(settings: Settings, *, processes: int) -> None:
     # Stream tokens are HMACs: the processes behind one port must share the secret, or a token
     # minted by one is refused by the next. Unset, one is made for this server's lifetime.
     os.environ.setdefault("STREAM_TOKEN_SECRET", secrets.token_urlsafe(32))
+    config = uvicorn.Config(
+        "service.app:create_app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=processes,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY itself
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        # A backstop under the per-credential limits: past it each process answers 503 at once.
+        limit_concurrency=settings.max_connections,
+    )
     try:
-        uvicorn.run(
-            "service.app:create_app_from_environment",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=processes,  # explicit: uvicorn would otherwise read WEB_CONCURRENCY itself
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-            proxy_headers=True,
-            forwarded_allow_ips=settings.forwarded_allow_ips,
-            # A backstop under the per-credential limits: past it each process answers 503 at once.
-            limit_concurrency=settings.max_connections,
-        )
+        return _run_uvicorn(config, listener, on_started)
     finally:
         if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)
 
+
+def _run_uvicorn(config: uvicorn.Config, listener: socket.socket, on_started: Callable[[], None] | None) -> int:
+    """What `uvicorn.run` does, on our socket: one server in this process, or a supervisor of
+    `config.workers` processes. A server that never finished starting is uvicorn's exit code 3."""
+    if config.workers == 1:
+        server = _AnnouncingServer(config, on_started)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shuts down, then raises it again
+            server.run(sockets=[listener])
+        return 0 if server.started else STARTUP_FAILURE
+    listener.set_inheritable(True)  # as uvicorn's own bind does: each worker serves on it
+    supervisor = _AnnouncingMultiprocess(config, [listener], on_started)
+    supervisor.run()
+    return 0 if supervisor.announced else STARTUP_FAILURE
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """One process: `on_started` runs once its server has started (after uvicorn's start-up lines)."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
+
+
+class _AnnouncingMultiprocess(Multiprocess):
+    """Several processes: the supervisor asks each worker, over uvicorn's own health-check pipe,
+    whether its server has started; once all have, `on_started` runs here, in the parent, once.
+    (A worker cannot know it is the last to start, nor print after uvicorn's own start-up lines.)"""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket],
+                 on_started: Callable[[], None] | None) -> None:
+        super().__init__(config, sockets=sockets)
+        self._on_started = on_started
+        self.announced = False
+
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()  # every half second, in the supervisor's one thread
+        if self.announced or self.should_exit.is_set():
+            return
+        if all(process.is_ready(timeout=self.config.timeout_worker_healthcheck) for process in self.processes):
+            self.announced = True
+            if self._on_started is not None:
+                self._on_started()

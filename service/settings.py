@@ -24,6 +24,8 @@ FAL_QUEUE_URL_DEFAULT = "https://queue.fal.run"
 FAL_JWKS_URL_DEFAULT = "https://rest.fal.ai/.well-known/jwks.json"
 FAL_API_URL_DEFAULT = "https://api.fal.ai"
 """fal's Platform API (prices: `GET /v1/models/pricing`)."""
+FAL_REST_URL_DEFAULT = "https://rest.fal.ai"
+FAL_CDN_URL_DEFAULT = "https://v3.fal.media"
 FAL_MEDIA_LIFETIME_S = 7 * 24 * 3600
 """fal keeps generated media at least this long unless asked otherwise (its FAQ)."""
 
@@ -31,6 +33,7 @@ DEFAULT_ALLOWED_MODELS = (
     "fal-ai/flux/dev",
     "fal-ai/flux/schnell",
     "fal-ai/kling-video/v2.1/master/text-to-video",
+    "fal-ai/kling-video/v2.1/master/image-to-video",
     "fal-ai/minimax/video-01",
 )
 
@@ -64,6 +67,7 @@ Money = Annotated[float, _meta("must be an amount above 0 (in the price's curren
 Bytes = Annotated[int, _meta("must be a number of bytes above 0", gt=0, le=2**50)]
 Hosts = Annotated[tuple[str, ...], _meta("must list host names, comma-separated")]
 LogFormat = Annotated[Literal["json", "text"], _meta("must be json or text")]
+InputDelivery = Annotated[Literal["signed_url", "fal_cdn"], _meta("must be signed_url or fal_cdn")]
 ModelIds = Annotated[
     tuple[str, ...], _meta("must list at least one model id, comma-separated", min_length=1)
 ]
@@ -90,6 +94,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Unset: fal's own (FAL_API_URL_DEFAULT), or the mounted emulator's. Prices are read there."""
     pricing_ttl_s: Seconds = 3600.0
     """How long prices read from fal stand before they are read again."""
+    fal_rest_url: HttpUrl | None = None
+    """fal's REST API (storage tokens). Unset: fal's own (FAL_REST_URL_DEFAULT), or the mounted emulator's."""
+    fal_cdn_url: HttpUrl | None = None
+    """fal's CDN (input uploads). Unset: fal's own (FAL_CDN_URL_DEFAULT), or the mounted emulator's."""
     fal_webhook_user_id: str | None = None
     """Our fal account's user id: webhooks signed for any other account are refused (401)."""
     forwarded_allow_ips: str = "127.0.0.1"
@@ -150,6 +158,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     output_redrive_after_s: Seconds = 3600.0
     """A copy that spent its budget of transient failures is set pending again by the sweep this
     long after it failed, while fal keeps its copy."""
+    max_upload_bytes: Bytes = 50 * 1024**2
+    """The largest upload (413 past it, the rest unread)."""
+    max_upload_pixels: Count = 40_000_000
+    """The most pixels an uploaded image's header may claim (422 past it; nothing is decoded)."""
+    max_upload_bytes_per_day: Bytes = 2 * 1024**3
+    """Bytes one user may upload per UTC day, counted in the database across processes (429 past it)."""
+    upload_retention_days: Count = 30
+    """Uploads are removed by the sweep this long after their last upload, unless an open job uses them."""
+    input_delivery: InputDelivery = "fal_cdn"
+    """How a job's `upload:<id>` inputs reach fal: `fal_cdn`, uploaded to fal's CDN as fal-client does;
+    `signed_url`, a signed link to our copy under APP_URL (fal fetches it from us)."""
+    input_url_ttl_s: Count = 6 * 3600
+    """How long a signed input link opens the upload: room for a job to wait in fal's queue."""
     emulator_media_url: HttpUrl | None = None
     """The local emulator's media base (`run` sets it): copied although it is http on loopback."""
     fal_call_timeout_s: Seconds = 30.0
@@ -173,7 +194,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         # URLs are joined with paths later; one spelling, without the trailing slash.
-        for name in ("app_url", "fal_queue_url", "fal_jwks_url", "fal_api_url"):
+        for name in ("app_url", "fal_queue_url", "fal_jwks_url", "fal_api_url", "fal_rest_url", "fal_cdn_url"):
             value = getattr(self, name)
             if value is not None and value.endswith("/"):
                 msgspec.structs.force_setattr(self, name, value.rstrip("/"))

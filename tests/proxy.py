@@ -61,6 +61,14 @@ class TcpProxy:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
 
+    def cut(self) -> int:
+        """Closes every connection open now, both ways, and goes on listening: what a network blip
+        or a load balancer's idle time-out does to a long-lived stream. Answers how many it cut."""
+        writers = list(self._writers)
+        for writer in writers:
+            writer.close()
+        return len(writers) // 2
+
     def partition(self) -> None:
         self._flowing.clear()
 

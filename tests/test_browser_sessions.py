@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
 
-from service.auth.api_keys import NewUser
+from service.auth.api_keys import NewUser, create_user
 from service.auth.browser_sessions import SESSION_COOKIE, issue_sign_in_token
-from tests.conftest import RunningServer
+from service.db.pool import create_pool
+from service.http.pages import uses_local_emulator
+from tests.conftest import RunningServer, free_socket, scratch_database, service_settings, start_uvicorn
 
 
 @contextlib.asynccontextmanager
@@ -33,6 +36,7 @@ async def test_a_sign_in_link_works_once_and_sets_a_session(service: RunningServ
     async with signed_in(service, pool, user) as (browser, token):
         session = (await browser.get("/api/session")).json()
         assert session["user_id"] == user.user_id and session["name"] == user.name and session["csrf_token"]
+        assert session["local_emulator"] is False  # a FAL_KEY is set: the page shows no emulator tag
         assert (await browser.get("/api/jobs")).status_code == 200
         page = await browser.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -93,3 +97,43 @@ async def test_a_job_type_must_match_its_model(service: RunningServer, http: htt
     response = await http.post(f"{service.url}/api/jobs", headers={"Authorization": f"Bearer {user.api_key}"},
                                json={"type": "image", "model_id": "fal-ai/minimax/video-01", "input": {}})
     assert response.status_code == 400 and response.json()["message"].startswith("type:")
+
+
+@dataclass
+class EmulatedService:
+    """The service with no FAL_KEY (the emulator mounted in it), on a database of its own: its
+    sweep asks its own emulator about every open job, which would fail other tests' jobs."""
+
+    running: RunningServer
+    pool: asyncpg.Pool
+
+
+@contextlib.asynccontextmanager
+async def emulated_service(server_dsn: str) -> AsyncIterator[EmulatedService]:
+    from service.app import create_app
+
+    async with scratch_database(server_dsn) as dsn:
+        pool = await create_pool(dsn, min_size=1, max_size=4)
+        sock = free_socket()
+        settings = service_settings(dsn, PORT=str(sock.getsockname()[1]), FAL_EMULATOR="1", RECONCILE_INTERVAL_S="3600")
+        running = await start_uvicorn(create_app(settings), sock)
+        try:
+            yield EmulatedService(running, pool)
+        finally:
+            await running.stop()
+            await pool.close()
+
+
+async def test_the_session_says_when_jobs_go_to_the_local_emulator(server_dsn: str) -> None:
+    async with emulated_service(server_dsn) as emulated:
+        user = await create_user(emulated.pool, "emulated")
+        async with signed_in(emulated.running, emulated.pool, user) as (browser, _):
+            assert (await browser.get("/api/session")).json()["local_emulator"] is True
+
+
+def test_run_s_emulator_counts_as_the_local_emulator() -> None:
+    """`run` starts the emulator beside the service and hands it a key, URLs and the media base."""
+    run_s = {"FAL_KEY": "emulator:abc", "FAL_QUEUE_URL": "http://127.0.0.1:9/", "EMULATOR_MEDIA_URL": "http://127.0.0.1:9/media"}
+    assert uses_local_emulator(service_settings("postgresql://x@127.0.0.1/x", **run_s))
+    assert uses_local_emulator(service_settings("postgresql://x@127.0.0.1/x", FAL_EMULATOR="1"))
+    assert not uses_local_emulator(service_settings("postgresql://x@127.0.0.1/x", FAL_KEY="key:secret"))

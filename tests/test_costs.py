@@ -135,27 +135,31 @@ async def test_the_status_machine_prices_a_jobs_end_on_both_of_its_paths(pool: a
         assert stored == msgspec.to_builtins(applied.job.cost)
 
 
-async def post_job(http: httpx.AsyncClient, url: str, user: NewUser, model_id: str, model_input: dict[str, Any]
-                   ) -> httpx.Response:
+async def post_job(http: httpx.AsyncClient, url: str, user: NewUser, model_id: str, model_input: dict[str, Any],
+                   **extra: Any) -> httpx.Response:
     kind = "video" if model_id in (KLING, MINIMAX) else "image"
     return await http.post(f"{url}/api/jobs", headers=bearer(user),
-                           json={"type": kind, "model_id": model_id, "input": {"prompt": "a fox", **model_input}})
+                           json={"type": kind, "model_id": model_id, "input": {"prompt": "a fox", **model_input},
+                                 **extra})
 
 
 async def test_a_flux_image_costs_what_the_price_table_implies_on_every_representation(
     service: RunningServer, http: httpx.AsyncClient, user: NewUser,
 ) -> None:
     created = await post_job(http, service.url, user, FLUX, {"num_images": 2, "image_size": "square_hd",
-                                                             "fal_emulator": {"queue_ms": 300}})
+                                                             "fal_emulator": {"queue_ms": 300}},
+                             tags=["cost:flux"], metadata={"k": 1})
     assert created.status_code == 202, created.text
     # Two images of 1024×1024, each billed as 2 megapixels at $0.025.
     estimate = {"estimated": 0.1, "final": None, "unit": "megapixel", "quantity": 4, "unit_price": 0.025,
                 "currency": "USD"}
     assert created.json()["cost"] == estimate
+    assert (created.json()["tags"], created.json()["metadata"]) == (["cost:flux"], {"k": 1})
     request_id = created.json()["request_id"]
     async with SseReader(http, f"{service.url}/api/jobs/{request_id}/events", bearer(user)) as events:
         _, snapshot = await events.next_job()
         assert snapshot["cost"]["estimated"] == 0.1 and snapshot["cost"]["unit_price"] == 0.025
+        assert (snapshot["tags"], snapshot["metadata"]) == (["cost:flux"], {"k": 1})
         job = await wait_until_terminal(http, service.url, user, request_id)
         while snapshot["status"] != "completed":
             _, snapshot = await events.next_job()
@@ -164,6 +168,8 @@ async def test_a_flux_image_costs_what_the_price_table_implies_on_every_represen
     assert job["cost"] == final and snapshot["cost"] == final
     listed = (await http.get(f"{service.url}/api/jobs", headers=bearer(user))).json()["jobs"]
     assert [j["cost"] for j in listed if j["request_id"] == request_id] == [final]
+    by_tag = (await http.get(f"{service.url}/api/jobs", params={"tag": "cost:flux"}, headers=bearer(user))).json()
+    assert [(j["request_id"], j["cost"], j["tags"]) for j in by_tag["jobs"]] == [(request_id, final, ["cost:flux"])]
 
 
 async def test_a_kling_video_costs_its_seconds_and_a_failed_job_costs_nothing(
@@ -256,3 +262,40 @@ def test_users_limits_sets_a_users_own_budget_and_list_shows_it(database_url: st
     assert done.returncode == 0, done.stderr
     listed = cli("users", "list", database_url=database_url)
     assert [line.split()[-1] for line in listed.stdout.splitlines() if line.startswith(name)] == ["-/-/-/2.5"]
+
+
+class RollBack(Exception):
+    """Undoes the test's rows: the shared test database is left as it was."""
+
+
+async def test_the_migration_gives_older_events_a_null_cost(database_url: str, user: NewUser) -> None:
+    """Events written before the costs migration get `cost: null`, as every later one has a cost:
+    a stream that replays or snapshots an older job sends the same fields (tags and metadata too)."""
+    import importlib
+
+    migration = importlib.import_module("piccolo_migrations.fal_jobs_2026_12_05t12_00_00_000000_costs")
+    connection = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(RollBack):
+            async with connection.transaction():
+                await connection.execute(migration.BACKWARDS_SQL)
+                await connection.execute("INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, tags) "
+                                         "VALUES ('before-costs', $1, 'fal-ai/flux/dev', 'image', '{}', '{a}')",
+                                         user.user_id)
+                before = await connection.fetchval("SELECT data FROM fal_job_events WHERE request_id = 'before-costs'")
+                assert "cost" not in msgspec.json.decode(before)
+                await connection.execute(migration.FORWARDS_SQL)
+                after = msgspec.json.decode(
+                    await connection.fetchval("SELECT data FROM fal_job_events WHERE request_id = 'before-costs'"))
+                assert (after["cost"], after["tags"], after["metadata"]) == (None, ["a"], {})
+                raise RollBack
+    finally:
+        await connection.close()
+
+
+def test_the_emulator_prices_every_model_allowed_by_default() -> None:
+    """Else the local emulator (`run`) warns at every start that some jobs' cost is unknown."""
+    from service.emulator.pricing_routes import EMULATED_PRICES
+    from service.settings import DEFAULT_ALLOWED_MODELS
+
+    assert set(DEFAULT_ALLOWED_MODELS) <= set(EMULATED_PRICES)

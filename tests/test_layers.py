@@ -20,6 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("service.resources",),
     ("service.http", "service.emulator"),
     ("service.usecases",),
+    ("service.uploads",),
     ("service.outputs",),
     ("service.realtime",),
     ("service.fal", "service.jobs"),

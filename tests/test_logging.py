@@ -53,8 +53,8 @@ def test_run_logs_json_lines_with_the_request_id(database_url: str, tmp_path: Pa
     text = log.read_text()
     entries = json_lines(text)  # raises on any line that is not JSON
     started = [e for e in entries if e["logger"] == "uvicorn.error" and "Started server process" in str(e["msg"])]
-    # uvicorn's own lines, from every process `run` starts (the emulator and each worker), are JSON too.
-    assert len(started) >= 2 and all("color_message" not in entry for entry in started), text
+    # uvicorn's own lines, from each worker `run` starts (and the emulator's, at debug), are JSON too.
+    assert len(started) >= 1 and all("color_message" not in entry for entry in started), text
     request = [e for e in entries if e.get("request_id") == "probe-1234" and e["msg"] == "request"]
     assert len(request) == 1, text
     assert request[0]["method"] == "GET" and request[0]["path"] == "/api/jobs/abc" and request[0]["status"] == 401

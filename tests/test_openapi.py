@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.auth.api_keys import NewUser
 from tests.conftest import RunningServer
@@ -49,11 +50,17 @@ async def test_the_document_declares_auth_errors_and_streams(service: RunningSer
                 schema = response["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, f"{method} {path} {status}"
     assert document["paths"]["/api/jobs/{request_id}/result"]["get"]["responses"].keys() >= {"200", "404", "409"}
+    # An output asked for before its job completed is 409, and a created job's 202 says where it is.
+    for method, path in (("get", "/api/jobs/{request_id}/outputs/{index}"), ("post", "/api/jobs/{request_id}/outputs/{index}/link")):
+        assert "409" in document["paths"][path][method]["responses"], f"{method} {path}"
+    created = document["paths"]["/api/jobs"]["post"]["responses"]["202"]
+    assert created["headers"]["Location"]["schema"] == {"type": "string"}
     for path in ("/api/events", "/api/jobs/{request_id}/events"):
         assert list(document["paths"][path]["get"]["responses"]["200"]["content"]) == ["text/event-stream"]
     assert document["components"]["schemas"]["ErrorBody"]["required"] == ["status", "error", "message"]
 
 
+@pytest.mark.timeout(300)  # some 800 cases: about a minute alone, two or more on a busy machine
 async def test_schemathesis_finds_no_failure(service: RunningServer, user: NewUser) -> None:
     # SCHEMATHESIS_MAX_EXAMPLES=300 SCHEMATHESIS_SEED=random: a large run on the same live service.
     seed = os.environ.get("SCHEMATHESIS_SEED", "20261201")

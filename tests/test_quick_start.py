@@ -67,6 +67,7 @@ def test_run_command_uses_embedded_postgres_and_keeps_data_across_restarts(embed
     service = start(embedded_env, log)
     try:
         ready = wait_ready(url, service)
+        assert log.read_text().count("embedded postgres ready") == 1, "each start-up line once"
         # With no user yet, it made a local demo user and printed a one-time sign-in link.
         links = re.findall(r"open this one-time link to sign in: (\S+)", log.read_text())
         assert len(links) == 1 and links[0].startswith(f"{url}/?token=")

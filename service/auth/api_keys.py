@@ -32,16 +32,44 @@ def hash_key(api_key: str) -> str:
 
 
 async def create_user(pool: asyncpg.Pool, name: str) -> NewUser:
-    if not USER_NAME_PATTERN.match(name):
-        raise InvalidRequest("name: 1-100 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")
-    user_id = str(uuid.uuid4())
+    """A user and its first API key, returned once."""
+    _check_name(name)
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("INSERT INTO fal_users (id, name) VALUES ($1, $2)", user_id, name)
+            user_id = await _insert_user(conn, name)
             api_key = await _insert_key(conn, user_id)
     except asyncpg.UniqueViolationError:
-        raise Conflict(f"name: a user named {name!r} already exists") from None
+        raise await _taken(pool, name) from None
     return NewUser(user_id=user_id, name=name, api_key=api_key)
+
+
+async def add_user(pool: asyncpg.Pool, name: str) -> str:
+    """A user without an API key (one who signs in with a link); its id. `create_key` makes keys."""
+    _check_name(name)
+    try:
+        async with pool.acquire() as conn:
+            return await _insert_user(conn, name)
+    except asyncpg.UniqueViolationError:
+        raise await _taken(pool, name) from None
+
+
+def _check_name(name: str) -> None:
+    if not USER_NAME_PATTERN.match(name):
+        raise InvalidRequest("name: 1-100 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")
+
+
+async def _insert_user(connection: asyncpg.Connection, name: str) -> str:
+    user_id = str(uuid.uuid4())
+    await connection.execute("INSERT INTO fal_users (id, name) VALUES ($1, $2)", user_id, name)
+    return user_id
+
+
+async def _taken(pool: asyncpg.Pool, name: str) -> Conflict:
+    """Names compare without case (a unique index on lower(name)): the message names the user as
+    it is spelled, and the command that gives it another key."""
+    existing = await pool.fetchval("SELECT name FROM fal_users WHERE lower(name) = lower($1)", name) or name
+    return Conflict(f"name: a user named {existing!r} already exists; to give it another API key: "
+                    f"python3 -m service keys create {existing}")
 
 
 async def _insert_key(connection: asyncpg.Connection, user_id: str) -> str:
@@ -62,18 +90,18 @@ class KeyInfo(msgspec.Struct, frozen=True):
 async def create_key(pool: asyncpg.Pool, user_name: str) -> str:
     """A new API key for an existing user; returned once."""
     async with pool.acquire() as conn, conn.transaction():
-        user_id = await conn.fetchval("SELECT id FROM fal_users WHERE name = $1", user_name)
+        user_id = await conn.fetchval("SELECT id FROM fal_users WHERE lower(name) = lower($1)", user_name)
         if user_id is None:
             raise NotFound(f"name: no user named {user_name!r}")
         return await _insert_key(conn, user_id)
 
 
 async def list_keys(pool: asyncpg.Pool, user_name: str) -> list[KeyInfo]:
-    if await pool.fetchval("SELECT id FROM fal_users WHERE name = $1", user_name) is None:
+    if await pool.fetchval("SELECT id FROM fal_users WHERE lower(name) = lower($1)", user_name) is None:
         raise NotFound(f"name: no user named {user_name!r}")
     rows = await pool.fetch(
         "SELECT k.prefix, k.created_at, k.revoked_at FROM fal_api_keys k JOIN fal_users u ON u.id = k.user_id "
-        "WHERE u.name = $1 ORDER BY k.created_at",
+        "WHERE lower(u.name) = lower($1) ORDER BY k.created_at",
         user_name,
     )
     return [KeyInfo(prefix=r["prefix"], created_at=r["created_at"], revoked_at=r["revoked_at"]) for r in rows]

@@ -1,5 +1,6 @@
 """Short-lived signed stream tokens: a browser cannot put an API key in an EventSource, so the
-API hands out an HMAC-signed token scoped to one job or to the user's stream, with an expiry.
+API hands out an HMAC-signed token scoped to one job, to the user's stream, or to the user's jobs
+carrying one tag (an app's end user: `tag:user:123`), with an expiry.
 
 Format: base64url(JSON claims) "." base64url(HMAC-SHA256(secret, claims)). Verified in constant
 time; any failure reads the same to the caller as a wrong key.
@@ -24,8 +25,22 @@ if TYPE_CHECKING:
 USER_SCOPE = "user"
 
 
+TAG_SCOPE_PREFIX = "tag:"
+
+
 def job_scope(request_id: str) -> str:
     return f"job:{request_id}"
+
+
+def tag_scope(tag: str) -> str:
+    """The streams of the user's jobs carrying `tag`: each such job's, and the user stream filtered
+    by it. Which jobs carry it is the stream's to check (it takes a query)."""
+    return f"{TAG_SCOPE_PREFIX}{tag}"
+
+
+def scope_tag(scope: str) -> str | None:
+    """The tag of a tag scope; None for any other scope."""
+    return scope.removeprefix(TAG_SCOPE_PREFIX) if scope.startswith(TAG_SCOPE_PREFIX) else None
 
 
 class StreamClaims(msgspec.Struct, frozen=True):
@@ -56,8 +71,9 @@ class StreamTokens:
         )
         return f"{_b64(claims)}.{_b64(self._sign(claims))}", expires_at
 
-    def verify(self, token: str, scope: str, *, now: float | None = None) -> StreamClaims:
-        """The token's claims, when it is genuine, unexpired and for `scope`. Whether the credential
+    def verify(self, token: str, scope: str, *, or_tag: bool = False, now: float | None = None) -> StreamClaims:
+        """The token's claims, when it is genuine, unexpired and for `scope` (or, with `or_tag`, for
+        any tag: the caller then checks that the tag opens this stream). Whether the credential
         that minted it still stands is the caller's to check (it takes a query)."""
         try:
             claims_part, signature_part = token.split(".", 1)
@@ -72,7 +88,7 @@ class StreamTokens:
             raise NotAuthenticated("token: stream token of an older format; ask POST /api/stream-tokens") from None
         if claims.expires_at < (now if now is not None else time.time()):
             raise NotAuthenticated("token: stream token expired; ask POST /api/stream-tokens for a new one")
-        if claims.scope != scope:
+        if claims.scope != scope and not (or_tag and scope_tag(claims.scope) is not None):
             raise NotAuthenticated("token: this stream token is for another stream")
         return claims
 

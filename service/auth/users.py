@@ -1,5 +1,5 @@
 """Operating on users: list them, disable one (its keys and sessions stop working at once), and
-give one its own limits where the settings' defaults are too tight."""
+give one its own limits where the settings' defaults are too tight. Names compare without case."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ async def set_disabled(pool: asyncpg.Pool, name: str, disabled: bool) -> None:
     open streams close within seconds in every process."""
     done = await pool.fetchval(
         "UPDATE fal_users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END "
-        "WHERE name = $1 RETURNING id",
+        "WHERE lower(name) = lower($1) RETURNING id",
         name, disabled,
     )
     if done is None:
@@ -79,7 +79,7 @@ async def set_limits(pool: asyncpg.Pool, name: str, limits: UserLimits) -> None:
         raise InvalidRequest("max_spend_per_day: must be a finite amount")
     done = await pool.fetchval(
         "UPDATE fal_users SET max_open_jobs = $2, max_jobs_per_minute = $3, max_streams = $4, max_spend_per_day = $5 "
-        "WHERE name = $1 RETURNING id",
+        "WHERE lower(name) = lower($1) RETURNING id",
         name, limits.max_open_jobs, limits.max_jobs_per_minute, limits.max_streams, spend,
     )
     if done is None:

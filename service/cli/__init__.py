@@ -21,6 +21,29 @@ from service.cli.users_keys import (
 )
 from service.settings import Settings, SettingsError, load_settings
 
+_SETTINGS_HEAD = """settings, from the environment or a .env file at the top of the checkout (the environment wins);
+every one is in docs/operating.md:
+  HOST, PORT            where it listens (127.0.0.1, 8000)
+"""
+RUN_SETTINGS = _SETTINGS_HEAD + """\
+  DATABASE_URL          postgresql://... (unset: an embedded PostgreSQL in EMBEDDED_PGDATA, .pgdata/)
+  FAL_KEY               your fal.ai key (unset: the local fal emulator, which makes test images/videos)
+  APP_URL               the public base URL fal's webhooks reach (unset: the HOST:PORT address)
+  WEB_CONCURRENCY       service processes behind the port (unset: usable cores, half with a local
+                        Postgres, at most 8)
+  LOG_LEVEL, LOG_FORMAT INFO; text on a terminal, else json
+"""
+SERVE_SETTINGS = _SETTINGS_HEAD + """\
+  DATABASE_URL          postgresql://... (required)
+  FAL_KEY               your fal.ai key (required; FAL_EMULATOR=1 serves the local emulator instead)
+  APP_URL               the public base URL fal's webhooks reach; https needs METRICS_TOKEN
+  FAL_WEBHOOK_USER_ID   your fal account: webhooks signed for another are refused
+  STREAM_TOKEN_SECRET   the same on every machine behind one address
+  FORWARDED_ALLOW_IPS   proxies whose X-Forwarded-* headers are trusted (127.0.0.1)
+  WEB_CONCURRENCY       service processes behind the port (unset: usable cores, at most 8)
+  LOG_LEVEL, LOG_FORMAT INFO; text on a terminal, else json
+"""
+
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -46,8 +69,15 @@ def _hours(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description="fal-jobs")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="apply migrations and serve (embedded Postgres when DATABASE_URL is unset)")
-    commands.add_parser("serve", help="serve only (the Procfile's web process): WEB_CONCURRENCY processes")
+    commands.add_parser("run", help="apply migrations and serve (embedded Postgres when DATABASE_URL is unset)",
+                        description="The demo and development server: the database (embedded when DATABASE_URL\n"
+                                    "is unset), migrations, a local 'demo' user and its sign-in link, the local fal\n"
+                                    "emulator when FAL_KEY is unset, then the service.",
+                        epilog=RUN_SETTINGS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands.add_parser("serve", help="serve only (the Procfile's web process): WEB_CONCURRENCY processes",
+                        description="The service alone, as the Procfile's web process runs it (the migrations\n"
+                                    "are the release step's: 'migrate').",
+                        epilog=SERVE_SETTINGS, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands.add_parser("migrate", help="apply the database migrations")
     commands.add_parser("test", help="run the test suite; every argument after it goes to pytest")
     commands.add_parser("check", help="run the static checks: ruff on the project, mypy on service/")

@@ -1,4 +1,5 @@
-"""`check`: the static checks, ruff on the project and mypy on service/, configured in pyproject.toml.
+"""`check`: the static checks, ruff on the project and mypy on service/, configured in pyproject.toml,
+and `tsc --noEmit` over the TypeScript client in clients/js (service/cli/node.py).
 
 They run from the project's virtualenv (the dev set, which `python3 -m service` installs for this
 command as for `test`), so every machine checks with the versions the lock file pins.
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ruff", ("-m", "ruff", "check", ".")),
     ("mypy", ("-m", "mypy")),
+    ("tsc", ("-m", "service.cli.node", "typecheck")),
 )
 """Each check's name and its arguments to this interpreter (mypy's files come from pyproject.toml)."""
 

@@ -24,12 +24,13 @@ def database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.embedded_pgdata)
 
 
-def migrated_database_url(settings: Settings, *, wait_s: float | None = None) -> str:
-    """The database's DSN once it answers (within MIGRATE_WAIT_S) and has every migration."""
+def migrated_database_url(settings: Settings, *, dsn: str | None = None, wait_s: float | None = None) -> str:
+    """The database's DSN (`dsn` when the caller has it already) once it answers (within
+    MIGRATE_WAIT_S) and has every migration."""
     from service.db.migrations import apply_migrations, wait_for_database
 
     wait_s = settings.migrate_wait_s if wait_s is None else wait_s
-    dsn = database_url(settings)
+    dsn = dsn or database_url(settings)
     wait_for_database(dsn, wait_s=wait_s, on_wait=lambda: print(
         f"fal-jobs: waiting up to {wait_s:g} s for the database to answer", file=sys.stderr, flush=True))
     apply_migrations(dsn)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -15,6 +19,8 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 START_TIMEOUT_S = 30
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+"""What `extra=` may not set (logging refuses it)."""
 
 
 @contextlib.contextmanager
@@ -33,25 +39,25 @@ def standalone_emulator(settings: Settings) -> Iterator[None]:
     emulator = subprocess.Popen(
         [sys.executable, "-m", "service.emulator", "--port", str(port), "--pace",
          os.environ.get("EMULATOR_PACE", "demo"), "--heartbeat-s", "15"],
-        env={**os.environ, "FAL_KEY": key}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        # Its log (uvicorn's lines, with its random port) joins ours, lowered to debug: the terminal
+        # shows the service's address alone. Below debug we drop what it says at info anyway.
+        env={**os.environ, "FAL_KEY": key, "LOG_FORMAT": "json",
+             "LOG_LEVEL": "DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
+    threading.Thread(target=_relay_log, args=(emulator.stderr,), name="fal-emulator-log", daemon=True).start()
     try:
         _wait_until_up(emulator, base)
         os.environ.update({
             "FAL_KEY": key, "FAL_QUEUE_URL": base, "FAL_API_URL": base, "FAL_JWKS_URL": f"{base}/.well-known/jwks.json",
+            # Input files go to its storage and CDN endpoints (INPUT_DELIVERY=fal_cdn).
+            "FAL_REST_URL": base, "FAL_CDN_URL": base,
             "FAL_WEBHOOK_USER_ID": "fal-emulator-user",
             # Its media is copied into our store like fal's, though it is plain http on loopback.
             "EMULATOR_MEDIA_URL": f"{base}/media",
             # Webhooks come back to us, as fal's would to APP_URL.
             "APP_URL": settings.app_url or settings.local_url,
         })
-        print("\n".join([
-            "fal-jobs: ************************************************************************",
-            "fal-jobs: FAL_KEY is not set: serving with the LOCAL fal EMULATOR. Jobs never reach",
-            f"fal-jobs: fal.ai, cost nothing and make test images ({base}).",
-            "fal-jobs: Set FAL_KEY to your fal.ai key for real jobs.",
-            "fal-jobs: ************************************************************************",
-        ]), file=sys.stderr, flush=True)
         yield
     finally:
         emulator.terminate()
@@ -77,3 +83,26 @@ def _wait_until_up(emulator: subprocess.Popen[bytes], base: str) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"fal-jobs: the fal emulator did not start within {START_TIMEOUT_S} s")
         time.sleep(0.1)
+
+
+def _relay_log(stream: IO[bytes] | None) -> None:
+    """Each line the emulator logs, into our log stream under `fal-emulator.<its logger>`: its debug
+    and info lines at debug, its warnings and errors as they are; a line that is not its JSON (a
+    crash's traceback) as a warning."""
+    for raw in stream or ():
+        line = raw.decode("utf-8", "replace").rstrip()
+        try:
+            entry = msgspec.json.decode(line, type=dict[str, object])
+        except msgspec.DecodeError:
+            entry = {}
+        message = entry.pop("msg", None)
+        if not isinstance(message, str):
+            if line:
+                logging.getLogger("fal-emulator").warning("%s", line, extra={"action": "fal_emulator.output"})
+            continue
+        level = logging.getLevelName(str(entry.pop("level", "info")).upper())
+        level = logging.DEBUG if not isinstance(level, int) or level <= logging.INFO else level
+        name = f"fal-emulator.{entry.pop('logger', 'emulator')}"
+        extra = {key: value for key, value in entry.items() if key != "ts" and key not in _RECORD_ATTRS}
+        extra.setdefault("action", "fal_emulator.log")
+        logging.getLogger(name).log(level, "%s", message, extra=extra)

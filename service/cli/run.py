@@ -9,57 +9,98 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from service.cli.address import recorded_address
 from service.cli.database import database_url, migrated_database_url
 from service.cli.local_fal import standalone_emulator
-from service.serving import check_can_serve, pool_size_for, process_count, serve
+from service.serving import CannotListen, bind_listener, check_can_serve, pool_size_for, process_count, serve
 from service.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     import argparse
 
 DEMO_USER = "demo"
+SIGN_IN_LINE = "open this one-time link to sign in: "
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """The demo and the development server: the database (embedded when DATABASE_URL is unset),
-    migrations, a sign-in link, the fal emulator when FAL_KEY is unset, then the service."""
+    """The demo and the development server: the port, the database (embedded when DATABASE_URL is
+    unset), migrations and a sign-in link, the fal emulator when FAL_KEY is unset, the service; and,
+    once every process serves, one block on the terminal saying where it is and how to sign in."""
     from service.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    try:  # first: a busy port ends the command before anything starts or any link is made
+        listener = bind_listener(settings)
+    except CannotListen as refusal:
+        print(f"fal-jobs: {refusal}", file=sys.stderr, flush=True)
+        return 1
     from service.db.migrations import database_reachable
 
     dsn = database_url(settings)
     if asyncio.run(database_reachable(dsn)):
-        migrated_database_url(settings)
-        asyncio.run(_welcome(settings, dsn))
+        migrated_database_url(settings, dsn=dsn)
+        sign_in = asyncio.run(_welcome(settings, dsn))
     else:
         print("fal-jobs: the database does not answer: serving anyway (not ready); migrations run once it does",
               file=sys.stderr, flush=True)
         _migrate_in_background(settings, dsn)
+        sign_in = "the sign-in link follows once the database answers"
     # The app factory reads its settings from the environment; hand it the server we resolved.
     os.environ["DATABASE_URL"] = dsn
     where = "embedded PostgreSQL in " + settings.embedded_pgdata if not settings.database_url else "DATABASE_URL"
     with contextlib.ExitStack() as stack:
+        stack.callback(listener.close)
+        served = settings
         if settings.uses_emulator:
             stack.enter_context(standalone_emulator(settings))
-            settings = load_settings()
-        processes = _fit_processes(settings, dsn)
-        print(f"fal-jobs: serving on http://{settings.host}:{settings.port} with {processes} process(es) "
-              f"(database: {where})", file=sys.stderr, flush=True)
-        serve(settings, processes=processes)
-    return 0
+            served = load_settings()
+        processes = _fit_processes(served, dsn)
+        stack.enter_context(recorded_address(settings, served.app_url or served.local_url))
+        block = _ready_block(served, processes=processes, database=where, sign_in=sign_in,
+                             emulator=settings.uses_emulator)
+        return serve(served, processes=processes, listener=listener,
+                     on_started=lambda: print(block, file=sys.stderr, flush=True))
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """What the Procfile runs: the service alone, WEB_CONCURRENCY processes behind one port."""
+    import logging
+
     from service.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     check_can_serve(settings)  # before any worker starts: a refusal must end the command, not loop
     if settings.database_url is None:
         raise SettingsError("DATABASE_URL: not set; 'serve' needs the database (use 'run' for the embedded one)")
-    serve(settings, processes=_fit_processes(settings, settings.database_url))
-    return 0
+    try:
+        listener = bind_listener(settings)
+    except CannotListen as refusal:
+        print(f"fal-jobs: {refusal}", file=sys.stderr, flush=True)
+        return 1
+    with listener:
+        processes = _fit_processes(settings, settings.database_url)
+        url = settings.app_url or settings.local_url
+
+        def started() -> None:
+            logging.getLogger("service.serve").info(
+                "serving", extra={"action": "serving", "url": settings.local_url, "processes": processes})
+
+        with recorded_address(settings, url):
+            return serve(settings, processes=processes, listener=listener, on_started=started)
+
+
+def _ready_block(settings: Settings, *, processes: int, database: str, sign_in: str, emulator: bool) -> str:
+    """What `run` prints last, once every process serves: where, how to sign in, which fal."""
+    public = f"; public address {settings.app_url}" if settings.app_url not in (None, settings.local_url) else ""
+    lines = [
+        f"ready at {settings.local_url} ({processes} process{'es' if processes > 1 else ''}; "
+        f"database: {database}{public})",
+        sign_in,
+    ]
+    if emulator:
+        lines.append("FAL_KEY is not set: jobs go to the local fal emulator, which makes test images and videos "
+                     "(nothing reaches fal.ai, nothing is paid); set FAL_KEY to your fal.ai key for real jobs")
+    return "\n".join(f"fal-jobs: {line}" for line in lines)
 
 
 def _migrate_in_background(settings: Settings, dsn: str) -> None:
@@ -72,8 +113,8 @@ def _migrate_in_background(settings: Settings, dsn: str) -> None:
     def work() -> None:
         while True:
             try:
-                migrated_database_url(settings, wait_s=365 * 24 * 3600)
-                asyncio.run(_welcome(settings, dsn))
+                migrated_database_url(settings, dsn=dsn, wait_s=365 * 24 * 3600)
+                print(f"fal-jobs: {asyncio.run(_welcome(settings, dsn))}", file=sys.stderr, flush=True)
                 return
             except MigrationError as error:
                 print(f"fal-jobs: {error}; trying again", file=sys.stderr, flush=True)
@@ -104,25 +145,23 @@ def _fit_processes(settings: Settings, dsn: str) -> int:
     return processes
 
 
-async def _welcome(settings: Settings, dsn: str) -> None:
-    """With no user yet, create a local demo user; print a one-time sign-in link for it (on the
-    terminal, like Jupyter's ?token= link; never through the logger)."""
-    from service.auth.api_keys import create_user
+async def _welcome(settings: Settings, dsn: str) -> str:
+    """With no user yet, create the local demo user (without an API key: the browser needs none, and
+    `keys create demo` makes one); the line that signs it in, a one-time link for the terminal (like
+    Jupyter's ?token= link; never through the logger)."""
+    from service.auth.api_keys import add_user
     from service.auth.browser_sessions import issue_sign_in_token
     from service.db.pool import create_pool
 
     pool = await create_pool(dsn, min_size=1, max_size=1)
     try:
-        demo_id = await pool.fetchval("SELECT id FROM fal_users WHERE name = $1", DEMO_USER)
+        demo_id = await pool.fetchval("SELECT id FROM fal_users WHERE lower(name) = lower($1)", DEMO_USER)
         if demo_id is None:
             if await pool.fetchval("SELECT count(*) FROM fal_users"):
-                return
-            demo = await create_user(pool, DEMO_USER)
-            demo_id = demo.user_id
-            # Its API key is not printed: the browser never needs one ('users create' makes keys).
+                return "sign in with the one-time link that 'python3 -m service users sign-in NAME' prints"
+            demo_id = await add_user(pool, DEMO_USER)
             print(f"fal-jobs: created the local user '{DEMO_USER}'", file=sys.stderr)
         token = await issue_sign_in_token(pool, demo_id)
     finally:
         await pool.close()
-    base = settings.app_url or settings.local_url
-    print(f"fal-jobs: open this one-time link to sign in: {base}/?token={token}", file=sys.stderr, flush=True)
+    return f"{SIGN_IN_LINE}{settings.app_url or settings.local_url}/?token={token}"

@@ -49,17 +49,32 @@ def cmd_users_sign_in(settings: Settings, args: argparse.Namespace) -> int:
     async def issue() -> int:
         pool = await create_pool(dsn, min_size=1, max_size=1)
         try:
-            user_id = await pool.fetchval("SELECT id FROM fal_users WHERE name = $1", args.name)
+            user_id = await pool.fetchval("SELECT id FROM fal_users WHERE lower(name) = lower($1)", args.name)
             if user_id is None:
                 print(f"fal-jobs: no user named {args.name!r}", file=sys.stderr)
                 return 1
             token = await issue_sign_in_token(pool, user_id)
         finally:
             await pool.close()
-        print(f"{settings.app_url or settings.local_url}/?token={token}")
+        print(f"{_sign_in_base(settings)}/?token={token}")
         return 0
 
     return asyncio.run(issue())
+
+
+def _sign_in_base(settings: Settings) -> str:
+    """The running service's address, as `run` or `serve` of this database recorded it (this
+    shell's HOST and PORT may not be the server's); with none running, APP_URL, else HOST and PORT."""
+    from service.cli.address import running_address
+
+    running = running_address(settings)
+    if running is not None:
+        return running
+    base = settings.app_url or settings.local_url
+    if settings.app_url is None:
+        print(f"fal-jobs: no service of this database runs here now; the link assumes it will serve on {base} "
+              "(HOST, PORT, APP_URL)", file=sys.stderr)
+    return base
 
 
 def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:

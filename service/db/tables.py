@@ -4,7 +4,7 @@ Runtime queries are plain SQL over asyncpg (see `service.jobs`): the status mach
 `SELECT ... FOR UPDATE` inside one transaction, and the hot paths stay one round trip each.
 """
 
-from piccolo.columns import JSONB, BigSerial, Integer, Numeric, Text, Timestamptz, Varchar
+from piccolo.columns import JSONB, Array, BigSerial, Integer, Numeric, Text, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
@@ -50,6 +50,10 @@ class FalJob(Table, tablename="fal_jobs"):
     # Set with `cancelled` when fal may still run the request (cancelled while running): the
     # open-jobs limit counts the job until then, or until fal's end is seen (back to NULL).
     counts_open_until = Timestamptz(null=True, default=None)
+    # The app's own labels and JSON object, fixed at creation; metadata is never sent to fal. The
+    # table fal_job_tags (raw SQL: piccolo_migrations/..._tags_and_metadata.py) finds jobs by tag.
+    tags = Array(base_column=Text(), default=list)
+    metadata = JSONB(default="{}")
     # The job's JobCost: our estimate of fal's bill (raw migration ..._costs.py).
     cost = JSONB(null=True, default=None)
 

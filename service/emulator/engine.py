@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import outcomes
+from .inputs import InputFetch, fetch_image, takes_image
 from .pacing import Pace, queue_and_run, request_faults
 from .pricing_routes import EMULATED_PRICES
 from .records import AppRef, EmulatedRequest, QueueError, SubmitRecord, new_request, split_model_path
 from .signing import KeySet
+from .storage_routes import StorageState
 from .webhooks import FAL_RETRY_SCHEDULE_S, WebhookSender
 from .wire import DeliveryAttempt, StatusResponse, SubmitResponse, WebhookBody
 
@@ -61,6 +63,10 @@ class FalEmulator:
         self.requests: dict[str, EmulatedRequest] = {}
         self.deliveries: list[DeliveryAttempt] = []
         self.submissions: list[SubmitRecord] = []
+        self.storage = StorageState()
+        """fal's storage for input files: tokens handed out and files uploaded (storage_routes.py)."""
+        self.input_fetches: list[InputFetch] = []
+        """Every input URL a run fetched (image-to-video and image-to-image models)."""
         # The last media paths fetched (tests look for one); bounded, since the demo runs for days.
         self.media_fetches: collections.deque[str] = collections.deque(maxlen=1000)
         """The path of every media fetch, in order."""
@@ -268,6 +274,9 @@ class FalEmulator:
     async def _lifecycle(self, req: EmulatedRequest) -> None:
         try:
             await queue_and_run(req, self._notify)
+            if takes_image(req.model_id):
+                fetched = await fetch_image(req.request_id, req.input.get("image_url"), self.input_fetches)
+                req.input_errors, req.input_colour = fetched.errors, fetched.colour
             outcomes.finish(req, self.media_base)
             self._notify()
             if req.webhook_url is not None:

@@ -6,6 +6,7 @@ stateless and an image stays reachable even after the emulator forgets the reque
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections import OrderedDict
@@ -21,6 +22,41 @@ MAX_IMAGES = 8
 
 
 SAMPLE_MP4_NAME = "sample.mp4"
+
+DEFAULT_VIDEO_S = 5.0
+"""Kling's default `duration` ("5"), for a video model asked for none."""
+MAX_VIDEO_S = 60.0
+_SECONDS = re.compile(r"^\s*(\d{1,3}(?:\.\d{1,3})?)\s*s?\s*$")
+
+
+def resolve_video_seconds(value: object) -> float:
+    """`duration` as fal's video models take it: "5" (Kling), "8s" (Veo), or a number; ValueError
+    for anything else or outside 1 to MAX_VIDEO_S seconds."""
+    if value is None:
+        return DEFAULT_VIDEO_S
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _SECONDS.match(value)):
+        seconds = float(match[1])
+    if seconds is None or not 1 <= seconds <= MAX_VIDEO_S:
+        raise ValueError(f"duration must be a number of seconds from 1 to {MAX_VIDEO_S:g}, like \"5\" or \"8s\"")
+    return seconds
+
+
+def video_path(seconds: float) -> str:
+    """The media path segment that carries a video's length, so the media route stays stateless."""
+    return f"{seconds:g}s"
+
+
+def parse_video_path(segment: str) -> float | None:
+    """video_path's inverse; None for anything that is not a length it could have written."""
+    if not segment.endswith("s"):
+        return None
+    try:
+        return resolve_video_seconds(segment)
+    except ValueError:
+        return None
 
 
 def _side(size: dict[object, object], name: str) -> int:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from litestar import Request, Response, get
 from litestar.response import Stream
 
-from .media import MAX_SIDE, is_drawn, png_bytes, video_size, video_slice
+from .media import MAX_SIDE, is_drawn, parse_video_path, png_bytes, video_size, video_slice
+from .mp4 import mp4_of
 from .responses import json_answer, not_found
 
 if TYPE_CHECKING:
@@ -55,7 +56,16 @@ def media_routes(emulator: FalEmulator) -> list[HTTPRouteHandler]:
         size = video_size(_int_param(request, "bytes"))
         return _media(request, size, "video/mp4", video_slice)
 
-    return [image, video]
+    @get("/media/video/{length:str}/{name:str}", sync_to_thread=False)
+    def video_of_length(request: Request[Any, Any, Any], length: FromPath[str], name: FromPath[str]) -> Response[bytes] | Stream:
+        emulator.media_fetches.append(request.url.path)
+        seconds = parse_video_path(length)
+        if seconds is None or not name.endswith(".mp4"):
+            return not_found()
+        data = mp4_of(seconds)
+        return _media(request, len(data), "video/mp4", lambda start, end: data[start:end])
+
+    return [image, video, video_of_length]
 
 
 def _image_drawing(size: str, name: str) -> tuple[int, int, int] | None:

@@ -26,7 +26,8 @@ def finish(req: EmulatedRequest, media_base: str) -> None:
     """The end of a run: the model's output, or its 422 (invalid input, or `outcome = error`)."""
     inference_s = req.run_ms / 1000
     req.metrics = {"inference_time": inference_s}
-    errors = forced_error_detail() if req.faults.outcome == "error" else validation_errors(req.model_id, req.input)
+    errors = (forced_error_detail() if req.faults.outcome == "error"
+              else req.input_errors or validation_errors(req.model_id, req.input))
     if errors:
         complete(req, status=422, body={"detail": errors}, error=APP_ERROR)
         return
@@ -34,6 +35,9 @@ def finish(req: EmulatedRequest, media_base: str) -> None:
         req.model_id, req.input, request_id=req.request_id, media_base=req.faults.media_base_url or media_base,
         inference_s=inference_s, media_query=media_query(req.faults, time.time()),
     )
+    if req.input_colour is not None and "video" in req.output:
+        # What the model made of its input: the image's average colour, in the file's name.
+        req.output["video"]["file_name"] = f"from-{req.input_colour}.mp4"
     complete(req, status=200, body=req.output, error=None)
 
 

@@ -6,7 +6,8 @@ import random
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from .media import MAX_IMAGES, is_video_model, resolve_image_size, sample_mp4
+from .media import MAX_IMAGES, is_video_model, resolve_image_size, resolve_video_seconds, video_path
+from .mp4 import mp4_of
 
 if TYPE_CHECKING:
     from .faults import FaultOptions
@@ -25,9 +26,13 @@ def output_seed(model_input: dict[str, Any]) -> int:
 
 def validation_errors(model_id: str, model_input: dict[str, Any]) -> list[dict[str, Any]]:
     """What the fake app rejects, as FastAPI-style `detail` entries (fal apps answer 422 with these)."""
-    if is_video_model(model_id):
-        return []
     errors: list[dict[str, Any]] = []
+    if is_video_model(model_id):
+        try:
+            resolve_video_seconds(model_input.get("duration"))
+        except ValueError as exc:
+            errors.append({"loc": ["body", "duration"], "msg": str(exc), "type": "value_error"})
+        return errors
     try:
         resolve_image_size(model_input.get("image_size"))
     except ValueError as exc:
@@ -73,12 +78,16 @@ def build_output(
 ) -> dict[str, Any]:
     seed = output_seed(model_input)
     if is_video_model(model_id):
-        size = len(sample_mp4())
+        seconds = resolve_video_seconds(model_input.get("duration"))
+        # The asked-for length, in the URL; a `video_bytes` fault serves a file of that size instead.
+        url = f"{media_base}/video/{video_path(seconds)}/{request_id}.mp4{media_query}"
+        size = len(mp4_of(seconds))
         if "bytes=" in media_query:
             size = int(media_query.split("bytes=", 1)[1].split("&", 1)[0])
+            url = f"{media_base}/video/{request_id}.mp4{media_query}"
         return {
             "video": {
-                "url": f"{media_base}/video/{request_id}.mp4{media_query}",
+                "url": url,
                 "content_type": "video/mp4",
                 "file_name": "output.mp4",
                 "file_size": size,

@@ -21,6 +21,7 @@ EMULATED_PRICES: dict[str, tuple[float, str]] = {
     "fal-ai/flux/dev": (0.025, "megapixels"),
     "fal-ai/flux/schnell": (0.003, "megapixels"),
     "fal-ai/kling-video/v2.1/master/text-to-video": (0.28, "seconds"),
+    "fal-ai/kling-video/v2.1/master/image-to-video": (0.28, "seconds"),
     "fal-ai/minimax/video-01": (0.5, "videos"),
 }
 """(unit price in USD, billing unit) per endpoint id; an emulator's `prices` starts from these."""

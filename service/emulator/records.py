@@ -90,6 +90,10 @@ class EmulatedRequest:
     # Set once the first webhook attempt is over, or when no webhook will be sent.
     webhook_settled: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    input_errors: list[dict[str, Any]] = field(default_factory=list)
+    """fal's 422 `detail` entries for input files the run could not use."""
+    input_colour: str | None = None
+    """The average colour of the input image the run fetched (`rrggbb`)."""
 
     # Each `take_*` uses up one of a fault's N occurrences and says whether this call gets it.
 

@@ -11,7 +11,7 @@ import logging
 import asyncpg
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
 from service.db.pool import is_unavailable
 from service.errors import (
@@ -24,10 +24,14 @@ from service.errors import (
     InvalidRequest,
     NotAuthenticated,
     NotFound,
+    PayloadTooLarge,
     TooManyRequests,
     Unavailable,
+    Unprocessable,
+    UnsupportedMediaType,
     UpstreamError,
 )
+from service.http.validation import describe
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     Conflict: 409,
     IdempotencyKeyReused: 422,
     TooManyRequests: 429,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unprocessable: 422,
     Gone: 410,
     UpstreamError: 502,
     Unavailable: 503,
@@ -99,11 +106,7 @@ def handle_domain_error(request: Request, exc: DomainError) -> Response[ErrorBod
 
 
 def handle_validation_error(request: Request, exc: ValidationException) -> Response[ErrorBody]:
-    problems = []
-    for item in exc.extra if isinstance(exc.extra, list) else []:
-        if isinstance(item, dict):
-            key = item.get("key")
-            problems.append(f"{key}: {item.get('message')}" if key else str(item.get("message")))
+    problems = [describe(request, item) for item in exc.extra if isinstance(item, dict)] if isinstance(exc.extra, list) else []
     message = "; ".join(problems) or str(exc.detail)
     return error_response(400, "invalid_request", message)
 
@@ -111,11 +114,30 @@ def handle_validation_error(request: Request, exc: ValidationException) -> Respo
 def handle_http_exception(request: Request, exc: HTTPException) -> Response[ErrorBody]:
     status = exc.status_code
     message = str(exc.detail) if exc.detail else "request failed"
+    headers = dict(exc.headers or {})
     if status == 404 and message == "Not Found":
         message = f"no route for {request.method} {request.url.path}"
+    elif status == 400 and isinstance(exc.__cause__, SerializationException):
+        # msgspec's words alone ("Input data was truncated") do not say that the body is at fault.
+        message = f"body: not valid JSON ({message[:1].lower()}{message[1:]}); send one JSON object"
+    elif status == 405:
+        headers, message = _method_not_allowed(request, headers)
     if status >= 500:
         log.error("http exception", exc_info=exc)
-    return error_response(status, CODE_BY_STATUS.get(status, "error"), message, exc.headers or None)
+    return error_response(status, CODE_BY_STATUS.get(status, "error"), message, headers or None)
+
+
+def _method_not_allowed(request: Request, headers: dict[str, str]) -> tuple[dict[str, str], str]:
+    """The router's 405 carries `Allow` (in its own order): sorted, and named in the message."""
+    allow = next((value for name, value in headers.items() if name.lower() == "allow"), "")
+    methods = sorted({method.strip().upper() for method in allow.split(",") if method.strip()})
+    headers = {name: value for name, value in headers.items() if name.lower() != "allow"}
+    message = f"{request.method} is not allowed on {request.url.path}"
+    if methods:
+        headers["Allow"] = ", ".join(methods)
+        usable = [method for method in methods if method not in ("HEAD", "OPTIONS")] or methods
+        message += f"; use {' or '.join(usable)}"
+    return headers, message
 
 
 def handle_database_unavailable(request: Request, exc: Exception) -> Response[ErrorBody]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import quote
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -11,30 +12,38 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.auth.callers import Caller, caller_for_credential
-from service.auth.stream_tokens import USER_SCOPE, StreamTokens, job_scope
+from service.auth.stream_tokens import USER_SCOPE, StreamTokens, job_scope, scope_tag, tag_scope
 from service.errors import InvalidRequest, NotAuthenticated
 from service.http.dependencies import CallerDependency, PoolDependency, bearer_caller
 from service.http.sse import EventStreamResponse
 from service.jobs import queries
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
+from service.jobs.tags import check_tag
 from service.realtime.admission import Admission, Ticket
 from service.realtime.hub import Hub, ResumePoint
 from service.realtime.streams import JobAlreadyFinished, LiveStream, open_job_stream, open_user_stream
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from service.realtime.streams import Outgoing
 
+    TagCheck = Callable[[str, str], Awaitable[None]]
+    """Given (user id, tag) of a tag-scoped token: raises NotAuthenticated unless the tag opens the stream."""
 
-async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTokens, scope: str, token: str | None) -> Caller:
-    """The caller behind a stream request: a `?token=` stream token for `scope` whose minting key or
-    session still stands, or a Bearer key."""
+
+async def stream_caller(request: Request, pool: PoolDependency, tokens: StreamTokens, scope: str, token: str | None,
+                        *, tag_check: TagCheck | None = None) -> Caller:
+    """The caller behind a stream request: a `?token=` stream token for `scope` (or, with `tag_check`,
+    for a tag that check lets in) whose minting key or session still stands, or a Bearer key."""
     if token:
-        claims = tokens.verify(token, scope)
+        claims = tokens.verify(token, scope, or_tag=tag_check is not None)
         caller = await caller_for_credential(pool, claims.credential)
         if caller is None or caller.user_id != claims.user_id:
             raise NotAuthenticated("token: the key or session that made this stream token was revoked or signed out")
+        tag = scope_tag(claims.scope)
+        if tag is not None and tag_check is not None:
+            await tag_check(caller.user_id, tag)
         return caller
     header = request.headers.get("authorization")
     if header:
@@ -85,9 +94,16 @@ def _split(values: str | None, allowed: tuple[str, ...], name: str) -> list[str]
     return items
 
 
+def _only_tagged(tag: str) -> str:
+    return f"token: this stream token opens only the streams of jobs tagged {tag!r}"
+
+
 class StreamTokenRequest(msgspec.Struct, forbid_unknown_fields=True):
-    scope: Literal["user", "job"] = "user"
+    scope: Literal["user", "job", "tag"] = "user"
     request_id: str | None = None
+    """The job of a job-scoped token."""
+    tag: str | msgspec.UnsetType = msgspec.UNSET
+    """The tag of a tag-scoped token; refused with any other scope (a token wider than asked for)."""
 
 
 class StreamToken(msgspec.Struct):
@@ -107,7 +123,12 @@ class EventsController(Controller):
         last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id", description="resume after this event id")] = None,
     ) -> Response:
         queries.check_request_id(request_id)
-        caller = await stream_caller(request, pool, tokens, job_scope(request_id), token)
+
+        async def tag_opens_job(user_id: str, tag: str) -> None:  # a missing job reads the same: ids leak nothing
+            if not await queries.carries_tag(pool, user_id, request_id, tag):
+                raise NotAuthenticated(_only_tagged(tag))
+
+        caller = await stream_caller(request, pool, tokens, job_scope(request_id), token, tag_check=tag_opens_job)
         resume_after = last_event_id(request, last_event_id_query)
         ticket = admission.admit(caller, "stream")  # 429 before any work when the caller holds too many
         try:
@@ -128,16 +149,23 @@ class EventsController(Controller):
         token: Annotated[str | None, QueryParameter(description="stream token")] = None,
         status: Annotated[str | None, QueryParameter(description="comma-separated statuses")] = None,
         type: Annotated[str | None, QueryParameter(description="image or video")] = None,
+        tag: Annotated[str | None, QueryParameter(description="only the jobs carrying this tag")] = None,
         last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id", description="resume after this event id")] = None,
     ) -> EventStreamResponse:
         statuses = _split(status, JOB_STATUSES, "status")
         types = _split(type, JOB_TYPES, "type")
-        caller = await stream_caller(request, pool, tokens, USER_SCOPE, token)
+        wanted = check_tag(tag) if tag is not None else None
+
+        async def tag_is_wanted(_: str, token_tag: str) -> None:
+            if token_tag != wanted:
+                raise NotAuthenticated(f"{_only_tagged(token_tag)}: open /api/events?tag={quote(token_tag, safe='')}")
+
+        caller = await stream_caller(request, pool, tokens, USER_SCOPE, token, tag_check=tag_is_wanted)
         resume_after = last_event_id(request, last_event_id_query)
         ticket = admission.admit(caller, "stream")
         try:
             stream = await open_user_stream(hub, pool, user_id=caller.user_id, statuses=statuses, types=types,
-                                            last_event_id=resume_after)
+                                            tag=wanted, last_event_id=resume_after)
         except BaseException:
             ticket.release()
             raise
@@ -148,11 +176,21 @@ class EventsController(Controller):
         self, data: JSONBody[StreamTokenRequest], caller: CallerDependency, pool: PoolDependency,
         tokens: NamedDependency[StreamTokens],
     ) -> StreamToken:
+        if data.scope != "tag" and data.tag is not msgspec.UNSET:
+            raise InvalidRequest(f"tag: only a tag-scoped token takes a tag; send scope 'tag', not {data.scope!r}")
         if data.scope == "job":
             if data.request_id is None:
                 raise InvalidRequest("request_id: required for a job-scoped token")
             await queries.get_job(pool, caller.user_id, data.request_id)  # 404 for another user's job
             token, expires_at = tokens.issue(caller, job_scope(data.request_id))
             return StreamToken(token=token, expires_at=expires_at, url=f"/api/jobs/{data.request_id}/events?token={token}")
+        if data.scope == "tag":
+            if data.tag is msgspec.UNSET:
+                raise InvalidRequest("tag: required for a tag-scoped token")
+            if data.request_id is not None:
+                raise InvalidRequest("request_id: a tag-scoped token opens every job with its tag; leave request_id out")
+            tag = check_tag(data.tag)
+            token, expires_at = tokens.issue(caller, tag_scope(tag))
+            return StreamToken(token=token, expires_at=expires_at, url=f"/api/events?token={token}&tag={quote(tag, safe='')}")
         token, expires_at = tokens.issue(caller, USER_SCOPE)
         return StreamToken(token=token, expires_at=expires_at, url=f"/api/events?token={token}")

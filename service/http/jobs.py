@@ -74,7 +74,9 @@ class JobsController(Controller):
         job = job_view(created.job)
         token, expires_at = tokens.issue(caller, job_scope(job.request_id))
         body = CreatedJob(**msgspec.structs.asdict(job), stream_token=token, stream_token_expires_at=expires_at)
-        headers = {"Idempotent-Replayed": "true"} if created.replayed else {}
+        headers = {"Location": job.links.self}
+        if created.replayed:
+            headers["Idempotent-Replayed"] = "true"
         return Response(body, status_code=202, headers=headers)
 
     @get("/", summary="The caller's jobs, newest first")
@@ -84,10 +86,11 @@ class JobsController(Controller):
         user_id: UserIdDependency,
         status: Annotated[str | None, QueryParameter(description="pending, in_progress, completed, failed or cancelled")] = None,
         type: Annotated[str | None, QueryParameter(description="image or video")] = None,
+        tag: Annotated[str | None, QueryParameter(description="only the jobs carrying this tag")] = None,
         limit: Annotated[int, QueryParameter(description=f"1 to {queries.MAX_PAGE_SIZE}")] = queries.DEFAULT_PAGE_SIZE,
         cursor: Annotated[str | None, QueryParameter(description="next_cursor of the previous page")] = None,
     ) -> JobViewPage:
-        page = await queries.list_jobs(pool, user_id, status=status, type=type, limit=limit, cursor=cursor)
+        page = await queries.list_jobs(pool, user_id, status=status, type=type, tag=tag, limit=limit, cursor=cursor)
         return JobViewPage(jobs=[job_view(job) for job in page.jobs], next_cursor=page.next_cursor)
 
     @get("/{request_id:str}", summary="One job; with ?wait=SECONDS, answers once it is terminal or at the deadline")

@@ -17,11 +17,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.openapi.spec import OpenAPI, OpenAPIResponse, Operation, Parameter, PathItem, SecurityRequirement
+from litestar.openapi.spec import (
+    OpenAPI,
+    OpenAPIResponse,
+    Operation,
+    Parameter,
+    PathItem,
+    RequestBody,
+    SecurityRequirement,
+)
 
 from service.jobs.catalog import model_type
 from service.jobs.models import JOB_STATUSES, JOB_TYPES
 from service.jobs.queries import MAX_PAGE_SIZE, REQUEST_ID_PATTERN
+from service.jobs.tags import MAX_METADATA_BYTES, MAX_TAGS, TAG_PATTERN, TAG_RULE
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -55,13 +64,16 @@ WHY = {
     401: "Not authenticated, or the credentials are wrong.",
     403: "A session request without its CSRF token.",
     404: "No such job for this caller (another user's job is 404 too).",
-    409: "The job is not in a state that allows this (or the first request with this Idempotency-Key is still submitting).",
+    409: "The job is not in a state that allows this (an output before the job completed, say; or the first "
+         "request with this Idempotency-Key is still submitting).",
     413: "The body is larger than this endpoint accepts.",
     410: "The output was deleted with its job.",
     412: "If-Match does not name the output's ETag (its sha256).",
+    415: "The file is not of an accepted type (read from its bytes).",
     416: "The Range lies outside the output.",
     422: "The Idempotency-Key was already used with another request body.",
-    429: "A limit (open jobs, jobs per minute, streams per credential) is reached; Retry-After says when to retry.",
+    429: "A limit (open jobs, jobs per minute, streams per credential, the day's spend) is reached; Retry-After "
+         "says when to retry.",
     502: "fal refused or could not be reached; the message names its answer.",
     503: "A dependency (the database, fal's keys, the listener) is unavailable; retry after Retry-After.",
 }
@@ -77,8 +89,12 @@ ROUTES: dict[tuple[str, str], tuple[list[SecurityRequirement], tuple[int, ...]]]
     ("get", "/api/events"): (STREAM_AUTH, (400, 401, 429, 503)),
     ("post", "/api/stream-tokens"): (API_AUTH, (400, 401, 403, 404, 503)),
     ("delete", "/api/jobs/{request_id}"): (API_AUTH, (400, 401, 403, 404, 409, 503)),
-    ("get", "/api/jobs/{request_id}/outputs/{index}"): (OUTPUT_AUTH, (400, 401, 404, 410, 412, 416, 503)),
-    ("post", "/api/jobs/{request_id}/outputs/{index}/link"): (API_AUTH, (400, 401, 403, 404, 503)),
+    ("get", "/api/jobs/{request_id}/outputs/{index}"): (OUTPUT_AUTH, (400, 401, 404, 409, 410, 412, 416, 503)),
+    ("post", "/api/jobs/{request_id}/outputs/{index}/link"): (API_AUTH, (400, 401, 403, 404, 409, 503)),
+    ("post", "/api/uploads"): (API_AUTH, (400, 401, 403, 413, 415, 422, 429, 503)),
+    ("get", "/api/uploads"): (API_AUTH, (401, 503)),
+    ("get", "/api/uploads/{upload_id}"): (OUTPUT_AUTH, (401, 404, 412, 416, 429, 503)),
+    ("delete", "/api/uploads/{upload_id}"): (API_AUTH, (401, 403, 404, 503)),
     ("post", "/api/webhooks/fal"): (PUBLIC, (400, 401, 413, 503)),
     ("get", "/api/session"): ([{"SessionCookie": []}], (401, 503)),
     ("post", "/api/session/sign-out"): (API_AUTH, (401, 403, 503)),
@@ -99,7 +115,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "index": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
     # Printable ASCII; HTTP strips a header value's outer spaces, so the document does not offer them.
     "Idempotency-Key": {"type": "string", "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]{0,253}[\\x21-\\x7e])?$"},
+    "tag": {"type": "string", "pattern": TAG_PATTERN.pattern},
 }
+TAG: dict[str, Any] = {"type": "string", "pattern": TAG_PATTERN.pattern, "description": TAG_RULE}
 LIST_FILTERS = {"status": {"type": "string", "enum": list(JOB_STATUSES)}, "type": {"type": "string", "enum": list(JOB_TYPES)}}
 # Comma-separated lists: `?status=pending,failed` (form style, not exploded); left out for no filter.
 STREAM_FILTERS = {
@@ -186,6 +204,9 @@ STREAM_TOKEN_REQUEST: dict[str, Any] = {
          "properties": {"scope": {"const": "user"}, "request_id": {"type": ["string", "null"]}}},
         {"type": "object", "additionalProperties": False, "required": ["scope", "request_id"],
          "properties": {"scope": {"const": "job"}, "request_id": {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern}}},
+        # The streams of the caller's jobs carrying the tag: each one's, and /api/events?tag=.
+        {"type": "object", "additionalProperties": False, "required": ["scope", "tag"],
+         "properties": {"scope": {"const": "tag"}, "tag": TAG}},
     ],
 }
 
@@ -214,6 +235,13 @@ def _job_request(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     "input": {"type": "object", "description": "the model's input, at most 64 KiB of JSON",
                               "propertyNames": {"pattern": "^[^\\u0000]*$"},
                               "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+                    "tags": {"type": "array", "maxItems": MAX_TAGS, "items": TAG,
+                             "description": "labels of the app's own (`user:123`); duplicates are dropped, "
+                                            "the order is kept"},
+                    "metadata": {"type": "object", "propertyNames": {"pattern": "^[^\\u0000]*$"},
+                                 "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+                                 "description": f"the app's own JSON object, at most {MAX_METADATA_BYTES} bytes "
+                                                "of JSON; stored and returned, never sent to fal"},
                 },
             })
     return {"title": "CreateJobRequest", "oneOf": variants}
@@ -237,6 +265,8 @@ def tell_the_truth(openapi: OpenAPI, *, allowed_models: tuple[str, ...]) -> None
                 continue
             _complete_operation(operation, method, path)
     _describe_output_download(openapi)
+    _describe_uploads(openapi)
+    _describe_created(openapi)
     _describe_readyz(openapi)
 
 
@@ -289,6 +319,38 @@ def _describe_output_download(openapi: OpenAPI) -> None:
                     "headers": {"Location": {"schema": {"type": "string"}}}},
         }
         output.get.responses.update(answers)  # type: ignore[arg-type]
+
+
+def _describe_uploads(openapi: OpenAPI) -> None:
+    """An upload is the raw body (its type read from the bytes); reading one answers its bytes."""
+    paths = openapi.paths or {}
+    binary: Any = {"schema": {"type": "string", "format": "binary"}}
+    create = paths["/api/uploads"].post if "/api/uploads" in paths else None
+    if create is not None:
+        kinds = ("application/octet-stream", "image/*", "video/*", "audio/*")
+        form: Any = {"schema": {"type": "object", "required": ["file"],
+                                "properties": {"file": {"type": "string", "format": "binary"}}}}
+        create.request_body = RequestBody(content={**dict.fromkeys(kinds, binary), "multipart/form-data": form},
+                                          required=True)
+    read = paths["/api/uploads/{upload_id}"].get if "/api/uploads/{upload_id}" in paths else None
+    if read is not None and read.responses is not None:
+        media = {kind: binary for kind in ("image/*", "video/*", "audio/*")}
+        answers: dict[str, Any] = {
+            "200": {"description": "The upload's bytes (its own content type).", "content": media},
+            "206": {"description": "The requested Range of the upload.", "content": media},
+            "304": {"description": "Unchanged since the ETag in If-None-Match."},
+        }
+        read.responses.update(answers)
+
+
+def _describe_created(openapi: OpenAPI) -> None:
+    """A created job's 202 says where the job is (`Location`), as its `links.self` does."""
+    jobs = openapi.paths.get("/api/jobs") if openapi.paths else None
+    created = jobs.post.responses.get("202") if jobs is not None and jobs.post and jobs.post.responses else None
+    if isinstance(created, OpenAPIResponse):  # Litestar writes a handler's answer in place
+        created.headers = {**(created.headers or {}), "Location": {  # type: ignore[dict-item]
+            "description": "the job's URL, `/api/jobs/{request_id}` (its `links.self`)",
+            "schema": {"type": "string"}, "required": True}}
 
 
 def _describe_readyz(openapi: OpenAPI) -> None:

@@ -25,6 +25,7 @@ from service.errors import NotAuthenticated
 from service.http.dependencies import CallerDependency, PoolDependency, SettingsDependency
 from service.jobs.catalog import Model, catalog
 from service.realtime.admission import Admission
+from service.settings import Settings
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 
@@ -33,6 +34,15 @@ class SessionInfo(msgspec.Struct):
     user_id: str
     name: str
     csrf_token: str
+    local_emulator: Annotated[bool, msgspec.Meta(description=(
+        "true while the service has no FAL_KEY: jobs go to the local fal emulator, whose images are test "
+        "pictures (the page shows a tag saying so); false with a FAL_KEY"))]
+
+
+def uses_local_emulator(settings: Settings) -> bool:
+    """No FAL_KEY: the emulator mounted in this process; or the one `run` starts beside us, which
+    hands us a key and URLs of its own, and its media base (EMULATOR_MEDIA_URL), which gives it away."""
+    return settings.uses_emulator or settings.emulator_media_url is not None
 
 
 def _session_cookie(request: Request, settings: SettingsDependency, value: str, max_age: int) -> Cookie:
@@ -61,12 +71,13 @@ async def page(
 
 
 @get("/api/session", tags=["browser"], summary="The browser session and its CSRF token")
-async def current_session(request: Request, pool: PoolDependency) -> SessionInfo:
+async def current_session(request: Request, pool: PoolDependency, settings: SettingsDependency) -> SessionInfo:
     session_id = request.cookies.get(SESSION_COOKIE)
     session = await session_for(pool, session_id) if session_id else None
     if session is None:
         raise NotAuthenticated("session: none; open the sign-in link that `python3 -m service run` printed")
-    return SessionInfo(user_id=session.user_id, name=session.name, csrf_token=session.csrf_token)
+    return SessionInfo(user_id=session.user_id, name=session.name, csrf_token=session.csrf_token,
+                       local_emulator=uses_local_emulator(settings))
 
 
 @post("/api/session/sign-out", status_code=200, tags=["browser"], summary="End the browser session")

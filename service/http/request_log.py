@@ -25,11 +25,18 @@ log = logging.getLogger("service.http")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 UNMATCHED = "unmatched"
 """The route label of every request no route took: scanned paths do not multiply the series."""
+_CSP = b"content-security-policy"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 def request_log_middleware(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> ASGIApp:
-    """`app` with a log line, metrics and a request id per request, and `headers` on every answer."""
+    """`app` with a log line, metrics and a request id per request, and `headers` on every answer.
+
+    A Content-Security-Policy among `headers` goes only on answers that carry none of their own
+    (downloads, the API reference): a second CSP header would not replace the first, the browser
+    would enforce both.
+    """
+    without_csp = [(name, value) for name, value in headers if name.lower() != _CSP]
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:  # the enum member, so the checker narrows Scope to HTTPScope
@@ -41,13 +48,15 @@ def request_log_middleware(app: ASGIApp, headers: list[tuple[bytes, bytes]]) -> 
         started = time.perf_counter()
         status = 500
         context_token = REQUEST_ID.set(request_id)
-        extra_headers = [(b"x-request-id", request_id.encode()), *headers]
+        request_id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), *extra_headers]
+                own = list(message.get("headers", []))
+                has_csp = any(name.lower() == _CSP for name, _ in own)
+                message["headers"] = [*own, request_id_header, *(without_csp if has_csp else headers)]
             await send(message)
 
         try:

@@ -5,6 +5,9 @@ Computed once per app and added by the request-log middleware, which wraps the w
 router's own 404 and 405 carry them too. Not Litestar's `response_headers`: those are resolved
 once per route handler and kept on it, so two apps in one process (tests, a second
 configuration) would share the first one's, and the router's answers would have none.
+
+The CSP here is the default: an answer that sets its own (a download, the API reference at
+/schema, see service.http.api_docs) keeps that one alone.
 """
 
 from __future__ import annotations

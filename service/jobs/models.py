@@ -83,6 +83,10 @@ class Job(msgspec.Struct, kw_only=True):
     completed_at: datetime | None
     outputs: list[JobOutput] = msgspec.field(default_factory=list)
     """The media files of a completed job (empty until then); `result` stays what fal returned."""
+    tags: list[str] = msgspec.field(default_factory=list)
+    """The app's labels for the job (`user:123`), fixed at creation: see `jobs/tags.py`."""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The app's own JSON object, fixed at creation; never sent to fal."""
     cost: JobCost | None = None
     """None when fal gave no price for the model when the job was submitted."""
 
@@ -98,6 +102,8 @@ class NewJob(msgspec.Struct, kw_only=True, frozen=True):
     type: JobType
     input: dict[str, Any]
     mode: JobMode
+    tags: list[str] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     cost: JobCost | None = None
 
 

@@ -1,4 +1,5 @@
-"""Reading jobs: one job of a user, and a user's jobs newest first with keyset pagination."""
+"""Reading jobs: one job of a user, and a user's jobs (all, or those with a tag) newest first with
+keyset pagination."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import msgspec
 from service.errors import InvalidRequest, NotFound
 from service.jobs.models import JOB_STATUSES, JOB_TYPES, Job
 from service.jobs.rows import JOB_COLUMNS, job_from_row
+from service.jobs.tags import check_tag
 
 if TYPE_CHECKING:
     import asyncpg
@@ -64,12 +66,32 @@ async def get_job(connection: asyncpg.Connection | asyncpg.Pool, user_id: str, r
     return job_from_row(row)
 
 
+_LIST = (
+    f"SELECT {JOB_COLUMNS} FROM fal_jobs "
+    "WHERE user_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR type = $3) "
+    "AND ($4::timestamptz IS NULL OR (created_at, request_id) < ($4, $5)) "
+    "ORDER BY created_at DESC, request_id DESC LIMIT $6"
+)
+"""A page of the user's jobs, walking `fal_jobs_user_created`."""
+
+_LIST_BY_TAG = (
+    "SELECT " + ", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(",")) + " "
+    "FROM fal_job_tags t JOIN fal_jobs j ON j.request_id = t.request_id "
+    "WHERE t.user_id = $1 AND t.tag = $7 AND ($2::text IS NULL OR j.status = $2) AND ($3::text IS NULL OR j.type = $3) "
+    "AND ($4::timestamptz IS NULL OR (t.created_at, t.request_id) < ($4, $5)) "
+    "ORDER BY t.created_at DESC, t.request_id DESC LIMIT $6"
+)
+"""A page of the user's jobs carrying tag $7, walking `fal_job_tags`' key: the user's other jobs
+are never read. The same keyset as `_LIST` (a tag row's created_at is its job's)."""
+
+
 async def list_jobs(
     connection: asyncpg.Connection | asyncpg.Pool,
     user_id: str,
     *,
     status: str | None = None,
     type: str | None = None,
+    tag: str | None = None,
     limit: int = DEFAULT_PAGE_SIZE,
     cursor: str | None = None,
 ) -> JobPage:
@@ -77,18 +99,20 @@ async def list_jobs(
         raise InvalidRequest(f"status: unknown status {status!r}; expected one of {', '.join(JOB_STATUSES)}")
     if type is not None and type not in JOB_TYPES:
         raise InvalidRequest(f"type: unknown type {type!r}; expected one of {', '.join(JOB_TYPES)}")
+    if tag is not None:
+        check_tag(tag)
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidRequest(f"limit: must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
     after = decode_cursor(cursor) if cursor else None
-    rows = await connection.fetch(
-        f"SELECT {JOB_COLUMNS} FROM fal_jobs "
-        "WHERE user_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR type = $3) "
-        "AND ($4::timestamptz IS NULL OR (created_at, request_id) < ($4, $5)) "
-        "ORDER BY created_at DESC, request_id DESC LIMIT $6",
-        user_id, status, type,
-        after.created_at if after else None, after.request_id if after else None,
-        limit + 1,
-    )
+    args = [user_id, status, type, after.created_at if after else None, after.request_id if after else None, limit + 1]
+    rows = await (connection.fetch(_LIST, *args) if tag is None else connection.fetch(_LIST_BY_TAG, *args, tag))
     jobs = [job_from_row(row) for row in rows[:limit]]
     next_cursor = encode_cursor(jobs[-1]) if len(rows) > limit else None
     return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+
+async def carries_tag(connection: asyncpg.Connection | asyncpg.Pool, user_id: str, request_id: str, tag: str) -> bool:
+    """Whether the user's job `request_id` exists and carries `tag` (one primary-key read)."""
+    return bool(await connection.fetchval(
+        "SELECT $3 = ANY(tags) FROM fal_jobs WHERE request_id = $1 AND user_id = $2", request_id, user_id, tag
+    ))

@@ -22,11 +22,18 @@ LOCK_REQUEST = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 """Serializes, until the transaction ends, a job's creation with a webhook that finds no row for
 it (and parks itself): whoever comes second sees what the first did. $1: the request id."""
 
-INSERT_JOB = (
-    "INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, status, mode, version, created_at, "
-    "updated_at, cost) VALUES ($1, $2, $3, $4, $5, 'pending', $6, 1, $7, $7, $8)"
+INSERT_JOB = """
+WITH job AS (
+    INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, status, mode, version, created_at, updated_at,
+        tags, metadata, cost)
+    VALUES ($1, $2, $3, $4, $5, 'pending', $6, 1, $7, $7, $8, $9, $10)
+    RETURNING request_id, user_id, created_at, tags
 )
-"""A new job, version 1. $1-$6: request id, user id, model id, type, input, mode; $7: now; $8: its cost."""
+INSERT INTO fal_job_tags (user_id, tag, created_at, request_id)
+SELECT job.user_id, tag, job.created_at, job.request_id FROM job, unnest(job.tags) AS tag
+"""
+"""A new job, version 1, and the rows that find it by each of its tags, in one statement. $1-$6:
+request id, user id, model id, type, input, mode; $7: now; $8: its tags; $9: its metadata; $10: its cost."""
 
 SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1"
 LOCK_JOB = f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1 FOR UPDATE"

@@ -130,12 +130,14 @@ async def create_job(connection: asyncpg.Connection, new: NewJob) -> Job:
     job = Job(
         request_id=new.request_id, user_id=new.user_id, model_id=new.model_id, type=new.type, input=new.input,
         status="pending", queue_position=None, logs=None, result=None, error=None, error_type=None,
-        mode=new.mode, version=1, created_at=now, updated_at=now, completed_at=None, cost=new.cost,
+        mode=new.mode, version=1, created_at=now, updated_at=now, completed_at=None, tags=new.tags,
+        metadata=new.metadata, cost=new.cost,
     )
     async with connection.transaction():
         await connection.execute(sql.LOCK_REQUEST, job.request_id)
         await connection.execute(
-            sql.INSERT_JOB, job.request_id, job.user_id, job.model_id, job.type, job.input, job.mode, now, job.cost
+            sql.INSERT_JOB, job.request_id, job.user_id, job.model_id, job.type, job.input, job.mode, now, job.tags,
+            job.metadata, job.cost,
         )
     return job
 

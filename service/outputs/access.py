@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from service.errors import NotFound
+from service.errors import Conflict, NotFound
 from service.jobs import queries
 
 if TYPE_CHECKING:
@@ -107,5 +107,17 @@ class MediaAccess:
             request_id, index, user_id, timeout=DB_TIMEOUT_S,
         )
         if row is None:
+            await self._no_output_yet(user_id, request_id)
             raise NotFound(f"output {index} of job {request_id!r} not found")
         return msgspec.convert(dict(row), OutputRecord)
+
+    async def _no_output_yet(self, user_id: str, request_id: str) -> None:
+        """Why a job has no such output: not the user's (404), or not completed (409 naming its
+        state), so that a client polling for output 0 learns to wait rather than give up."""
+        job = await queries.get_job(self._pool, user_id, request_id)
+        if job.status in ("pending", "in_progress"):
+            raise Conflict(f"job {request_id!r} is {job.status}; its outputs exist once it is completed "
+                           f"(GET /api/jobs/{request_id}?wait=60 answers then)")
+        if job.status in ("failed", "cancelled"):
+            detail = f" ({job.error})" if job.error else ""
+            raise Conflict(f"job {request_id!r} is {job.status}{detail}; only a completed job has outputs")

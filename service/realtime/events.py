@@ -26,6 +26,8 @@ class JobEvent(msgspec.Struct, frozen=True):
     """Some output of the job is still being copied: more events follow its terminal one."""
     written_at: float = 0.0
     """When the change was written, in Unix seconds (for the delivery-lag metric)."""
+    tags: tuple[str, ...] = ()
+    """The job's tags (fixed at creation): a user stream may follow only one tag's jobs."""
 
     @property
     def is_terminal(self) -> bool:
@@ -37,9 +39,10 @@ EVENT_COLUMNS = (
     "id, request_id, user_id, version, status, data->>'type' AS type, data::text AS data, "
     """coalesce(data->'outputs' @> '[{"status": "pending"}]', false) AS outputs_pending"""
     ", extract(epoch FROM created_at)::float8 AS written_at"
+    ", ARRAY(SELECT jsonb_array_elements_text(data->'tags')) AS tags"
 )
 
 
 def event_from_row(row: Mapping[str, Any]) -> JobEvent:  # an asyncpg Record of EVENT_COLUMNS
     return JobEvent(row["id"], row["request_id"], row["user_id"], row["version"], row["status"], row["type"], row["data"],
-                    row["outputs_pending"], row["written_at"])
+                    row["outputs_pending"], row["written_at"], tuple(row["tags"]))

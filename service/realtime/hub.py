@@ -98,17 +98,20 @@ class Subscription:
         "late_seq",
         "request_id",
         "statuses",
+        "tag",
         "types",
         "user_id",
         "version",
     )
 
     def __init__(self, *, user_id: str, request_id: str | None, statuses: Collection[str] | None,
-                 types: Collection[str] | None, after: int, capacity: int, late_seq: int = 0) -> None:
+                 types: Collection[str] | None, after: int, capacity: int, late_seq: int = 0,
+                 tag: str | None = None) -> None:
         self.user_id = user_id
         self.request_id = request_id
         self.statuses = frozenset(statuses) if statuses else None
         self.types = frozenset(types) if types else None
+        self.tag = tag
         self.last_id = after
         """Events with an id at or below this one were delivered (or are covered by a snapshot)."""
         self.version = 0
@@ -133,7 +136,8 @@ class Subscription:
             return False
         if self.request_id is not None:
             return event.request_id == self.request_id
-        return (self.statuses is None or event.status in self.statuses) and (self.types is None or event.type in self.types)
+        return ((self.statuses is None or event.status in self.statuses) and (self.types is None or event.type in self.types)
+                and (self.tag is None or self.tag in event.tags))
 
     def sent(self, event: JobEvent) -> None:
         """The stream sent `event` (a snapshot, a replay, a live change)."""
@@ -278,11 +282,11 @@ class Hub:
         return sum(len(subs) for subs in self._by_request.values()) + sum(len(subs) for subs in self._by_user.values())
 
     def subscribe(self, *, user_id: str, request_id: str | None = None, statuses: Collection[str] | None = None,
-                  types: Collection[str] | None = None, after: int = 0) -> Subscription:
-        """Subscribe to one job, or to all of a user's jobs. Synchronous on purpose: the caller reads
-        `position` right after, and every event above it will reach the subscription."""
+                  types: Collection[str] | None = None, tag: str | None = None, after: int = 0) -> Subscription:
+        """Subscribe to one job, or to all of a user's jobs (those with `tag`, when given). Synchronous
+        on purpose: the caller reads `position` right after, and every event above it will reach it."""
         subscription = Subscription(user_id=user_id, request_id=request_id, statuses=statuses, types=types,
-                                    after=after, capacity=self._capacity, late_seq=self.late_seq)
+                                    after=after, capacity=self._capacity, late_seq=self.late_seq, tag=tag)
         index = self._by_request if request_id is not None else self._by_user
         index.setdefault(request_id if request_id is not None else user_id, set()).add(subscription)
         subscription.heartbeat_slice = self._subscribed % HEARTBEAT_SLICES

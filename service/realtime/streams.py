@@ -205,11 +205,12 @@ async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request
 
 
 async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, statuses: Collection[str] | None,
-                           types: Collection[str] | None, last_event_id: int | ResumePoint | None) -> LiveStream:
+                           types: Collection[str] | None, last_event_id: int | ResumePoint | None,
+                           tag: str | None = None) -> LiveStream:
     _require_live(hub)
     resume = ResumePoint(last_event_id) if isinstance(last_event_id, int) else last_event_id
     last_event_id = resume.position if resume is not None else None
-    subscription = hub.subscribe(user_id=user_id, statuses=statuses, types=types, after=last_event_id or 0)
+    subscription = hub.subscribe(user_id=user_id, statuses=statuses, types=types, tag=tag, after=last_event_id or 0)
     position, late_seq = hub.position, subscription.late_seq
     # Taken with the subscription, before any await: late events found from now on are queued.
     # They go first, placed at the resume point: the client has every event up to it (except

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
@@ -20,6 +20,8 @@ from service.jobs.catalog import model_type
 from service.jobs.models import Job, JobMode, JobType, NewJob
 from service.jobs.reservations import Limits, body_digest
 from service.jobs.status_machine import create_job
+from service.jobs.tags import check_metadata, check_tags
+from service.uploads.references import UploadInputs, record_uses
 from service.usecases.follow_jobs import FollowTarget, JobFollower
 from service.usecases.job_costs import estimate_cost
 
@@ -40,6 +42,26 @@ class CreateJobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     type: JobType
     model_id: str
     input: dict[str, Any] = msgspec.field(default_factory=dict)
+    tags: list[str] = msgspec.field(default_factory=list)
+    """Up to 10 labels of the app's own (`user:123`): list, stream and scope tokens by them."""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The app's own JSON object (at most 4 KiB), stored and returned; never sent to fal."""
+
+    def digest(self) -> str:
+        """What an Idempotency-Key compares: the request as checked (tags deduplicated), with no
+        tags and no metadata written as a request without them was before they existed."""
+        body = msgspec.structs.asdict(self)
+        for field in ("tags", "metadata"):
+            if not body[field]:
+                del body[field]
+        return body_digest(body)
+
+    # What a 400 for an unknown field says (service/http/validation.py): the usual slip is a model
+    # parameter (`prompt`) beside `input` rather than in it.
+    unknown_field_hint: ClassVar[str] = (
+        'model parameters go inside `input`, like {"type": "image", "model_id": "fal-ai/flux/schnell", '
+        '"input": {"prompt": "a red fox"}}; the body\'s fields are `type`, `model_id`, `input`, `tags` and `metadata`'
+    )
 
 
 class Created(msgspec.Struct, frozen=True):
@@ -70,6 +92,7 @@ class SubmitJob:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, intake: WebhookIntake, follower: JobFollower,
         *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits, prices: PriceBook | None = None,
+        inputs: UploadInputs | None = None,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -79,8 +102,10 @@ class SubmitJob:
         self._webhook_url = webhook_url
         self._limits = limits
         self._prices = prices
+        self._inputs = inputs
 
-    def validate(self, request: CreateJobRequest) -> None:
+    def validate(self, request: CreateJobRequest) -> CreateJobRequest:
+        """The request as it is stored (tags deduplicated), or InvalidRequest naming the field."""
         if not MODEL_ID_PATTERN.match(request.model_id):
             raise InvalidRequest(f"model_id: {request.model_id!r} is not of the form owner/app[/path]")
         if request.model_id not in self._allowed_models:
@@ -90,22 +115,28 @@ class SubmitJob:
         size = len(msgspec.json.encode(request.input))
         if size > MAX_INPUT_BYTES:
             raise InvalidRequest(f"input: {size} bytes of JSON; at most {MAX_INPUT_BYTES} are accepted")
-        if (path := _unstorable(request.input, "input")) is not None:
-            raise InvalidRequest(f"{path}: contains a NUL character (\\u0000), which cannot be stored")
+        for value, name in ((request.input, "input"), (request.metadata, "metadata")):
+            if (path := _unstorable(value, name)) is not None:
+                raise InvalidRequest(f"{path}: contains a NUL character (\\u0000), which cannot be stored")
+        check_metadata(request.metadata)
+        return msgspec.structs.replace(request, tags=check_tags(request.tags))
 
     async def create(self, user_id: str, request: CreateJobRequest, *, idempotency_key: str | None = None) -> Created:
         """Reserve within the user's limits, submit to fal, record the job; or replay the job an
         earlier request with the same Idempotency-Key created."""
-        self.validate(request)
+        request = self.validate(request)
         cost = await estimate_cost(self._prices, request.model_id, request.input)
+        # `upload:<id>` strings become URLs fal can fetch; the job keeps the references.
+        resolved = await self._inputs.resolve(user_id, request.input) if self._inputs else None
         reservation = await reservations.reserve(
-            self._pool, user_id, digest=body_digest(request), idempotency_key=idempotency_key, defaults=self._limits,
+            self._pool, user_id, digest=request.digest(), idempotency_key=idempotency_key, defaults=self._limits,
             estimate=cost.estimated if cost else None,
         )
         if reservation.replay_of is not None:
             return Created(job=await queries.get_job(self._pool, user_id, reservation.replay_of), replayed=True)
         try:
-            request_id = await self._gateway.submit(request.model_id, request.input, self._webhook_url)
+            request_id = await self._gateway.submit(request.model_id, resolved.input if resolved else request.input,
+                                                    self._webhook_url)
         except BaseException:
             try:
                 await reservations.cancel(self._pool, reservation.id)
@@ -118,9 +149,11 @@ class SubmitJob:
                 job = await create_job(
                     connection,
                     NewJob(request_id=request_id, user_id=user_id, model_id=request.model_id, type=request.type,
-                           input=request.input, mode=mode, cost=cost),
+                           input=request.input, mode=mode, tags=request.tags, metadata=request.metadata, cost=cost),
                 )
                 await reservations.fulfil(connection, reservation.id, request_id)
+                if resolved is not None:
+                    await record_uses(connection, request_id, resolved.upload_ids)
         except Exception:
             # fal has the request but we could not record it: do not leave it running unowned.
             try:

@@ -42,6 +42,7 @@ from service.usecases.follow_jobs import FollowTarget, JobFollower
 
 if TYPE_CHECKING:
     from service.outputs.upkeep import OutputUpkeep
+    from service.uploads.library import Uploads
     from service.usecases.receive_webhook import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Reconciler:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, follower: JobFollower, intake: WebhookIntake,
         *, connect_lock: LockConnector, overdue_after_s: float, interval_s: float, event_retention_days: int = 30,
-        outputs: OutputUpkeep | None = None,
+        outputs: OutputUpkeep | None = None, uploads: Uploads | None = None,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -102,6 +103,7 @@ class Reconciler:
         self._interval_s = interval_s
         self._event_retention_days = event_retention_days
         self._outputs = outputs
+        self._uploads = uploads
 
     async def run_forever(self) -> None:
         while True:
@@ -165,6 +167,13 @@ class Reconciler:
             except Exception as error:  # the next sweep tries again
                 log.warning("the outputs' upkeep failed", extra={"action": "outputs.upkeep",
                                                                  "error": type(error).__name__})
+        if self._uploads is not None:
+            try:
+                if removed := await self._uploads.remove_expired():
+                    report.outputs["uploads_expired"] = removed
+            except Exception as error:  # the next sweep tries again
+                log.warning("removing expired uploads failed", extra={"action": "upload.expire",
+                                                                      "error": type(error).__name__})
         return report
 
     async def _reconcile_one(self, target: FollowTarget, report: SweepReport) -> None:

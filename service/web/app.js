@@ -15,11 +15,13 @@ const STATUS_LABEL = {
   deleted: "Deleted",
 };
 const STATUS_MARK = { pending: "◷", in_progress: "▶", completed: "✓", failed: "✕", cancelled: "⊘", deleted: "⌫" };
+const ENDINGS = { completed: "completed", failed: "failed", cancelled: "was cancelled" };
+const ANNOUNCEMENTS_KEPT = 3;
 const PAGE_SIZE = 50;
 const READY_WAIT_MS = 5000;
 
 const state = {
-  session: null, // {user_id, name, csrf_token}
+  session: null, // {user_id, name, csrf_token, local_emulator}
   models: [],
   jobs: new Map(), // request_id -> job
   cards: new Map(), // request_id -> card element
@@ -29,6 +31,7 @@ const state = {
   retryMs: 1000,
   retryTimer: null,
   stopped: false,
+  submitting: false,
 };
 
 // ---------------------------------------------------------------- HTTP
@@ -94,6 +97,8 @@ function wireStatic() {
   const form = $('[data-testid="job-form"]');
   form.addEventListener("submit", submitJob);
   for (const radio of form.elements.type) radio.addEventListener("change", syncKind);
+  const model = $('[data-testid="model"]');
+  model.addEventListener("change", () => { model.title = model.value; });
 }
 
 function showInvalidLinkNotice(show) {
@@ -107,6 +112,7 @@ function showSignedOut() {
   $('[data-testid="user-name"]').hidden = true;
   $('[data-testid="sign-out"]').hidden = true;
   $('[data-testid="connection"]').hidden = true;
+  $('[data-testid="emulator-tag"]').hidden = true;
 }
 
 function showSignedIn() {
@@ -118,6 +124,8 @@ function showSignedIn() {
   who.hidden = false;
   $('[data-testid="sign-out"]').hidden = false;
   $('[data-testid="connection"]').hidden = false;
+  // No FAL_KEY: the local emulator makes the pictures, and the page says so.
+  $('[data-testid="emulator-tag"]').hidden = !state.session.local_emulator;
 }
 
 function showFatal(message) {
@@ -171,10 +179,12 @@ function syncKind() {
   for (const block of document.querySelectorAll(".options[data-kind]")) block.hidden = block.dataset.kind !== kind;
   const select = $('[data-testid="model"]');
   const previous = select.value;
+  // The whole id, in the option and its title (shown on hover where the select is narrower).
   select.replaceChildren(
-    ...state.models.filter((m) => m.type === kind).map((m) => new Option(m.model_id, m.model_id)),
+    ...state.models.filter((m) => m.type === kind).map((m) => el("option", { value: m.model_id, title: m.model_id }, m.model_id)),
   );
   if ([...select.options].some((o) => o.value === previous)) select.value = previous;
+  select.title = select.value;
 }
 
 function showFormError(message) {
@@ -230,8 +240,11 @@ async function submitJob(event) {
     return showFormError(error.message);
   }
   if (!request.model_id) return showFormError("No model is available for this kind of job.");
+  if (state.submitting) return;
+  // Busy but not disabled: a disabled button loses the focus, and a keyboard user their place.
   const button = $('[data-testid="submit"]');
-  button.disabled = true;
+  state.submitting = true;
+  button.setAttribute("aria-disabled", "true");
   button.textContent = "Submitting…";
   try {
     // One key per submission: a retry after a dropped connection answers the same job instead of
@@ -249,7 +262,8 @@ async function submitJob(event) {
     if (error.status === 401) return sessionLost();
     showFormError(error.message);
   } finally {
-    button.disabled = false;
+    state.submitting = false;
+    button.removeAttribute("aria-disabled");
     button.textContent = "Generate";
   }
 }
@@ -366,6 +380,8 @@ function upsert(job) {
   if (state.session && job.user_id && job.user_id !== state.session.user_id) return;
   const known = state.jobs.get(job.request_id);
   if (known && known.version >= job.version) return;
+  // Seen here running, now over: said aloud (a job already over when listed is not news).
+  const ended = known && !TERMINAL.has(known.status) && Object.hasOwn(ENDINGS, job.status);
   state.jobs.set(job.request_id, job);
   let card = state.cards.get(job.request_id);
   if (!card) {
@@ -375,6 +391,16 @@ function upsert(job) {
   }
   updateCard(card, job);
   refreshEmpty();
+  if (ended) announce(job);
+}
+
+/** "Image job completed: a red fox in snow", in the polite live region. */
+function announce(job) {
+  const words = String(job.input?.prompt ?? "").trim().split(/\s+/).filter(Boolean);
+  const what = words.length === 0 ? job.model_id : words.length > 8 ? `${words.slice(0, 8).join(" ")}…` : words.join(" ");
+  const region = $('[data-testid="announcements"]');
+  region.append(el("p", {}, `${job.type === "video" ? "Video" : "Image"} job ${ENDINGS[job.status]}: ${what}`));
+  while (region.childElementCount > ANNOUNCEMENTS_KEPT) region.firstElementChild.remove();
 }
 
 function sortKey(job) {
@@ -415,7 +441,8 @@ function createCard(job) {
   cancel.addEventListener("click", () => cancelJob(job.request_id, cancel));
   return el(
     "li",
-    { class: "job card", dataset: { requestId: job.request_id, type: job.type } },
+    // tabindex -1: the card takes the focus when its Cancel button goes (see updateCard).
+    { class: "job card", tabindex: "-1", dataset: { requestId: job.request_id, type: job.type } },
     el(
       "div",
       { class: "job-head" },
@@ -477,7 +504,10 @@ function updateCard(card, job) {
   $('[data-testid="job-cost"]', card).textContent = costText(job.cost);
 
   const terminal = TERMINAL.has(job.status);
-  $(".actions", card).hidden = terminal;
+  const actions = $(".actions", card);
+  // The focused Cancel button is about to be hidden: the focus stays in its card, not the page body.
+  if (terminal && actions.contains(document.activeElement)) card.focus();
+  actions.hidden = terminal;
   renderMedia(card, job);
   renderElapsed(card, job);
 }
@@ -617,15 +647,16 @@ function tickElapsed() {
 async function cancelJob(requestId, button) {
   const card = state.cards.get(requestId);
   const problem = $(".action-error", card);
+  if (button.getAttribute("aria-disabled") === "true") return;
   problem.textContent = "";
-  button.disabled = true;
+  button.setAttribute("aria-disabled", "true"); // not `disabled`: that would drop the focus
   try {
     upsert(await api("POST", `/api/jobs/${encodeURIComponent(requestId)}/cancel`));
   } catch (error) {
     if (error.status === 401) return sessionLost();
     problem.textContent = error.message;
   } finally {
-    button.disabled = false;
+    button.removeAttribute("aria-disabled");
   }
 }
 

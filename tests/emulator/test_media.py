@@ -8,9 +8,13 @@ import zlib
 import fal_client
 import httpx
 import pytest
+from fal_client.client import FalClientHTTPError
 
 from service.emulator import FalEmulator
 from service.emulator.media import IMAGE_SIZE_PRESETS, is_video_model, png_bytes, resolve_image_size
+from service.emulator.mp4 import SAMPLE
+
+VIDEO_MODEL = "fal-ai/kling-video/v2/master/text-to-video"
 
 
 def parse_png(data: bytes) -> tuple[int, int, bytes]:
@@ -55,8 +59,42 @@ async def test_png_presets(preset: str, fal: fal_client.AsyncClient, http: httpx
     assert (width, height) == IMAGE_SIZE_PRESETS[preset] == (image["width"], image["height"])
 
 
+def read_mp4(data: bytes) -> dict[str, object]:
+    """What a player reads from an MP4's header, parsed here on its own (not with the emulator's
+    code): the movie's and the track's durations, the frame tables, where the frames lie."""
+    found: dict[str, bytes] = {}
+
+    def walk(start: int, end: int) -> None:
+        while start < end:
+            size, kind = struct.unpack(">I4s", data[start:start + 8])
+            assert size >= 8 and start + size <= end, (kind, size)
+            if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"):
+                walk(start + 8, start + size)
+            else:
+                found[kind.decode()] = data[start + 8:start + size]
+                found[kind.decode() + "@"] = struct.pack(">I", start + 8)
+            start += size
+
+    walk(0, len(data))
+    movie_scale, movie_ticks = struct.unpack(">II", found["mvhd"][12:20])
+    media_scale, media_ticks = struct.unpack(">II", found["mdhd"][12:20])
+    (track_ticks,) = struct.unpack(">I", found["tkhd"][20:24])
+    (edit_ticks,) = struct.unpack(">I", found["elst"][8:12])
+    (frames,) = struct.unpack(">I", found["stsz"][8:12])
+    sizes = struct.unpack(f">{frames}I", found["stsz"][12:12 + 4 * frames])
+    (keys,) = struct.unpack(">I", found["stss"][4:8])
+    entries, count, delta = struct.unpack(">III", found["stts"][4:16])
+    (chunk_offset,) = struct.unpack(">I", found["stco"][8:12])
+    (mdat_at,) = struct.unpack(">I", found["mdat@"])
+    assert entries == 1 and count == frames and frames * delta == media_ticks
+    assert movie_ticks == track_ticks == edit_ticks  # the track and its edit last as long as the movie
+    assert chunk_offset == mdat_at and mdat_at + sum(sizes) == len(data) == mdat_at + len(found["mdat"])
+    return {"seconds": movie_ticks / movie_scale, "media_seconds": media_ticks / media_scale, "frames": frames,
+            "key_frames": keys, "fps": media_scale / delta, "first_frame": data[chunk_offset:chunk_offset + sizes[0]]}
+
+
 async def test_video_model_serves_mp4(emu: FalEmulator, fal: fal_client.AsyncClient, http: httpx.AsyncClient) -> None:
-    result = await (await fal.submit("fal-ai/kling-video/v2/master/text-to-video", {"prompt": "x"})).get(interval=0.02)
+    result = await (await fal.submit(VIDEO_MODEL, {"prompt": "x"})).get(interval=0.02)
     video = result["video"]
     assert video["content_type"] == "video/mp4" and video["file_name"].endswith(".mp4")
     assert result["seed"] > 2**53 and "images" not in result
@@ -65,7 +103,32 @@ async def test_video_model_serves_mp4(emu: FalEmulator, fal: fal_client.AsyncCli
     data = response.content
     assert len(data) == video["file_size"] < 64_000
     assert data[4:8] == b"ftyp"
-    assert b"avc1" in data[:64]  # H.264: plays in Chromium's <video>
+    assert b"avc1" in data[:1024]  # H.264: plays in Chromium's <video>
+    assert read_mp4(data)["seconds"] == 5.0  # Kling's default duration
+
+
+@pytest.mark.parametrize(("duration", "seconds"), [("5", 5.0), ("10", 10.0), ("8s", 8.0), (3, 3.0), (2.5, 2.5)])
+async def test_video_lasts_the_duration_asked_for(fal: fal_client.AsyncClient, http: httpx.AsyncClient,
+                                                  duration: object, seconds: float) -> None:
+    result = await (await fal.submit(VIDEO_MODEL, {"prompt": "x", "duration": duration})).get(interval=0.02)
+    response = await http.get(result["video"]["url"])
+    assert response.status_code == 200
+    header = read_mp4(response.content)
+    assert header["seconds"] == header["media_seconds"] == seconds
+    assert header["frames"] == round(seconds * header["fps"])  # type: ignore[operator]
+    # The sample's frames, looped: each loop starts at its key frame.
+    sample = read_mp4(SAMPLE.read_bytes())
+    assert header["first_frame"] == sample["first_frame"]
+    assert header["key_frames"] == -(-header["frames"] // sample["frames"])  # type: ignore[operator]
+    assert len(response.content) == result["video"]["file_size"]
+
+
+@pytest.mark.parametrize("duration", ["forever", "0", 0.5, 600, True, [5]])
+async def test_a_duration_out_of_range_is_422(fal: fal_client.AsyncClient, duration: object) -> None:
+    handle = await fal.submit(VIDEO_MODEL, {"prompt": "x", "duration": duration})
+    with pytest.raises(FalClientHTTPError) as info:
+        await handle.get(interval=0.02)
+    assert info.value.status_code == 422 and info.value.message[0]["loc"] == ["body", "duration"]
 
 
 def test_video_model_detection() -> None:
@@ -90,5 +153,6 @@ def test_png_differs_by_seed() -> None:
 
 
 async def test_media_routes_reject_nonsense(emu: FalEmulator, http: httpx.AsyncClient) -> None:
-    for path in ("/media/image/99999x1/1.png", "/media/image/10x10/abc.png", "/media/image/axb/1.png", "/media/video/x.gif"):
+    for path in ("/media/image/99999x1/1.png", "/media/image/10x10/abc.png", "/media/image/axb/1.png", "/media/video/x.gif",
+                 "/media/video/0s/x.mp4", "/media/video/999s/x.mp4", "/media/video/5/x.mp4", "/media/video/5s/x.gif"):
         assert (await http.get(emu.base_url + path)).status_code == 404, path

@@ -1,0 +1,23 @@
+// @fal-jobs/client: fal-jobs from JavaScript. The server side (`FalJobsClient`, holding the API key)
+// and the browser side (`subscribeJob`, `subscribeJobs`, with stream tokens) share the types.
+
+export { FalJobsClient, JobList, createClient } from "./server.js";
+export type {
+  CallOptions, CreateJobOptions, FalJobsClientOptions, RetryInfo, StreamJobOptions, WaitForJobOptions,
+} from "./server.js";
+export { subscribeJob, subscribeJobs } from "./browser.js";
+export type {
+  ConnectionState, EventSourceConstructor, EventSourceLike, GetToken, SubscribeJobsOptions, SubscribeOptions,
+  Subscription, TokenLike,
+} from "./browser.js";
+export { FalJobsError, FalJobsWaitTimeout } from "./errors.js";
+export type { FalJobsErrorOptions } from "./errors.js";
+export { SseParser, readSse } from "./sse.js";
+export type { SseMessage } from "./sse.js";
+export { parseRetryAfter } from "./http.js";
+export type { FetchLike, ParseJson } from "./http.js";
+export { TERMINAL_STATUSES, isSettled, isTerminal } from "./types.js";
+export type {
+  CreatedJob, CreateJobRequest, Job, JobCost, JobLinks, JobOutput, JobPage, JobStatus, JobType, JobView, ListJobsParams,
+  LogLine, OutputKind, OutputLink, OutputStatus, StreamToken, StreamTokenScope,
+} from "./types.js";
