@@ -270,6 +270,7 @@ async def start_service(dsn: str, emulator: Any, fal_key: str, log_path: Path, *
         "DATABASE_URL": dsn,
         "FAL_KEY": fal_key,
         "FAL_QUEUE_URL": emulator.base_url, "FAL_SCHEMA_URL": emulator.schema_url,
+        "FAL_API_URL": emulator.base_url,
         "FAL_JWKS_URL": emulator.jwks_url,
         "APP_URL": url,
         "HOST": "127.0.0.1",

@@ -49,7 +49,7 @@ def standalone_emulator(settings: Settings) -> Iterator[None]:
     try:
         _wait_until_up(emulator, base)
         os.environ.update({
-            "FAL_KEY": key, "FAL_QUEUE_URL": base, "FAL_JWKS_URL": f"{base}/.well-known/jwks.json",
+            "FAL_KEY": key, "FAL_QUEUE_URL": base, "FAL_API_URL": base, "FAL_JWKS_URL": f"{base}/.well-known/jwks.json",
             # Input files go to its storage and CDN endpoints (INPUT_DELIVERY=fal_cdn).
             "FAL_REST_URL": base, "FAL_CDN_URL": base,
             # Model input schemas come from it too, as from fal's per-endpoint OpenAPI.

@@ -27,6 +27,7 @@ import msgspec
 from . import outcomes
 from .inputs import InputFetch, fetch_image, takes_image
 from .pacing import Pace, queue_and_run, request_faults
+from .pricing_routes import EMULATED_PRICES
 from .records import AppRef, EmulatedRequest, QueueError, SubmitRecord, new_request, split_model_path
 from .schemas import SCHEMA_PATH
 from .signing import KeySet
@@ -77,6 +78,11 @@ class FalEmulator:
         self.schemas_available = True
         # Flip to False to make the JWKS URL answer 503 (a receiver's "fal's keys are unreachable" path).
         self.jwks_available = True
+        self.prices: dict[str, tuple[float, str]] = dict(EMULATED_PRICES)
+        """What the pricing call answers: (unit price in USD, unit) per endpoint id."""
+        self.pricing_reads = 0
+        # Flip to False to make the pricing call answer 503 (fal's Platform API down).
+        self.pricing_available = True
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()

@@ -454,7 +454,8 @@ function createCard(job) {
       el("span", { class: "elapsed", "data-testid": "job-elapsed", title: "Elapsed time" }),
     ),
     el("p", { class: "prompt", "data-testid": "job-prompt" }, String(job.input?.prompt ?? "")),
-    el("p", { class: "model muted" }, job.model_id),
+    el("p", { class: "model muted" }, job.model_id,
+       el("span", { class: "cost", "data-testid": "job-cost", title: "Our estimate of fal's bill, not fal's invoice" })),
     tagList(job),
     el("p", { class: "detail", "data-testid": "job-detail", hidden: true }),
     el("div", { class: "media-row" }, inputImage(job),
@@ -494,6 +495,14 @@ function badgeText(job) {
   return label;
 }
 
+function costText(cost) {
+  const amount = cost?.final ?? cost?.estimated;
+  if (amount === null || amount === undefined) return "";
+  const money = new Intl.NumberFormat("en-US", { style: "currency", currency: cost.currency || "USD",
+                                                 maximumFractionDigits: 4 }).format(amount);
+  return cost.final === null || cost.final === undefined ? ` · about ${money}` : ` · ${money}`;
+}
+
 function updateCard(card, job) {
   card.dataset.status = job.status;
   card.dataset.version = String(job.version);
@@ -520,6 +529,7 @@ function updateCard(card, job) {
   }
   detail.textContent = detailText;
   detail.hidden = !detailText;
+  $('[data-testid="job-cost"]', card).textContent = costText(job.cost);
 
   const terminal = TERMINAL.has(job.status);
   const actions = $(".actions", card);

@@ -129,6 +129,8 @@ async def test_image_job_goes_queued_running_completed(signed_in: Any, fal: FalE
     href = await job.locator(".media a").first.get_attribute("href")
     assert href == await images.first.get_attribute("src")  # the thumbnail opens the full-size image
     await expect_(job.get_by_test_id("cancel")).to_be_hidden()
+    # Two 1024×768 images at the emulator's $0.025 per megapixel: fal's bill as we estimate it.
+    await expect_(job.get_by_test_id("job-cost")).to_have_text(" · $0.05")
 
     seen = [e for e in await page.evaluate("window.__seen") if e[0] == request_id]
     statuses = [e[1] for e in seen]

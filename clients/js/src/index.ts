@@ -18,6 +18,6 @@ export { parseRetryAfter } from "./http.js";
 export type { FetchLike, ParseJson } from "./http.js";
 export { TERMINAL_STATUSES, isSettled, isTerminal } from "./types.js";
 export type {
-  CreatedJob, CreateJobRequest, Job, JobLinks, JobOutput, JobPage, JobStatus, JobType, JobView, ListJobsParams,
+  CreatedJob, CreateJobRequest, Job, JobCost, JobLinks, JobOutput, JobPage, JobStatus, JobType, JobView, ListJobsParams,
   LogLine, OutputKind, OutputLink, OutputStatus, StreamToken, StreamTokenScope,
 } from "./types.js";

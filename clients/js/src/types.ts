@@ -55,6 +55,22 @@ export interface Job {
   tags?: string[];
   /** The app's own data, stored and returned, never sent to fal (on a service that has it). */
   metadata?: Record<string, unknown> | null;
+  /** Our estimate of fal's bill for the job (not fal's invoice); null when fal gave no price for its
+   * model (absent on a service without costs). */
+  cost?: JobCost | null;
+}
+
+/** What a job costs at fal's unit price for its model. */
+export interface JobCost {
+  /** At submit, from the input; null when the input does not say how many units it bills. */
+  estimated: number | null;
+  /** Once ended: the units the output shows times unit_price; 0 when failed; null until then. */
+  final: number | null;
+  /** image, megapixel, second (of video), video, or fal's own word. */
+  unit: string;
+  quantity: number | null;
+  unit_price: number;
+  currency: string;
 }
 
 export interface JobLinks {
