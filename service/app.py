@@ -181,9 +181,7 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
             deletions=DeleteJob(pool, store),
             tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
         )
-        # The emulator `run` starts beside us has a key and URLs of its own; its media base gives it away.
-        emulated = settings.uses_emulator or fal.emulator_media_base is not None
-        log.info("fal-jobs started", extra={"action": "started", "fal": "emulator" if emulated else "fal.ai",
+        log.info("fal-jobs started", extra={"action": "started", "fal": "emulator" if settings.local_emulator else "fal.ai",
                                             "webhooks": bool(fal.webhook_url)})
         yield
 

@@ -217,6 +217,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.fal_key is None
 
     @property
+    def local_emulator(self) -> bool:
+        """Jobs go to a local fal emulator: the one mounted in this process (no FAL_KEY), or the one
+        `run` starts beside us, which hands us a key and URLs of its own and its media base
+        (EMULATOR_MEDIA_URL), which gives it away."""
+        return self.uses_emulator or self.emulator_media_url is not None
+
+    @property
     def is_https(self) -> bool:
         """Served to the public over TLS (behind a proxy): cookies get Secure, responses HSTS."""
         return self.app_url is not None and self.app_url.startswith("https://")

@@ -29,7 +29,6 @@ from service.http.dependencies import CallerDependency, PoolDependency, Settings
 from service.jobs.catalog import catalog
 from service.jobs.models import JobType
 from service.realtime.admission import Admission
-from service.settings import Settings
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 
@@ -41,12 +40,6 @@ class SessionInfo(msgspec.Struct):
     local_emulator: Annotated[bool, msgspec.Meta(description=(
         "true while the service has no FAL_KEY: jobs go to the local fal emulator, whose images are test "
         "pictures (the page shows a tag saying so); false with a FAL_KEY"))]
-
-
-def uses_local_emulator(settings: Settings) -> bool:
-    """No FAL_KEY: the emulator mounted in this process; or the one `run` starts beside us, which
-    hands us a key and URLs of its own, and its media base (EMULATOR_MEDIA_URL), which gives it away."""
-    return settings.uses_emulator or settings.emulator_media_url is not None
 
 
 def _session_cookie(request: Request, settings: SettingsDependency, value: str, max_age: int) -> Cookie:
@@ -81,7 +74,7 @@ async def current_session(request: Request, pool: PoolDependency, settings: Sett
     if session is None:
         raise NotAuthenticated("session: none; open the sign-in link that `python3 -m service run` printed")
     return SessionInfo(user_id=session.user_id, name=session.name, csrf_token=session.csrf_token,
-                       local_emulator=uses_local_emulator(settings))
+                       local_emulator=settings.local_emulator)
 
 
 @post("/api/session/sign-out", status_code=200, tags=["browser"], summary="End the browser session")
