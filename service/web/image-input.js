@@ -2,6 +2,8 @@
 // or pasted, previewed, and uploaded at once (POST /api/uploads, the raw file) with a progress bar.
 // The job then names it `upload:<upload_id>`; the service hands fal a URL it can fetch.
 
+import { uploadFile } from "/static/vendor/fal-jobs-client.js";
+
 const $ = (selector, root = document) => root.querySelector(selector);
 
 // A model whose schema the service never had (`fields: null`): the id says whether it takes an image.
@@ -25,32 +27,18 @@ function sizeText(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
-/** POST /api/uploads with XMLHttpRequest (fetch reports no upload progress); resolves its 201 body. */
-function send(file, csrfToken, onProgress) {
-  return new Promise((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/api/uploads");
-    xhr.setRequestHeader("Accept", "application/json");
-    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
-    xhr.setRequestHeader("X-CSRF-Token", csrfToken);
-    xhr.upload.addEventListener("progress", (event) => {
-      if (event.lengthComputable) onProgress(event.loaded / event.total);
+/** POST /api/uploads (the package's uploader: XMLHttpRequest, for its progress); resolves its 201
+ * body, or rejects with FalJobsError (`status`, the service's `message`). */
+async function send(file, csrfToken, onProgress) {
+  try {
+    return await uploadFile(file, {
+      csrfToken,
+      onProgress: ({ fraction }) => fraction !== undefined && onProgress(fraction),
     });
-    xhr.addEventListener("load", () => {
-      let body = null;
-      try {
-        body = JSON.parse(xhr.responseText);
-      } catch {
-        body = null;
-      }
-      if (xhr.status === 201 && body && body.upload_id) return resolve(body);
-      const error = new Error((body && body.message) || `The upload failed (HTTP ${xhr.status}).`);
-      error.status = xhr.status;
-      reject(error);
-    });
-    xhr.addEventListener("error", () => reject(new Error("The upload failed: the connection broke; try again.")));
-    xhr.send(file);
-  });
+  } catch (error) {
+    if (error.status === 0) error.message = "The upload failed: the connection broke; try again.";
+    throw error;
+  }
 }
 
 /**

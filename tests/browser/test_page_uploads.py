@@ -115,3 +115,32 @@ async def test_a_file_that_is_no_image_is_refused_then_a_pasted_one_is_used(sign
     await expect_(card(page, request_id)).to_have_attribute("data-status", "completed")
     # Chromium logs the 415 this test provokes on purpose; nothing else may log.
     session.console_errors[:] = [e for e in session.console_errors if not ("415" in e and "/api/uploads" in e)]
+
+
+UPLOAD_IN_PAGE = """async ([b64, csrf]) => {
+  const { uploadFile, FalJobsError } = await import("/static/vendor/fal-jobs-client.js");
+  const file = new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: "image/png" });
+  const fractions = [];
+  const upload = await uploadFile(file, { csrfToken: csrf, onProgress: (p) => fractions.push(p.fraction) });
+  const refusal = await uploadFile(file, { csrfToken: "not-the-token" }).catch((e) => e);
+  const aborted = await uploadFile(file, { csrfToken: csrf, signal: AbortSignal.abort() }).catch((e) => e);
+  return { upload, fractions, refused: [refusal instanceof FalJobsError, refusal.status, refusal.error],
+           aborted: aborted.name };
+}"""
+
+
+async def test_the_package_uploader_in_the_browser(signed_in: Any) -> None:
+    """uploadFile (the page's uploader, from @fal-jobs/client) over Chromium's own XMLHttpRequest:
+    the session cookie and X-CSRF-Token, progress up to the whole file, typed refusals, abort."""
+    session = await signed_in()
+    page = session.page
+    csrf = await page.evaluate("() => fetch('/api/session').then((r) => r.json()).then((s) => s.csrf_token)")
+    png = solid_png(40, 30, (1, 2, 3))
+    answer = await page.evaluate(UPLOAD_IN_PAGE, [base64.b64encode(png).decode(), csrf])
+    upload = answer["upload"]
+    assert (upload["content_type"], upload["width"], upload["height"]) == ("image/png", 40, 30)
+    assert upload["sha256"] == hashlib.sha256(png).hexdigest()
+    assert answer["fractions"] and answer["fractions"][-1] == 1, answer["fractions"]
+    assert answer["refused"] == [True, 403, "forbidden"], answer["refused"]
+    assert answer["aborted"] == "AbortError"
+    session.console_errors[:] = [e for e in session.console_errors if not ("403" in e and "/api/uploads" in e)]

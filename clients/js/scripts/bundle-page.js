@@ -16,7 +16,8 @@ await build({
     contents: [
       'export { subscribeJob, subscribeJobs } from "./dist/browser.js";',
       'export { FalJobsError } from "./dist/errors.js";',
-      'export { TERMINAL_STATUSES, isSettled, isTerminal } from "./dist/types.js";',
+      'export { uploadFile } from "./dist/upload.js";',
+      'export { TERMINAL_STATUSES, isSettled, isTerminal, uploadRef } from "./dist/types.js";',
     ].join("\n"),
     resolveDir: root,
     sourcefile: "page-entry.js",

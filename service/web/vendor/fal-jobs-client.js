@@ -54,6 +54,13 @@ function parseRetryAfter(value, now = Date.now()) {
   const date = Date.parse(text);
   return Number.isNaN(date) ? void 0 : Math.max(0, date - now);
 }
+function abortReason(signal) {
+  if (signal.reason !== void 0)
+    return signal.reason;
+  const error = new Error("This operation was aborted");
+  error.name = "AbortError";
+  return error;
+}
 function backoff(attempt, base, max) {
   const full = Math.min(max, base * 2 ** Math.max(0, attempt));
   return Math.round(full / 2 + Math.random() * (full / 2));
@@ -76,23 +83,29 @@ async function errorFrom(response, parse = JSON.parse) {
     text = await response.text();
   } catch {
   }
+  return errorFromText(response.status, response.statusText, text, (name) => response.headers.get(name), parse);
+}
+function errorFromText(status, statusText, text, header, parse = JSON.parse) {
   const options = {
-    retryAfterMs: parseRetryAfter(response.headers.get("retry-after")),
-    requestId: response.headers.get("x-request-id") ?? void 0
+    retryAfterMs: parseRetryAfter(header("retry-after")),
+    requestId: header("x-request-id") ?? void 0
   };
   try {
     const body = parse(text);
     if (body && typeof body.error === "string" && typeof body.message === "string") {
-      return new FalJobsError(response.status, body.error, body.message, options);
+      return new FalJobsError(status, body.error, body.message, options);
     }
   } catch {
   }
-  const message = text.trim().slice(0, 200) || `HTTP ${response.status} ${response.statusText}`.trim();
-  return new FalJobsError(response.status, FalJobsError.codeFor(response.status), message, options);
+  const message = text.trim().slice(0, 200) || `HTTP ${status} ${statusText}`.trim();
+  return new FalJobsError(status, FalJobsError.codeFor(status), message, options);
 }
 
 // dist/types.js
 var TERMINAL_STATUSES = /* @__PURE__ */ new Set(["completed", "failed", "cancelled", "deleted"]);
+function uploadRef(upload) {
+  return `upload:${typeof upload === "string" ? upload : upload.upload_id}`;
+}
 function isSettled(job) {
   return TERMINAL_STATUSES.has(job.status) && !(job.outputs ?? []).some((output) => output.status === "pending");
 }
@@ -321,11 +334,73 @@ function subscribeJobs(options) {
   const params = { tag: options.tag, status, type: options.type };
   return new LiveSubscription({ path: "/api/events", params, endsWhenSettled: false }, options);
 }
+
+// dist/upload.js
+async function uploadFile(file, options = {}) {
+  const { signal } = options;
+  if (signal?.aborted)
+    throw abortReason(signal);
+  const Xhr = options.XMLHttpRequest ?? globalThis.XMLHttpRequest;
+  if (!Xhr)
+    throw new TypeError("XMLHttpRequest: none here; on a server use FalJobsClient.upload");
+  const extra = await options.getHeaders?.() ?? {};
+  if (signal?.aborted)
+    throw abortReason(signal);
+  const parse = options.parseJson ?? JSON.parse;
+  const url = options.url ?? joinUrl(options.baseUrl ?? "", "/api/uploads");
+  const headers = {
+    Accept: "application/json",
+    "Content-Type": options.contentType || file.type || "application/octet-stream",
+    ...options.csrfToken ? { "X-CSRF-Token": options.csrfToken } : {},
+    ...extra
+  };
+  return new Promise((resolve, reject) => {
+    const xhr = new Xhr();
+    const onAbort = () => xhr.abort();
+    const settle = () => signal?.removeEventListener("abort", onAbort);
+    xhr.open("POST", url);
+    for (const [name, value] of Object.entries(headers))
+      xhr.setRequestHeader(name, value);
+    if (options.withCredentials)
+      xhr.withCredentials = true;
+    const onProgress = options.onProgress;
+    if (onProgress) {
+      xhr.upload.addEventListener("progress", (event) => {
+        const total = event.lengthComputable ? event.total : void 0;
+        onProgress({ loaded: event.loaded, total, fraction: total ? event.loaded / total : void 0 });
+      });
+    }
+    xhr.addEventListener("load", () => {
+      settle();
+      const header = (name) => xhr.getResponseHeader(name);
+      if (xhr.status >= 200 && xhr.status < 300) {
+        try {
+          return resolve(parse(xhr.responseText));
+        } catch (error) {
+          return reject(error);
+        }
+      }
+      reject(errorFromText(xhr.status, xhr.statusText, xhr.responseText, header, parse));
+    });
+    xhr.addEventListener("error", () => {
+      settle();
+      reject(FalJobsError.network(new Error("the connection broke during the upload")));
+    });
+    xhr.addEventListener("abort", () => {
+      settle();
+      reject(signal?.aborted ? abortReason(signal) : FalJobsError.network(new Error("the upload was aborted")));
+    });
+    signal?.addEventListener("abort", onAbort, { once: true });
+    xhr.send(file);
+  });
+}
 export {
   FalJobsError,
   TERMINAL_STATUSES,
   isSettled,
   isTerminal,
   subscribeJob,
-  subscribeJobs
+  subscribeJobs,
+  uploadFile,
+  uploadRef
 };
