@@ -145,7 +145,7 @@ class Bench:
     def start_service(self) -> None:
         env = {
             **os.environ, "DATABASE_URL": self.proxy.url_for(self.dsn), "FAL_KEY": self.fal_key,
-            "FAL_QUEUE_URL": self.emulator.base_url, "FAL_JWKS_URL": self.emulator.jwks_url, "APP_URL": self.url,
+            "FAL_QUEUE_URL": self.emulator.base_url, "FAL_SCHEMA_URL": self.emulator.schema_url, "FAL_API_URL": self.emulator.base_url, "FAL_JWKS_URL": self.emulator.jwks_url, "APP_URL": self.url,
             "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "WARNING", "WEB_CONCURRENCY": "1",
             "RECONCILE_INTERVAL_S": "2", "RECONCILE_AFTER_S": "5", "MAX_OPEN_JOBS_PER_USER": "100000",
             "MAX_JOBS_PER_MINUTE": "100000", "MAX_STREAMS_PER_USER": "1000", "FAL_JOBS_NO_VENV": "1",

@@ -24,6 +24,8 @@ from service.db.embedded import start_embedded_postgres
 from service.db.pool import DatabasePool
 from service.fal.cdn import FalCdn
 from service.fal.gateway import FalGateway
+from service.fal.model_schemas import ModelSchemas
+from service.fal.pricing import PriceBook
 from service.fal.signatures import WebhookVerifier
 from service.http.api_docs import api_reference_config
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
@@ -57,13 +59,16 @@ from service.resources import (
     open_realtime,
     running,
     sampling_pool_metrics,
+    warming,
 )
 from service.serving import check_can_serve
 from service.settings import (
+    FAL_API_URL_DEFAULT,
     FAL_CDN_URL_DEFAULT,
     FAL_JWKS_URL_DEFAULT,
     FAL_QUEUE_URL_DEFAULT,
     FAL_REST_URL_DEFAULT,
+    FAL_SCHEMA_URL_DEFAULT,
     Settings,
     load_settings,
 )
@@ -94,6 +99,7 @@ class FalTarget(msgspec.Struct, frozen=True):
     key: str
     queue_url: str
     jwks_url: str
+    api_url: str
     webhook_user_id: str | None
     webhook_url: str | None
     emulator_media_base: str | None
@@ -101,6 +107,7 @@ class FalTarget(msgspec.Struct, frozen=True):
     """Where fal reaches us: APP_URL, or this process when the emulator is mounted here."""
     rest_url: str = FAL_REST_URL_DEFAULT
     cdn_url: str = FAL_CDN_URL_DEFAULT
+    schema_url: str = FAL_SCHEMA_URL_DEFAULT
 
 
 def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget:
@@ -111,6 +118,7 @@ def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget
         # Set URLs win, emulator or not (a standalone emulator, a proxy in front of fal).
         queue_url=settings.fal_queue_url or (emulator.base_url if emulator else FAL_QUEUE_URL_DEFAULT),
         jwks_url=settings.fal_jwks_url or (emulator.jwks_url if emulator else FAL_JWKS_URL_DEFAULT),
+        api_url=settings.fal_api_url or (emulator.base_url if emulator else FAL_API_URL_DEFAULT),
         # The mounted emulator is its own fal account; real fal needs FAL_WEBHOOK_USER_ID to pin ours.
         webhook_user_id=settings.fal_webhook_user_id or (
             emulator.user_id if emulator and settings.fal_jwks_url is None else None),
@@ -119,6 +127,7 @@ def fal_target(settings: Settings, mounted: MountedEmulator | None) -> FalTarget
         public_url=public_url,
         rest_url=settings.fal_rest_url or (emulator.base_url if emulator else FAL_REST_URL_DEFAULT),
         cdn_url=settings.fal_cdn_url or (emulator.base_url if emulator else FAL_CDN_URL_DEFAULT),
+        schema_url=settings.fal_schema_url or (emulator.schema_url if emulator else FAL_SCHEMA_URL_DEFAULT),
     )
 
 
@@ -130,7 +139,9 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         enter = stack.enter_async_context
         pool = await enter(open_pool(settings, dsn))
         hub, listener = await enter(open_realtime(settings, settings.listen_database_url or dsn))
-        gateway, keyring = await enter(open_fal(settings, key=fal.key, queue_url=fal.queue_url, jwks_url=fal.jwks_url))
+        gateway, keyring = await enter(open_fal(settings, key=fal.key, queue_url=fal.queue_url, jwks_url=fal.jwks_url,
+                                                schema_url=fal.schema_url, api_url=fal.api_url))
+        model_schemas = ModelSchemas(gateway.model_openapi, ttl_s=settings.fal_schema_ttl_s)
         media_policy = SourcePolicy(settings.media_hosts, emulator_media_base=fal.emulator_media_base)
         store = await enter(open_outputs(settings, pool, hub, media_policy))
         follower = await enter(open_follower(settings, pool, gateway))
@@ -155,30 +166,34 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         await enter(running(admission.revalidate_forever(partial(revoked_among, pool), every_s=CREDENTIAL_CHECK_S),
                             name="revalidate-credentials"))
         await enter(sampling_pool_metrics())
+        prices = PriceBook(gateway, settings.allowed_models, ttl_s=settings.pricing_ttl_s)
+        await enter(warming(prices))
         app.state.update(
             pool=pool, intake=intake, admission=admission, reconciler=reconciler, follower=follower, hub=hub,
             listener=listener, media=MediaAccess(pool, store), media_policy=media_policy,
             webhooks=WebhookReceiver(WebhookVerifier(keyring, expected_user_id=fal.webhook_user_id), intake),
             submissions=_submissions(settings, fal, pool, gateway, intake, follower,
-                                     UploadInputs(uploads, await _input_delivery(settings, fal, uploads, input_tokens, stack))),
+                                     UploadInputs(uploads, await _input_delivery(settings, fal, uploads, input_tokens, stack)),
+                                     model_schemas, prices),
+            model_schemas=model_schemas,
             uploads=uploads, input_tokens=input_tokens,
             cancellations=CancelJob(pool, gateway, follower, cancel_hold_max_s=settings.cancel_hold_max_s),
             deletions=DeleteJob(pool, store),
             tokens=StreamTokens(settings.stream_token_secret, ttl_s=settings.stream_token_ttl_s),
         )
-        # The emulator `run` starts beside us has a key and URLs of its own; its media base gives it away.
-        emulated = settings.uses_emulator or fal.emulator_media_base is not None
-        log.info("fal-jobs started", extra={"action": "started", "fal": "emulator" if emulated else "fal.ai",
+        log.info("fal-jobs started", extra={"action": "started", "fal": "emulator" if settings.local_emulator else "fal.ai",
                                             "webhooks": bool(fal.webhook_url)})
         yield
 
 
 def _submissions(settings: Settings, fal: FalTarget, pool: DatabasePool, gateway: FalGateway,
-                 intake: WebhookIntake, follower: JobFollower, inputs: UploadInputs) -> SubmitJob:
+                 intake: WebhookIntake, follower: JobFollower, inputs: UploadInputs,
+                 model_schemas: ModelSchemas, prices: PriceBook) -> SubmitJob:
     return SubmitJob(
         pool, gateway, intake, follower, allowed_models=settings.allowed_models, webhook_url=fal.webhook_url,
-        limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute),
-        inputs=inputs,
+        limits=Limits(max_open_jobs=settings.max_open_jobs_per_user, max_jobs_per_minute=settings.max_jobs_per_minute,
+                      max_spend_per_day=settings.max_spend_per_day),
+        inputs=inputs, schemas=model_schemas, prices=prices,
     )
 
 
@@ -235,6 +250,7 @@ def create_app(settings: Settings) -> Litestar:
             "media_policy": _from_state("media_policy"),
             "uploads": _from_state("uploads"),
             "input_tokens": _from_state("input_tokens"),
+            "model_schemas": _from_state("model_schemas"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[options_allow_middleware],

@@ -54,6 +54,12 @@ class TooManyRequests(DomainError):
     code = "too_many_requests"
 
 
+class BudgetExceeded(TooManyRequests):
+    """The user's spend over the last 24 h and this job's estimate exceed their budget; nothing was sent to fal."""
+
+    code = "budget_exceeded"
+
+
 class IdempotencyKeyReused(DomainError):
     """An Idempotency-Key already used with another request body."""
 

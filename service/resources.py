@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from litestar.config.app import AppConfig
     from litestar.types import Receive, Scope, Send
 
+    from service.fal.pricing import PriceBook
     from service.outputs.sources import SourcePolicy
     from service.settings import Settings
 
@@ -120,14 +121,15 @@ async def open_realtime(settings: Settings, dsn: str) -> AsyncIterator[tuple[Hub
 
 
 @asynccontextmanager
-async def open_fal(settings: Settings, *, key: str, queue_url: str, jwks_url: str
+async def open_fal(settings: Settings, *, key: str, queue_url: str, jwks_url: str, api_url: str,
+                   schema_url: str | None = None
                    ) -> AsyncIterator[tuple[FalGateway, JwksKeyring]]:
     """fal's queue (fal-client's HTTP client) and the keyring that checks its webhooks' signatures."""
     async with AsyncExitStack() as stack:
         http = httpx.AsyncClient(timeout=JWKS_HTTP_TIMEOUT_S)
         stack.push_async_callback(http.aclose)
         gateway = FalGateway(key=key, queue_url=queue_url, media_expiry_s=settings.fal_media_expiry_s,
-                             call_timeout_s=settings.fal_call_timeout_s)
+                             call_timeout_s=settings.fal_call_timeout_s, schema_url=schema_url, api_url=api_url)
         stack.push_async_callback(gateway.aclose)
         yield gateway, JwksKeyring(jwks_url, http)
 
@@ -161,6 +163,19 @@ async def open_follower(settings: Settings, pool: DatabasePool, gateway: FalGate
         yield follower
     finally:
         await follower.aclose()
+
+
+@asynccontextmanager
+async def warming(prices: PriceBook) -> AsyncIterator[None]:
+    """fal's prices read once in the background at start (a failure is logged by the book and
+    retried by the next submit); the read is cancelled if the service stops first."""
+    task = asyncio.create_task(prices.warm(), name="pricing-warm")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @asynccontextmanager

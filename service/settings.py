@@ -22,8 +22,12 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FAL_QUEUE_URL_DEFAULT = "https://queue.fal.run"
 FAL_JWKS_URL_DEFAULT = "https://rest.fal.ai/.well-known/jwks.json"
+FAL_API_URL_DEFAULT = "https://api.fal.ai"
+"""fal's Platform API (prices: `GET /v1/models/pricing`)."""
 FAL_REST_URL_DEFAULT = "https://rest.fal.ai"
 FAL_CDN_URL_DEFAULT = "https://v3.fal.media"
+FAL_SCHEMA_URL_DEFAULT = "https://fal.ai/api/openapi/queue/openapi.json"
+"""fal's public OpenAPI of one endpoint, asked for with `?endpoint_id=<model id>`."""
 FAL_MEDIA_LIFETIME_S = 7 * 24 * 3600
 """fal keeps generated media at least this long unless asked otherwise (its FAQ)."""
 
@@ -33,6 +37,7 @@ DEFAULT_ALLOWED_MODELS = (
     "fal-ai/kling-video/v2.1/master/text-to-video",
     "fal-ai/kling-video/v2.1/master/image-to-video",
     "fal-ai/minimax/video-01",
+    "fal-ai/flux/dev/image-to-image",
 )
 
 
@@ -60,6 +65,8 @@ StoreUrl = Annotated[
     str, _meta("must be an object store URL: s3://bucket/prefix, gs://…, az://…, file:///path or memory:///",
                pattern=r"^(s3|s3a|gs|az|abfs|abfss|azure|file|memory)://")
 ]
+Money = Annotated[float, _meta("must be an amount above 0 (in the price's currency, e.g. 25 or 2.50)",
+                                gt=0, le=1_000_000_000)]
 Bytes = Annotated[int, _meta("must be a number of bytes above 0", gt=0, le=2**50)]
 Hosts = Annotated[tuple[str, ...], _meta("must list host names, comma-separated")]
 LogFormat = Annotated[Literal["json", "text"], _meta("must be json or text")]
@@ -86,16 +93,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Unset: fal's own (FAL_QUEUE_URL_DEFAULT), or the mounted emulator's."""
     fal_jwks_url: HttpUrl | None = None
     """Unset: fal's own (FAL_JWKS_URL_DEFAULT), or the mounted emulator's."""
+    fal_api_url: HttpUrl | None = None
+    """Unset: fal's own (FAL_API_URL_DEFAULT), or the mounted emulator's. Prices are read there."""
+    pricing_ttl_s: Seconds = 3600.0
+    """How long prices read from fal stand before they are read again."""
     fal_rest_url: HttpUrl | None = None
     """fal's REST API (storage tokens). Unset: fal's own (FAL_REST_URL_DEFAULT), or the mounted emulator's."""
     fal_cdn_url: HttpUrl | None = None
     """fal's CDN (input uploads). Unset: fal's own (FAL_CDN_URL_DEFAULT), or the mounted emulator's."""
+    fal_schema_url: HttpUrl | None = None
+    """fal's per-endpoint OpenAPI (model input schemas). Unset: fal's own (FAL_SCHEMA_URL_DEFAULT), or the mounted emulator's."""
+    fal_schema_ttl_s: Seconds = 3600.0
+    """A model's input schema is read from fal again after this long (kept in memory meanwhile)."""
     fal_webhook_user_id: str | None = None
     """Our fal account's user id: webhooks signed for any other account are refused (401)."""
     forwarded_allow_ips: str = "127.0.0.1"
     """Proxies whose X-Forwarded-For/-Proto uvicorn trusts (comma-separated IPs or CIDRs, or *)."""
     max_open_jobs_per_user: Count = 10
     max_jobs_per_minute: Count = 60
+    max_spend_per_day: Money | None = None
+    """Per user, in the price's currency, over a rolling 24 h of estimates and final costs; None: no budget."""
     cancel_hold_max_s: Seconds = 1800.0
     """A job cancelled while fal ran it counts against max_open_jobs_per_user until fal reports its
     end, and at most this long: longer than the longest run of an allowed model (fal may let a
@@ -184,7 +201,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         # URLs are joined with paths later; one spelling, without the trailing slash.
-        for name in ("app_url", "fal_queue_url", "fal_jwks_url", "fal_rest_url", "fal_cdn_url"):
+        for name in ("app_url", "fal_queue_url", "fal_jwks_url", "fal_api_url", "fal_rest_url", "fal_cdn_url"):
             value = getattr(self, name)
             if value is not None and value.endswith("/"):
                 msgspec.structs.force_setattr(self, name, value.rstrip("/"))
@@ -198,6 +215,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def uses_emulator(self) -> bool:
         return self.fal_key is None
+
+    @property
+    def local_emulator(self) -> bool:
+        """Jobs go to a local fal emulator: the one mounted in this process (no FAL_KEY), or the one
+        `run` starts beside us, which hands us a key and URLs of its own and its media base
+        (EMULATOR_MEDIA_URL), which gives it away."""
+        return self.uses_emulator or self.emulator_media_url is not None
 
     @property
     def is_https(self) -> bool:

@@ -131,9 +131,9 @@ async def fal() -> AsyncIterator[FalEmulator]:
 
 def fal_settings(database_url: str, fal: FalEmulator, url: str | None, **overrides: str) -> Settings:
     """The service pointed at the emulator; `url` is its APP_URL (None: no webhooks, it follows jobs)."""
-    values = {"FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url, "FAL_JWKS_URL": fal.jwks_url,
+    values = {"FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url, "FAL_API_URL": fal.base_url, "FAL_JWKS_URL": fal.jwks_url,
               "FAL_REST_URL": fal.base_url, "FAL_CDN_URL": fal.base_url,
-              "RECONCILE_INTERVAL_S": "3600", "SSE_HEARTBEAT_S": "0.5", **({"APP_URL": url} if url else {})}
+              "FAL_SCHEMA_URL": fal.schema_url, "RECONCILE_INTERVAL_S": "3600", "SSE_HEARTBEAT_S": "0.5", **({"APP_URL": url} if url else {})}
     return service_settings(database_url, **{**values, **overrides})
 
 

@@ -12,7 +12,6 @@ import httpx
 from service.auth.api_keys import NewUser, create_user
 from service.auth.browser_sessions import SESSION_COOKIE, issue_sign_in_token
 from service.db.pool import create_pool
-from service.http.pages import uses_local_emulator
 from tests.conftest import RunningServer, free_socket, scratch_database, service_settings, start_uvicorn
 
 
@@ -134,6 +133,6 @@ async def test_the_session_says_when_jobs_go_to_the_local_emulator(server_dsn: s
 def test_run_s_emulator_counts_as_the_local_emulator() -> None:
     """`run` starts the emulator beside the service and hands it a key, URLs and the media base."""
     run_s = {"FAL_KEY": "emulator:abc", "FAL_QUEUE_URL": "http://127.0.0.1:9/", "EMULATOR_MEDIA_URL": "http://127.0.0.1:9/media"}
-    assert uses_local_emulator(service_settings("postgresql://x@127.0.0.1/x", **run_s))
-    assert uses_local_emulator(service_settings("postgresql://x@127.0.0.1/x", FAL_EMULATOR="1"))
-    assert not uses_local_emulator(service_settings("postgresql://x@127.0.0.1/x", FAL_KEY="key:secret"))
+    assert service_settings("postgresql://x@127.0.0.1/x", **run_s).local_emulator
+    assert service_settings("postgresql://x@127.0.0.1/x", FAL_EMULATOR="1").local_emulator
+    assert not service_settings("postgresql://x@127.0.0.1/x", FAL_KEY="key:secret").local_emulator

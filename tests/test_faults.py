@@ -171,7 +171,7 @@ async def test_the_procfile_command_starts_with_postgres_down(fault_db: str, fal
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DATABASE_URL": proxy.url_for(fault_db), "FAL_JOBS_NO_VENV": "1", "WEB_CONCURRENCY": "1",
-           "HOST": "127.0.0.1", "PORT": str(port), "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url,
+           "HOST": "127.0.0.1", "PORT": str(port), "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url, "FAL_SCHEMA_URL": fal.schema_url, "FAL_API_URL": fal.base_url,
            "FAL_JWKS_URL": fal.jwks_url, "APP_URL": url, "LOG_LEVEL": "WARNING"}
     env.pop("LISTEN_DATABASE_URL", None)
     process = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=PROJECT_ROOT, env=env,

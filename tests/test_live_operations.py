@@ -89,7 +89,7 @@ async def test_two_processes_a_subscriber_on_a_gets_the_change_b_took(database_u
         port = sock.getsockname()[1]
         sock.close()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url,
+        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url, "FAL_SCHEMA_URL": fal.schema_url, "FAL_API_URL": fal.base_url,
                "FAL_JWKS_URL": fal.jwks_url, "APP_URL": url, "PORT": str(port), "LOG_LEVEL": "WARNING",
                "RECONCILE_INTERVAL_S": "3600", "STREAM_TOKEN_SECRET": "s" * 40}
         processes.append(start_process(env, tmp_path / f"{name}.log"))

@@ -288,10 +288,9 @@ async def test_wait_answers_on_completion_and_at_the_deadline(server_dsn: str, f
                     await asyncio.sleep(0.02)
             return rows
 
-        # The start-up sweep ends with the outputs' upkeep (its read of failed outputs), then closes
-        # the connection that held its advisory lock: wait for both, so that it is not counted.
-        await settled(lambda rows: any(r[3] == "idle" and "last_error AS error FROM fal_job_outputs" in str(r[4])
-                                       for r in rows)
+        # The start-up sweep ends with the removal of expired uploads (after the outputs' upkeep),
+        # then closes the connection that held its advisory lock: wait for both, so that it is not counted.
+        await settled(lambda rows: any(r[3] == "idle" and "DELETE FROM fal_uploads" in str(r[4]) for r in rows)
                       and not any("pg_try_advisory_lock" in str(r[4]) for r in rows))
         hub = service.app.state.hub
         subscribers = hub.subscriber_count

@@ -63,7 +63,7 @@ async def test_the_procfile_with_several_processes_delivers_across_them(
     port = free_socket().getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     env = procfile_env(database_url, port, WEB_CONCURRENCY=str(PROCESSES), FAL_KEY=FAL_KEY,
-                       FAL_QUEUE_URL=fal.base_url, FAL_JWKS_URL=fal.jwks_url, APP_URL=url,
+                       FAL_QUEUE_URL=fal.base_url, FAL_SCHEMA_URL=fal.schema_url, FAL_API_URL=fal.base_url, FAL_JWKS_URL=fal.jwks_url, APP_URL=url,
                        STREAM_TOKEN_SECRET="procfile-test-" + "s" * 32, RECONCILE_INTERVAL_S="3600")
     env.pop("LISTEN_DATABASE_URL", None)
     log = tmp_path / "web.log"

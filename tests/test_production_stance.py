@@ -168,7 +168,7 @@ async def test_forwarded_proto_is_trusted_only_from_forwarded_allow_ips(
     for allowed, expect_secure in (("127.0.0.1", True), ("10.9.9.9", False)):
         port = free_socket().getsockname()[1]
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": "k", "FAL_QUEUE_URL": fal.base_url,
+        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": "k", "FAL_QUEUE_URL": fal.base_url, "FAL_SCHEMA_URL": fal.schema_url, "FAL_API_URL": fal.base_url,
                "FAL_JWKS_URL": fal.jwks_url, "PORT": str(port), "LOG_LEVEL": "WARNING",
                "RECONCILE_INTERVAL_S": "3600", "FORWARDED_ALLOW_IPS": allowed}
         process = start_process(env, tmp_path / f"{allowed}.log")

@@ -95,7 +95,7 @@ async def test_two_processes_together_keep_the_open_job_limit_under_fifty_concur
     for name in ("a", "b"):
         port = free_socket().getsockname()[1]
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url,
+        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url, "FAL_SCHEMA_URL": fal.schema_url, "FAL_API_URL": fal.base_url,
                "FAL_JWKS_URL": fal.jwks_url, "APP_URL": url, "PORT": str(port), "LOG_LEVEL": "WARNING",
                "RECONCILE_INTERVAL_S": "3600", "MAX_OPEN_JOBS_PER_USER": "10", "MAX_JOBS_PER_MINUTE": "1000"}
         processes.append(start_process(env, tmp_path / f"{name}.log"))

@@ -52,6 +52,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _amount(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):  # nan too
+        raise argparse.ArgumentTypeError("must be an amount above 0")
+    return value
+
+
 def _hours(text: str) -> float:
     value = float(text)
     if not value >= 1:  # nan too: a younger object may be a copy whose outcome is being written
@@ -87,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-open-jobs", type=_positive, help="instead of MAX_OPEN_JOBS_PER_USER")
     limits.add_argument("--jobs-per-minute", type=_positive, help="instead of MAX_JOBS_PER_MINUTE")
     limits.add_argument("--max-streams", type=_positive, help="instead of MAX_STREAMS_PER_USER")
+    limits.add_argument("--spend-per-day", type=_amount, help="instead of MAX_SPEND_PER_DAY (in the price's currency)")
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys.add_parser("create", help="make another API key for a user and print it once").add_argument("name")
     keys.add_parser("list", help="list a user's keys by prefix").add_argument("name")

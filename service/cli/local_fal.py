@@ -49,9 +49,11 @@ def standalone_emulator(settings: Settings) -> Iterator[None]:
     try:
         _wait_until_up(emulator, base)
         os.environ.update({
-            "FAL_KEY": key, "FAL_QUEUE_URL": base, "FAL_JWKS_URL": f"{base}/.well-known/jwks.json",
+            "FAL_KEY": key, "FAL_QUEUE_URL": base, "FAL_API_URL": base, "FAL_JWKS_URL": f"{base}/.well-known/jwks.json",
             # Input files go to its storage and CDN endpoints (INPUT_DELIVERY=fal_cdn).
             "FAL_REST_URL": base, "FAL_CDN_URL": base,
+            # Model input schemas come from it too, as from fal's per-endpoint OpenAPI.
+            "FAL_SCHEMA_URL": f"{base}/api/openapi/queue/openapi.json",
             "FAL_WEBHOOK_USER_ID": "fal-emulator-user",
             # Its media is copied into our store like fal's, though it is plain http on loopback.
             "EMULATOR_MEDIA_URL": f"{base}/media",

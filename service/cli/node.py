@@ -5,6 +5,8 @@ wheel (the dev set) ships, so a machine with only python3 and pip type-checks an
 over the package, with its own TypeScript (installed by `npm ci` from package-lock.json first);
 `typecheck-example` is the same over the Next.js example (examples/nextjs), which links the package
 (`file:../../clients/js`), so the package is built first.
+`python -m service.cli.node page-client` rebuilds the page's copy of the package's browser side
+(service/web/vendor/fal-jobs-client.js, committed, so `run` needs no Node).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from service.settings import PROJECT_ROOT
 
 JS_CLIENT = PROJECT_ROOT / "clients" / "js"
 NEXTJS_EXAMPLE = PROJECT_ROOT / "examples" / "nextjs"
+PAGE_CLIENT = PROJECT_ROOT / "service" / "web" / "vendor" / "fal-jobs-client.js"
+"""The package's browser side as one ES module, served to the page as /static/vendor/fal-jobs-client.js."""
 _STAMP = ".fal-jobs-installed"
 """In node_modules: the digest of the package.json and lock file it was installed from."""
 
@@ -94,14 +98,25 @@ def typecheck(package: Path = JS_CLIENT) -> int:
     return run_tool(package, "tsc", "--noEmit", "-p", "tsconfig.json")
 
 
-def build_client() -> None:
+def _node(package: Path, *command: str) -> None:
+    done = subprocess.run([str(node_executable()), *command], cwd=package, env=node_env(),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NodeMissing(f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+
+
+def build_client(package: Path = JS_CLIENT) -> None:
     """The package's dist/ from its src/ as they are now (what the example's link resolves to): a
     dist/ of an older src/ would pass the example's tsc, or its build, against stale types."""
-    ensure_node_modules(JS_CLIENT)
-    done = subprocess.run([str(node_executable()), str(JS_CLIENT / "node_modules" / ".bin" / "tsc"), "-p", "tsconfig.json"],
-                          cwd=JS_CLIENT, env=node_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise NodeMissing(f"tsc could not build {JS_CLIENT.relative_to(PROJECT_ROOT)}:\n{done.stdout[-4000:]}")
+    ensure_node_modules(package)
+    _node(package, str(package / "node_modules" / ".bin" / "tsc"), "-p", "tsconfig.json")
+
+
+def build_page_client(out: Path = PAGE_CLIENT, package: Path = JS_CLIENT) -> int:
+    """tsc's build of the package, then its browser side bundled into `out` (scripts/bundle-page.js)."""
+    build_client(package)
+    _node(package, str(package / "scripts" / "bundle-page.js"), str(out))
+    return 0
 
 
 def typecheck_example(example: Path = NEXTJS_EXAMPLE) -> int:
@@ -111,12 +126,12 @@ def typecheck_example(example: Path = NEXTJS_EXAMPLE) -> int:
     return typecheck(example)
 
 
-COMMANDS = {"typecheck": typecheck, "typecheck-example": typecheck_example}
+COMMANDS = {"typecheck": typecheck, "typecheck-example": typecheck_example, "page-client": build_page_client}
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in COMMANDS:
-        print(f"usage: python -m service.cli.node {{{','.join(COMMANDS)}}}", file=sys.stderr)
+        print(f"usage: python -m service.cli.node {'|'.join(COMMANDS)}", file=sys.stderr)
         return 2
     try:
         return COMMANDS[argv[0]]()

@@ -81,9 +81,10 @@ def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
     from service.auth.users import list_users
 
     async def work(pool: asyncpg.Pool) -> int:
-        print(f"{'name':20} {'created':16} {'disabled':16} {'keys':>4} {'open':>4}  limits (open/min/streams)")
+        print(f"{'name':20} {'created':16} {'disabled':16} {'keys':>4} {'open':>4}  limits (open/min/streams/spend per day)")
         for user in await list_users(pool):
-            limits = "/".join(str(v) if v else "-" for v in (user.max_open_jobs, user.max_jobs_per_minute, user.max_streams))
+            limits = "/".join(f"{v:g}" if v else "-" for v in (user.max_open_jobs, user.max_jobs_per_minute,
+                                                               user.max_streams, user.max_spend_per_day))
             print(f"{user.name:20} {_when(user.created_at):16} {_when(user.disabled_at):16} "
                   f"{user.active_keys:>4} {user.open_jobs:>4}  {limits}")
         return 0
@@ -111,7 +112,8 @@ def cmd_users_limits(settings: Settings, args: argparse.Namespace) -> int:
     async def work(pool: asyncpg.Pool) -> int:
         await set_limits(pool, args.name, UserLimits(max_open_jobs=args.max_open_jobs,
                                                      max_jobs_per_minute=args.jobs_per_minute,
-                                                     max_streams=args.max_streams))
+                                                     max_streams=args.max_streams,
+                                                     max_spend_per_day=args.spend_per_day))
         print(f"fal-jobs: limits of {args.name} set (unset ones follow the settings)", file=sys.stderr)
         return 0
 

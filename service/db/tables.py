@@ -4,7 +4,7 @@ Runtime queries are plain SQL over asyncpg (see `service.jobs`): the status mach
 `SELECT ... FOR UPDATE` inside one transaction, and the hot paths stay one round trip each.
 """
 
-from piccolo.columns import JSONB, Array, BigSerial, Integer, Text, Timestamptz, Varchar
+from piccolo.columns import JSONB, Array, BigSerial, Integer, Numeric, Text, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
@@ -18,6 +18,7 @@ class FalUser(Table, tablename="fal_users"):
     max_open_jobs = Integer(null=True, default=None)
     max_jobs_per_minute = Integer(null=True, default=None)
     max_streams = Integer(null=True, default=None)
+    max_spend_per_day = Numeric(null=True, default=None)
 
 
 class FalApiKey(Table, tablename="fal_api_keys"):
@@ -53,6 +54,8 @@ class FalJob(Table, tablename="fal_jobs"):
     # table fal_job_tags (raw SQL: piccolo_migrations/..._tags_and_metadata.py) finds jobs by tag.
     tags = Array(base_column=Text(), default=list)
     metadata = JSONB(default="{}")
+    # The job's JobCost: our estimate of fal's bill (raw migration ..._costs.py).
+    cost = JSONB(null=True, default=None)
 
 
 class FalJobEvent(Table, tablename="fal_job_events"):
@@ -102,3 +105,4 @@ class FalJobReservation(Table, tablename="fal_job_reservations"):
     body_sha256 = Varchar(length=64)
     request_id = Text(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
+    estimated_cost = Numeric(null=True, default=None)  # the job's estimate, counted by budgets while it is submitted

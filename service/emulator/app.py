@@ -9,7 +9,9 @@ from litestar import Litestar
 
 from .jwks_routes import jwks_routes
 from .media_routes import media_routes
+from .pricing_routes import pricing_routes
 from .queue_routes import queue_routes
+from .schemas import schema_routes
 from .storage_routes import storage_routes
 
 if TYPE_CHECKING:
@@ -18,8 +20,8 @@ if TYPE_CHECKING:
 
 def create_emulator_app(emulator: FalEmulator) -> Litestar:
     return Litestar(
-        route_handlers=[*jwks_routes(emulator), *media_routes(emulator), *storage_routes(emulator),
-                        *queue_routes(emulator)],
+        route_handlers=[*jwks_routes(emulator), *media_routes(emulator), *pricing_routes(emulator),
+                        *storage_routes(emulator), *schema_routes(emulator), *queue_routes(emulator)],
         # Mounted inside another app, the outer app owns the emulator and closes it; aclose is idempotent.
         on_shutdown=[emulator.aclose],
         openapi_config=None,

@@ -27,7 +27,9 @@ import msgspec
 from . import outcomes
 from .inputs import InputFetch, fetch_image, takes_image
 from .pacing import Pace, queue_and_run, request_faults
+from .pricing_routes import EMULATED_PRICES
 from .records import AppRef, EmulatedRequest, QueueError, SubmitRecord, new_request, split_model_path
+from .schemas import SCHEMA_PATH
 from .signing import KeySet
 from .storage_routes import StorageState
 from .webhooks import FAL_RETRY_SCHEDULE_S, WebhookSender
@@ -70,8 +72,17 @@ class FalEmulator:
         self.media_fetches: collections.deque[str] = collections.deque(maxlen=1000)
         """The path of every media fetch, in order."""
         self.jwks_fetches = 0
+        self.schema_reads: list[str] = []
+        """The endpoint id of every read of a model's OpenAPI (schemas.py)."""
+        # Flip to False to make the schema URL answer 503 (the "fal's schema cannot be had" path).
+        self.schemas_available = True
         # Flip to False to make the JWKS URL answer 503 (a receiver's "fal's keys are unreachable" path).
         self.jwks_available = True
+        self.prices: dict[str, tuple[float, str]] = dict(EMULATED_PRICES)
+        """What the pricing call answers: (unit price in USD, unit) per endpoint id."""
+        self.pricing_reads = 0
+        # Flip to False to make the pricing call answer 503 (fal's Platform API down).
+        self.pricing_available = True
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
@@ -89,6 +100,11 @@ class FalEmulator:
     @property
     def jwks_url(self) -> str:
         return f"{self.base_url}/.well-known/jwks.json"
+
+    @property
+    def schema_url(self) -> str:
+        """fal's per-endpoint OpenAPI (`?endpoint_id=<id>`), as the emulator serves it."""
+        return f"{self.base_url}{SCHEMA_PATH}"
 
     @property
     def media_base(self) -> str:

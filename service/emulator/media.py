@@ -14,21 +14,12 @@ from functools import lru_cache
 from pathlib import Path
 
 # Re-exported: the one list of video models is the catalog's.
+from service.jobs.catalog import DEFAULT_IMAGE_SIZE, IMAGE_SIZE_PRESETS
 from service.jobs.catalog import is_video_model as is_video_model
 
 MAX_SIDE = 2048
 MAX_IMAGES = 8
 
-# fal's named sizes (fal-ai/flux/dev and friends).
-IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
-DEFAULT_IMAGE_SIZE = "landscape_4_3"
 
 SAMPLE_MP4_NAME = "sample.mp4"
 

@@ -25,6 +25,7 @@ from httpx_sse import aconnect_sse
 from service import metrics
 from service.db.storable import storable_json
 from service.errors import UpstreamError
+from service.settings import FAL_API_URL_DEFAULT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 CancelOutcome = Literal["requested", "already_completed", "not_found"]
 RESULT_TIMEOUT_S = 30.0
+SCHEMA_TIMEOUT_S = 5.0
+"""A model's schema is read before a submit: it must not hold the submit long."""
+PRICES_PER_CALL = 50
+"""fal's pricing call takes 1 to 50 endpoint ids."""
+PRICES_MAX_PAGES = 10
 
 
 class FalRequestFailed(Exception):
@@ -51,6 +57,22 @@ class FalLogLine(msgspec.Struct, kw_only=True):
     level: str | None = None
     source: str | None = None
     timestamp: str | None = None
+
+
+class FalPrice(msgspec.Struct, kw_only=True, frozen=True):
+    """One endpoint's unit price, as fal's Platform API answers it (`GET /v1/models/pricing`)."""
+
+    endpoint_id: str
+    unit_price: float
+    unit: str
+    """The billing unit: image, megapixel, second of video..."""
+    currency: str
+
+
+class _FalPrices(msgspec.Struct, kw_only=True):
+    prices: list[FalPrice]
+    next_cursor: str | None = None
+    has_more: bool = False
 
 
 class FalStatus(msgspec.Struct, kw_only=True):
@@ -78,8 +100,13 @@ def _detail(error: fal_client.client.FalClientHTTPError) -> Any:
 
 class FalGateway:
     def __init__(self, *, key: str, queue_url: str, timeout_s: float = 30.0, media_expiry_s: int | None = None,
-                 call_timeout_s: float = 30.0, stream_read_timeout_s: float = 60.0) -> None:
+                 call_timeout_s: float = 30.0, stream_read_timeout_s: float = 60.0, schema_url: str | None = None,
+                 api_url: str = FAL_API_URL_DEFAULT) -> None:
         self._queue_url = queue_url.rstrip("/")
+        self._api_url = api_url.rstrip("/")
+        self._schema_url = schema_url
+        # fal's model schemas are public: read without our key, on a client of their own.
+        self._public = httpx.AsyncClient(timeout=SCHEMA_TIMEOUT_S, headers={"User-Agent": fal_client.client.USER_AGENT})
         # fal keeps a request's media per this header: once our copy is safe, fal's may go.
         self._submit_headers = {} if media_expiry_s is None else {
             "X-Fal-Object-Lifecycle-Preference": msgspec.json.encode({"expiration_duration_seconds": media_expiry_s}).decode()
@@ -113,6 +140,7 @@ class FalGateway:
         http = await self._http()
         await http.aclose()
         await self._streams.aclose()
+        await self._public.aclose()
 
     async def _http(self) -> httpx.AsyncClient:
         return await self._client._client  # fal-client's own client, with our credentials
@@ -185,6 +213,56 @@ class FalGateway:
         except (httpx.HTTPError, TimeoutError) as error:
             raise UpstreamError(f"fal could not be reached: {type(error).__name__}") from None
         return "requested"
+
+    @metrics.fal_call("schema")
+    async def model_openapi(self, model_id: str) -> Any:
+        """fal's OpenAPI document of one endpoint (`GET {schema_url}?endpoint_id=<id>`: its input and
+        output schemas); UpstreamError when it cannot be had within SCHEMA_TIMEOUT_S."""
+        if self._schema_url is None:
+            raise UpstreamError("no FAL_SCHEMA_URL to read model schemas from")
+        try:
+            async with asyncio.timeout(SCHEMA_TIMEOUT_S):
+                response = await self._public.get(self._schema_url, params={"endpoint_id": model_id})
+        except (httpx.HTTPError, TimeoutError) as error:
+            raise UpstreamError(f"fal's schema could not be read: {type(error).__name__}") from None
+        if response.status_code != 200:
+            raise UpstreamError(f"fal's schema: fal answered {response.status_code}")
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            raise UpstreamError("fal's schema: the answer is not JSON") from None
+
+    @metrics.fal_call("prices")
+    async def prices(self, endpoint_ids: list[str], *, timeout_s: float) -> list[FalPrice]:
+        """fal's unit prices for these endpoints (those fal prices; others are left out), read
+        from its Platform API within `timeout_s` in all; UpstreamError when fal cannot be asked."""
+        found: list[FalPrice] = []
+        try:
+            async with asyncio.timeout(timeout_s):
+                for start in range(0, len(endpoint_ids), PRICES_PER_CALL):
+                    found += await self._price_pages(endpoint_ids[start:start + PRICES_PER_CALL])
+        except httpx.HTTPError as error:
+            raise UpstreamError(f"fal's pricing could not be read: {type(error).__name__}") from None
+        except TimeoutError:
+            raise UpstreamError(f"fal's pricing did not answer within {timeout_s:g} s") from None
+        return found
+
+    async def _price_pages(self, endpoint_ids: list[str]) -> list[FalPrice]:
+        params: dict[str, str] = {"endpoint_id": ",".join(endpoint_ids)}
+        found: list[FalPrice] = []
+        for _ in range(PRICES_MAX_PAGES):
+            response = await self._streams.get(f"{self._api_url}/v1/models/pricing", params=params)
+            if response.status_code != 200:
+                raise UpstreamError(f"fal refused the pricing call: {response.status_code} {_body(response)}")
+            try:
+                page = msgspec.json.decode(response.content, type=_FalPrices)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                raise UpstreamError(f"fal's pricing answer is not as documented: {error}") from None
+            found += page.prices
+            if not page.has_more or not page.next_cursor:
+                break
+            params["cursor"] = page.next_cursor
+        return found
 
     def _request_url(self, model_id: str, request_id: str) -> str:
         app, _ = _app_path(model_id)

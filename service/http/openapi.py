@@ -71,8 +71,10 @@ WHY = {
     412: "If-Match does not name the output's ETag (its sha256).",
     415: "The file is not of an accepted type (read from its bytes).",
     416: "The Range lies outside the output.",
-    422: "The Idempotency-Key was already used with another request body.",
-    429: "A limit (open jobs, jobs per minute, streams per credential) is reached; Retry-After says when to retry.",
+    422: "The content cannot be used: the input does not fit the model's schema at fal (the message names the "
+         "field and what the model takes), names an upload that is not the caller's, or the Idempotency-Key "
+         "was already used with another request body.",
+    429: "A limit (open jobs, jobs per minute, streams per credential, the day's spend) is reached; Retry-After says when to retry.",
     502: "fal refused or could not be reached; the message names its answer.",
     503: "A dependency (the database, fal's keys, the listener) is unavailable; retry after Retry-After.",
 }

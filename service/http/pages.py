@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -22,10 +23,12 @@ from service.auth.browser_sessions import (
     session_for,
 )
 from service.errors import NotAuthenticated
+from service.fal.input_schema import InputField
+from service.fal.model_schemas import ModelSchemas
 from service.http.dependencies import CallerDependency, PoolDependency, SettingsDependency
-from service.jobs.catalog import Model, catalog
+from service.jobs.catalog import catalog
+from service.jobs.models import JobType
 from service.realtime.admission import Admission
-from service.settings import Settings
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 
@@ -37,12 +40,6 @@ class SessionInfo(msgspec.Struct):
     local_emulator: Annotated[bool, msgspec.Meta(description=(
         "true while the service has no FAL_KEY: jobs go to the local fal emulator, whose images are test "
         "pictures (the page shows a tag saying so); false with a FAL_KEY"))]
-
-
-def uses_local_emulator(settings: Settings) -> bool:
-    """No FAL_KEY: the emulator mounted in this process; or the one `run` starts beside us, which
-    hands us a key and URLs of its own, and its media base (EMULATOR_MEDIA_URL), which gives it away."""
-    return settings.uses_emulator or settings.emulator_media_url is not None
 
 
 def _session_cookie(request: Request, settings: SettingsDependency, value: str, max_age: int) -> Cookie:
@@ -77,7 +74,7 @@ async def current_session(request: Request, pool: PoolDependency, settings: Sett
     if session is None:
         raise NotAuthenticated("session: none; open the sign-in link that `python3 -m service run` printed")
     return SessionInfo(user_id=session.user_id, name=session.name, csrf_token=session.csrf_token,
-                       local_emulator=uses_local_emulator(settings))
+                       local_emulator=settings.local_emulator)
 
 
 @post("/api/session/sign-out", status_code=200, tags=["browser"], summary="End the browser session")
@@ -92,9 +89,19 @@ async def sign_out(
     return Response({"signed_out": True}, cookies=[_session_cookie(request, settings, "", 0)])
 
 
-@get("/api/models", tags=["jobs"], summary="The models this service accepts, with the kind of output each makes")
-async def models(settings: SettingsDependency) -> list[Model]:
-    return catalog(settings.allowed_models)
+class ModelInfo(msgspec.Struct, frozen=True):
+    model_id: str
+    type: JobType
+    fields: Annotated[list[InputField] | None, msgspec.Meta(description=(
+        "the model's input fields, from its schema at fal, in fal's order; null while that schema has "
+        "never been had (its jobs are then not checked here)"))]
+
+
+@get("/api/models", tags=["jobs"], summary="The models this service accepts: the kind of output each makes, its input fields")
+async def models(settings: SettingsDependency, model_schemas: NamedDependency[ModelSchemas]) -> list[ModelInfo]:
+    found = await asyncio.gather(*(model_schemas.fields(model.model_id) for model in catalog(settings.allowed_models)))
+    return [ModelInfo(model_id=model.model_id, type=model.type, fields=model_fields)
+            for model, model_fields in zip(catalog(settings.allowed_models), found, strict=True)]
 
 
 static_files = create_static_files_router(path="/static", directories=[WEB], include_in_schema=False)

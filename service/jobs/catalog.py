@@ -11,6 +11,17 @@ VIDEO_MARKERS = ("video", "kling", "minimax", "luma", "veo", "hunyuan", "wan-", 
                  "pixverse", "seedance", "mochi")
 """Substrings of the model ids that make videos; the one list, shared with the local fal emulator."""
 
+IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+"""fal's named image sizes (fal-ai/flux/dev and friends), shared with the local fal emulator."""
+DEFAULT_IMAGE_SIZE = "landscape_4_3"
+
 
 class Model(msgspec.Struct, frozen=True):
     model_id: str

@@ -46,6 +46,24 @@ class JobOutput(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+class JobCost(msgspec.Struct, kw_only=True):
+    """Our estimate of what fal bills for a job, from fal's unit price for its model: not fal's invoice."""
+
+    estimated: float | None
+    """At submit, from the input (images asked for and their size, the video's duration); None
+    when the input does not say how many units the job bills."""
+    final: float | None
+    """Once the job ended: the units its output shows (images and their megapixels, the video's
+    duration) times `unit_price`; 0 for a failed job (fal bills successful outputs only); None
+    while it runs, for a cancelled job, and when the units cannot be read."""
+    unit: str
+    """The billing unit: image, megapixel, second (of video), video, or fal's own word for another."""
+    quantity: float | None
+    """Units billed: requested at submit, read from the output once the job completed."""
+    unit_price: float
+    currency: str
+
+
 class Job(msgspec.Struct, kw_only=True):
     request_id: str
     user_id: str
@@ -69,6 +87,8 @@ class Job(msgspec.Struct, kw_only=True):
     """The app's labels for the job (`user:123`), fixed at creation: see `jobs/tags.py`."""
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     """The app's own JSON object, fixed at creation; never sent to fal."""
+    cost: JobCost | None = None
+    """None when fal gave no price for the model when the job was submitted."""
 
     @property
     def is_terminal(self) -> bool:
@@ -84,6 +104,7 @@ class NewJob(msgspec.Struct, kw_only=True, frozen=True):
     mode: JobMode
     tags: list[str] = msgspec.field(default_factory=list)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    cost: JobCost | None = None
 
 
 class JobChange(msgspec.Struct, kw_only=True, frozen=True):

@@ -6,6 +6,9 @@ minute. Two processes therefore cannot together exceed a limit, and a refused cr
 nothing. The job's INSERT then takes the reservation over (it records the request id), so an
 `Idempotency-Key` finds the job its first request made, for 24 hours.
 
+A budget in money (MAX_SPEND_PER_DAY, or the user's own) is checked under the same lock: the job's
+estimate is reserved with the reservation, and its job's cost replaces it (`budget.py`).
+
 A job cancelled while fal ran it still counts as open: fal's cancel only signals the runner, and
 the work (and its bill) may go on until it ends by itself. The cancel sets `counts_open_until`
 (`hold_after_cancel`); whoever then sees fal's end of the request (its webhook, a follower, the
@@ -19,6 +22,7 @@ import hashlib
 import logging
 import math
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -31,6 +35,7 @@ from service.errors import (
     NotAuthenticated,
     TooManyRequests,
 )
+from service.jobs.budget import check as check_budget
 
 if TYPE_CHECKING:
     import asyncpg
@@ -48,6 +53,8 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_open_jobs: int
     max_jobs_per_minute: int
+    max_spend_per_day: float | None = None
+    """None: no budget, unless the user has one of their own."""
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -83,12 +90,15 @@ FROM fal_job_reservations WHERE user_id = $1 AND created_at > now() - interval '
 
 
 async def reserve(
-    pool: asyncpg.Pool, user_id: str, *, digest: str, idempotency_key: str | None, defaults: Limits
+    pool: asyncpg.Pool, user_id: str, *, digest: str, idempotency_key: str | None, defaults: Limits,
+    estimate: float | None = None,
 ) -> Reservation:
+    """`estimate`: the job's estimated cost, reserved against the user's budget (None: unknown, counts 0)."""
     async with pool.acquire() as connection, connection.transaction():
         # One create per user at a time, across processes, for the count and the insert.
         user = await connection.fetchrow(
-            "SELECT max_open_jobs, max_jobs_per_minute, disabled_at FROM fal_users WHERE id = $1 FOR UPDATE", user_id
+            "SELECT max_open_jobs, max_jobs_per_minute, max_spend_per_day, disabled_at FROM fal_users "
+            "WHERE id = $1 FOR UPDATE", user_id
         )
         if user is None or user["disabled_at"] is not None:
             raise NotAuthenticated("user: disabled")
@@ -131,9 +141,15 @@ async def reserve(
                 "(MAX_JOBS_PER_MINUTE)",
                 retry_after_s=math.ceil(float(counts["oldest_leaves_in"] or 1)),
             )
+        amount = Decimal(0) if estimate is None else Decimal(str(estimate))
+        budget = user["max_spend_per_day"] or (
+            None if defaults.max_spend_per_day is None else Decimal(str(defaults.max_spend_per_day)))
+        if budget is not None:
+            await check_budget(connection, user_id, budget=budget, estimate=amount, submit_grace=SUBMIT_GRACE)
         reservation_id = await connection.fetchval(
-            "INSERT INTO fal_job_reservations (user_id, idempotency_key, body_sha256) VALUES ($1, $2, $3) RETURNING id",
-            user_id, idempotency_key, digest,
+            "INSERT INTO fal_job_reservations (user_id, idempotency_key, body_sha256, estimated_cost) "
+            "VALUES ($1, $2, $3, $4) RETURNING id",
+            user_id, idempotency_key, digest, amount,
         )
     return Reservation(id=reservation_id)
 

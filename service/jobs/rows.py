@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 JOB_COLUMNS = (
     "request_id, user_id, model_id, type, input, status, queue_position, logs, result, error, "
-    "error_type, mode, version, created_at, updated_at, completed_at, outputs, tags, metadata"
+    "error_type, mode, version, created_at, updated_at, completed_at, outputs, tags, metadata, cost"
 )
 
 

@@ -25,15 +25,15 @@ it (and parks itself): whoever comes second sees what the first did. $1: the req
 INSERT_JOB = """
 WITH job AS (
     INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, status, mode, version, created_at, updated_at,
-        tags, metadata)
-    VALUES ($1, $2, $3, $4, $5, 'pending', $6, 1, $7, $7, $8, $9)
+        tags, metadata, cost)
+    VALUES ($1, $2, $3, $4, $5, 'pending', $6, 1, $7, $7, $8, $9, $10)
     RETURNING request_id, user_id, created_at, tags
 )
 INSERT INTO fal_job_tags (user_id, tag, created_at, request_id)
 SELECT job.user_id, tag, job.created_at, job.request_id FROM job, unnest(job.tags) AS tag
 """
 """A new job, version 1, and the rows that find it by each of its tags, in one statement. $1-$6:
-request id, user id, model id, type, input, mode; $7: now; $8: its tags; $9: its metadata."""
+request id, user id, model id, type, input, mode; $7: now; $8: its tags; $9: its metadata; $10: its cost."""
 
 SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1"
 LOCK_JOB = f"SELECT {JOB_COLUMNS} FROM fal_jobs WHERE request_id = $1 FOR UPDATE"
@@ -51,16 +51,19 @@ files, as JSON rows (request_id, index, kind, url)."""
 
 CHANGE_JOB = f"""
 WITH changed AS (
-    UPDATE fal_jobs SET status = $5, queue_position = $6, logs = $7, result = $8, error = $9, error_type = $10,
-        completed_at = $11, outputs = $12, version = version + 1, updated_at = $2
+    UPDATE fal_jobs SET status = $5::text, queue_position = $6, logs = $7, result = $8, error = $9, error_type = $10,
+        completed_at = $11, outputs = $12, version = version + 1, updated_at = $2,
+        cost = fal_jobs_final_cost(cost, $5::text, $13::jsonb)
     WHERE request_id = $1 AND version = $4
-    RETURNING request_id, user_id
+    RETURNING request_id, user_id, cost
 ), {_QUEUE_OUTPUTS}
-SELECT true FROM changed
+SELECT true AS written, cost FROM changed
 """
 """Writes the job as decided, only if its version is still $4 (a compare-and-swap under the row
-lock the UPDATE takes); true when it did. $1: request id; $2: now; $3: files to queue; $5-$12:
-the job's status, queue position, logs, result, error, error type, completed at and outputs."""
+lock the UPDATE takes); a row (with the job's cost after it) when it did. $1: request id; $2: now;
+$3: files to queue; $5-$12: the job's status, queue position, logs, result, error, error type,
+completed at and outputs; $13: the units its output shows (`costs.units_of_output`), for its
+final cost should this end it."""
 
 _OPEN = "status NOT IN (" + ", ".join(f"'{status}'" for status in sorted(TERMINAL_STATUSES)) + ")"
 
@@ -69,11 +72,11 @@ def _finish(rows_wanted: str) -> str:
     return f"""
 WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS i(request_id text, status text, result jsonb, error text, error_type text, outputs jsonb)
+        AS i(request_id text, status text, result jsonb, error text, error_type text, outputs jsonb, units jsonb)
 ), changed AS (
     UPDATE fal_jobs j SET status = i.status, queue_position = NULL, result = i.result, error = i.error,
         error_type = i.error_type, completed_at = $2, updated_at = $2, version = j.version + 1,
-        outputs = coalesce(i.outputs, j.outputs)
+        outputs = coalesce(i.outputs, j.outputs), cost = fal_jobs_final_cost(j.cost, i.status, i.units)
     FROM input i
     -- The ids again as $4: joined to a function's rows alone, the planner scans the table.
     WHERE {rows_wanted} AND j.request_id = i.request_id AND j.{_OPEN}
@@ -85,8 +88,8 @@ SELECT {JOB_COLUMNS} FROM changed
 
 FINISH_MANY = _finish("j.request_id = ANY($4::text[])")
 """Jobs' ends in one statement: each row is updated only while it is open (the row lock the UPDATE
-takes re-checks that against a concurrent writer's commit), and its outputs are queued. $1: the
-ends, as JSON rows; $2: now; $3: the files to queue; $4: the request ids."""
+takes re-checks that against a concurrent writer's commit), its outputs are queued, and its final
+cost is computed from the units in its row. $1: the ends, as JSON rows; $2: now; $3: the files to queue; $4: the request ids."""
 FINISH_ONE = _finish("j.request_id = $4::text")
 """The same for one job: its id as a scalar lets Postgres keep one generic plan for the statement,
 where an array would have it plan each execution anew (a custom plan looks cheaper for a

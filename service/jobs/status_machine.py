@@ -37,6 +37,7 @@ import msgspec
 from service import metrics
 from service.db.storable import storable_struct
 from service.jobs import sql
+from service.jobs.costs import units_of_output
 from service.jobs.media import MediaFile, media_files, pending_outputs
 from service.jobs.models import (
     LOG_LINES_KEPT,
@@ -44,6 +45,7 @@ from service.jobs.models import (
     Deletion,
     Job,
     JobChange,
+    JobCost,
     JobOutput,
     LogLine,
     NewJob,
@@ -129,13 +131,13 @@ async def create_job(connection: asyncpg.Connection, new: NewJob) -> Job:
         request_id=new.request_id, user_id=new.user_id, model_id=new.model_id, type=new.type, input=new.input,
         status="pending", queue_position=None, logs=None, result=None, error=None, error_type=None,
         mode=new.mode, version=1, created_at=now, updated_at=now, completed_at=None, tags=new.tags,
-        metadata=new.metadata,
+        metadata=new.metadata, cost=new.cost,
     )
     async with connection.transaction():
         await connection.execute(sql.LOCK_REQUEST, job.request_id)
         await connection.execute(
             sql.INSERT_JOB, job.request_id, job.user_id, job.model_id, job.type, job.input, job.mode, now, job.tags,
-            job.metadata,
+            job.metadata, job.cost,
         )
     return job
 
@@ -186,6 +188,8 @@ class _Ending(msgspec.Struct, frozen=True):
     error: str | None
     error_type: str | None
     outputs: list[JobOutput] | None
+    units: dict[str, float] | None
+    """What the output shows of the job's billing units, for its final cost (completed jobs only)."""
 
 
 class _QueuedFile(msgspec.Struct, frozen=True):
@@ -214,7 +218,8 @@ async def _finish(connection: asyncpg.Connection, changes: dict[str, JobChange])
         found = media_files(change.result) if change.status == "completed" else []
         files.extend(_queued(request_id, found))
         rows.append(_Ending(request_id, change.status, change.result, change.error, change.error_type,
-                            pending_outputs(request_id, found) if found else None))
+                            pending_outputs(request_id, found) if found else None,
+                            units_of_output(change.result) if change.status == "completed" else None))
     if len(rows) == 1:
         finished = await connection.fetch(sql.FINISH_ONE, rows, now, files, rows[0].request_id)
     else:
@@ -245,11 +250,13 @@ async def _read_decide_write(connection: asyncpg.Connection, request_id: str, ch
         if files:
             updates["outputs"] = pending_outputs(request_id, files)
         new = msgspec.structs.replace(job, **updates, version=job.version + 1, updated_at=now)
-        written = await connection.fetchval(
+        units = units_of_output(change.result) if new.status == "completed" else None
+        written = await connection.fetchrow(
             sql.CHANGE_JOB, request_id, now, _queued(request_id, files), job.version, new.status,
-            new.queue_position, new.logs, new.result, new.error, new.error_type, new.completed_at, new.outputs,
+            new.queue_position, new.logs, new.result, new.error, new.error_type, new.completed_at, new.outputs, units,
         )
-        if written:
+        if written is not None:
+            new = msgspec.structs.replace(new, cost=msgspec.convert(written["cost"], JobCost | None))
             if new.is_terminal:
                 metrics.job_finished(new.model_id, new.status, new.created_at, new.completed_at)
             return Applied(job=new, accepted=True)

@@ -23,11 +23,14 @@ from service.jobs.status_machine import create_job
 from service.jobs.tags import check_metadata, check_tags
 from service.uploads.references import UploadInputs, record_uses
 from service.usecases.follow_jobs import FollowTarget, JobFollower
+from service.usecases.job_costs import estimate_cost
 
 if TYPE_CHECKING:
     import asyncpg
 
     from service.fal.gateway import FalGateway
+    from service.fal.model_schemas import ModelSchemas
+    from service.fal.pricing import PriceBook
     from service.usecases.receive_webhook import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -89,8 +92,8 @@ def _unstorable(value: Any, path: str) -> str | None:
 class SubmitJob:
     def __init__(
         self, pool: asyncpg.Pool, gateway: FalGateway, intake: WebhookIntake, follower: JobFollower,
-        *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits,
-        inputs: UploadInputs | None = None,
+        *, allowed_models: tuple[str, ...], webhook_url: str | None, limits: Limits, prices: PriceBook | None = None,
+        inputs: UploadInputs | None = None, schemas: ModelSchemas | None = None,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -99,7 +102,9 @@ class SubmitJob:
         self._allowed_models = allowed_models
         self._webhook_url = webhook_url
         self._limits = limits
+        self._prices = prices
         self._inputs = inputs
+        self._schemas = schemas
 
     def validate(self, request: CreateJobRequest) -> CreateJobRequest:
         """The request as it is stored (tags deduplicated), or InvalidRequest naming the field."""
@@ -122,10 +127,14 @@ class SubmitJob:
         """Reserve within the user's limits, submit to fal, record the job; or replay the job an
         earlier request with the same Idempotency-Key created."""
         request = self.validate(request)
+        if self._schemas is not None:  # the model's own schema (fal's): 422 naming the field, nothing sent
+            await self._schemas.check(request.model_id, request.input)
+        cost = await estimate_cost(self._prices, request.model_id, request.input)
         # `upload:<id>` strings become URLs fal can fetch; the job keeps the references.
         resolved = await self._inputs.resolve(user_id, request.input) if self._inputs else None
         reservation = await reservations.reserve(
-            self._pool, user_id, digest=request.digest(), idempotency_key=idempotency_key, defaults=self._limits
+            self._pool, user_id, digest=request.digest(), idempotency_key=idempotency_key, defaults=self._limits,
+            estimate=cost.estimated if cost else None,
         )
         if reservation.replay_of is not None:
             return Created(job=await queries.get_job(self._pool, user_id, reservation.replay_of), replayed=True)
@@ -144,7 +153,7 @@ class SubmitJob:
                 job = await create_job(
                     connection,
                     NewJob(request_id=request_id, user_id=user_id, model_id=request.model_id, type=request.type,
-                           input=request.input, mode=mode, tags=request.tags, metadata=request.metadata),
+                           input=request.input, mode=mode, tags=request.tags, metadata=request.metadata, cost=cost),
                 )
                 await reservations.fulfil(connection, reservation.id, request_id)
                 if resolved is not None:

@@ -1,7 +1,12 @@
-// fal-jobs in the browser: a form that submits jobs and a list kept live by ONE EventSource.
+// fal-jobs in the browser: a form that submits jobs and a list kept live by ONE stream, the
+// user's, through the TypeScript client's `subscribeJobs` (clients/js, served as one ES module:
+// tokens, their refresh, resume after the last event id and backoff all live there).
 //
 // Order of work at start: session → stream (wait for its `ready`) → list. Jobs from the list and
 // the stream are merged by request_id, keeping the highest `version`, so overlap is harmless.
+
+import { subscribeJobs } from "/static/vendor/fal-jobs-client.js";
+import { imageField, imagePicker } from "/static/image-input.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -19,6 +24,8 @@ const ENDINGS = { completed: "completed", failed: "failed", cancelled: "was canc
 const ANNOUNCEMENTS_KEPT = 3;
 const PAGE_SIZE = 50;
 const READY_WAIT_MS = 5000;
+const RESTART_MS = 5000;
+const CONNECTION_TEXT = { connecting: "Connecting…", live: "Live", reconnecting: "Reconnecting…", closed: "Not connected" };
 
 const state = {
   session: null, // {user_id, name, csrf_token, local_emulator}
@@ -26,12 +33,11 @@ const state = {
   jobs: new Map(), // request_id -> job
   cards: new Map(), // request_id -> card element
   nextCursor: null,
-  source: null, // the one EventSource
-  lastEventId: null,
-  retryMs: 1000,
-  retryTimer: null,
+  subscription: null, // the one stream (subscribeJobs)
+  restartTimer: null,
   stopped: false,
   submitting: false,
+  picker: null, // the input image, for a model that starts from one
 };
 
 // ---------------------------------------------------------------- HTTP
@@ -80,7 +86,7 @@ async function start() {
   state.session = session;
   showSignedIn();
   await loadModels();
-  const ready = openStream();
+  const ready = openStream(undefined);
   await Promise.race([ready, delay(READY_WAIT_MS)]);
   await loadJobs();
   setInterval(tickElapsed, 1000);
@@ -98,7 +104,14 @@ function wireStatic() {
   form.addEventListener("submit", submitJob);
   for (const radio of form.elements.type) radio.addEventListener("change", syncKind);
   const model = $('[data-testid="model"]');
-  model.addEventListener("change", () => { model.title = model.value; });
+  model.addEventListener("change", () => {
+    model.title = model.value;
+    syncImageInput();
+  });
+  state.picker = imagePicker($('[data-testid="image-input"]'), {
+    csrfToken: () => state.session?.csrf_token ?? "",
+    onSessionLost: () => sessionLost(),
+  });
 }
 
 function showInvalidLinkNotice(show) {
@@ -185,6 +198,14 @@ function syncKind() {
   );
   if ([...select.options].some((o) => o.value === previous)) select.value = previous;
   select.title = select.value;
+  syncImageInput();
+}
+
+/** The image picker for a model that starts from an image; its frame is the image's, no aspect ratio. */
+function syncImageInput() {
+  const takesImage = imageField($('[data-testid="model"]').value, state.models) !== null;
+  $('[data-testid="image-input"]').hidden = !takesImage;
+  $('[data-testid="aspect-ratio-field"]').hidden = takesImage;
 }
 
 function showFormError(message) {
@@ -211,7 +232,7 @@ function readInput(form) {
     }
   } else {
     input.duration = form.elements.duration.value;
-    input.aspect_ratio = form.elements.aspect_ratio.value;
+    if (!imageField(form.elements.model_id.value, state.models)) input.aspect_ratio = form.elements.aspect_ratio.value;
   }
   const extraText = form.elements.extra.value.trim();
   if (extraText) {
@@ -247,6 +268,9 @@ async function submitJob(event) {
   button.setAttribute("aria-disabled", "true");
   button.textContent = "Submitting…";
   try {
+    // The input image (an upload under way is waited for); one given in the advanced JSON wins.
+    const field = imageField(request.model_id, state.models);
+    if (field && !(field in request.input)) request.input[field] = await state.picker.value();
     // One key per submission: a retry after a dropped connection answers the same job instead of
     // paying fal twice.
     const idempotency = { "Idempotency-Key": crypto.randomUUID() };
@@ -270,88 +294,67 @@ async function submitJob(event) {
 
 // ---------------------------------------------------------------- the stream
 
-function setConnection(kind, text) {
+function setConnection(connection) {
   const box = $('[data-testid="connection"]');
-  box.dataset.state = kind;
-  $(".connection-text", box).textContent = text;
+  box.dataset.state = connection === "closed" ? "idle" : connection;
+  $(".connection-text", box).textContent = CONNECTION_TEXT[connection];
 }
 
-/** Opens the user's stream; resolves once it is subscribed (its `ready` or first `open`). */
-function openStream() {
-  return new Promise((resolve) => {
-    connect(resolve);
-  });
-}
-
-async function connect(onReady = () => {}) {
-  if (state.stopped || !state.session) return onReady();
-  setConnection(state.lastEventId === null ? "connecting" : "reconnecting",
-    state.lastEventId === null ? "Connecting…" : "Reconnecting…");
-  let token;
+/** A stream token for the user's stream, on the session cookie; a lost session ends the stream. */
+async function streamToken() {
   try {
-    token = await api("POST", "/api/stream-tokens", { scope: "user" });
+    return await api("POST", "/api/stream-tokens", { scope: "user" });
   } catch (error) {
-    if (error.status === 401) {
-      onReady();
-      return sessionLost();
-    }
-    scheduleReconnect();
-    return onReady();
+    if (error.status === 401) sessionLost();
+    throw error;
   }
-  let url = token.url;
-  if (state.lastEventId !== null) url += `&last_event_id=${encodeURIComponent(state.lastEventId)}`;
-  const source = new EventSource(url);
-  state.source = source;
+}
 
-  const remember = (event) => {
-    if (event.lastEventId) state.lastEventId = event.lastEventId;
-  };
-  source.addEventListener("open", () => {
-    state.retryMs = 1000;
-    setConnection("live", "Live");
-    // A resume (last_event_id) gets no `ready`: being open is enough.
-    if (state.lastEventId !== null) onReady();
-  });
-  source.addEventListener("ready", (event) => {
-    remember(event);
-    setConnection("live", "Live");
-    // A fresh stream only carries changes from its `ready` on: if the list was read before it
-    // (the stream was late or failed at first), read it again so nothing in between is missed.
-    if (state.listLoaded) loadJobs();
-    onReady();
-  });
-  source.addEventListener("job", (event) => {
-    remember(event);
-    upsert(JSON.parse(event.data));
-  });
-  source.addEventListener("error", () => {
-    if (source !== state.source) return;
-    if (source.readyState === EventSource.CLOSED) {
-      // EventSource gave up (e.g. its token expired and the reconnect got 401): new token, resume.
-      state.source = null;
-      scheduleReconnect();
-    } else {
-      // EventSource reconnects by itself, sending Last-Event-ID.
-      setConnection("reconnecting", "Reconnecting…");
-    }
+/** Opens the user's stream; resolves once it is subscribed (its `ready` or a resume's open). */
+function openStream(lastEventId) {
+  return new Promise((resolve) => {
+    if (state.stopped || !state.session) return resolve();
+    setConnection(lastEventId === undefined ? "connecting" : "reconnecting");
+    let subscription = null;
+    subscription = subscribeJobs({
+      getToken: streamToken,
+      lastEventId,
+      onUpdate: upsert,
+      onReady: ({ resumed }) => {
+        // A fresh stream only carries changes from its `ready` on: if the list was read before it
+        // (the stream was late or failed at first), read it again so nothing in between is missed.
+        if (!resumed && state.listLoaded) loadJobs();
+        resolve();
+      },
+      onState: (connection) => {
+        if (subscription !== null && subscription !== state.subscription && state.subscription !== null) return;
+        setConnection(connection);
+        if (connection === "closed") {
+          resolve();
+          restartStream();
+        }
+      },
+    });
+    state.subscription = subscription;
   });
 }
 
-function scheduleReconnect() {
-  if (state.stopped) return;
-  setConnection("reconnecting", "Reconnecting…");
-  clearTimeout(state.retryTimer);
-  const wait = state.retryMs;
-  state.retryMs = Math.min(state.retryMs * 2, 30000);
-  state.retryTimer = setTimeout(() => connect(), wait);
+/** The client gave up (fresh tokens refused again and again): while signed in, a new one resumes. */
+function restartStream() {
+  const old = state.subscription;
+  if (state.stopped || !state.session || !old || !old.error) return;
+  setConnection("reconnecting");
+  clearTimeout(state.restartTimer);
+  state.restartTimer = setTimeout(() => openStream(old.lastEventId), RESTART_MS);
 }
 
 function stopStream() {
   state.stopped = true;
-  clearTimeout(state.retryTimer);
-  if (state.source) state.source.close();
-  state.source = null;
-  setConnection("idle", "Not connected");
+  clearTimeout(state.restartTimer);
+  const subscription = state.subscription;
+  state.subscription = null;
+  if (subscription) subscription.close();
+  setConnection("closed");
 }
 
 // ---------------------------------------------------------------- the list
@@ -451,11 +454,37 @@ function createCard(job) {
       el("span", { class: "elapsed", "data-testid": "job-elapsed", title: "Elapsed time" }),
     ),
     el("p", { class: "prompt", "data-testid": "job-prompt" }, String(job.input?.prompt ?? "")),
-    el("p", { class: "model muted" }, job.model_id),
+    el("p", { class: "model muted" }, job.model_id,
+       el("span", { class: "cost", "data-testid": "job-cost", title: "Our estimate of fal's bill, not fal's invoice" })),
+    tagList(job),
     el("p", { class: "detail", "data-testid": "job-detail", hidden: true }),
-    el("div", { class: "media", "data-testid": "job-media", hidden: true }),
+    el("div", { class: "media-row" }, inputImage(job),
+      el("div", { class: "media", "data-testid": "job-media", hidden: true })),
     el("div", { class: "actions" }, cancel, el("span", { class: "action-error", role: "alert" })),
   );
+}
+
+/** The image the job started from (an upload of ours, or a URL), shown beside its result. */
+function inputImage(job) {
+  const raw = job.input?.image_url;
+  if (typeof raw !== "string" || !raw) return null;
+  const url = raw.startsWith("upload:")
+    ? `/api/uploads/${encodeURIComponent(raw.slice("upload:".length))}` // the session cookie opens it
+    : safeUrl(raw);
+  if (!url) return null;
+  const prompt = String(job.input?.prompt ?? "").trim();
+  return el("figure", { class: "input-image" },
+    el("img", { src: url, alt: `Input image${prompt ? ` for: ${prompt}` : ""}`, loading: "lazy", decoding: "async",
+                "data-testid": "job-input-image" }),
+    el("figcaption", { class: "muted" }, "Input"));
+}
+
+/** The job's tags (the app's labels, fixed at creation), small; none: nothing. */
+function tagList(job) {
+  const tags = Array.isArray(job.tags) ? job.tags.filter((t) => typeof t === "string") : [];
+  if (tags.length === 0) return null;
+  return el("ul", { class: "job-tags", "aria-label": "Tags", "data-testid": "job-tags" },
+    ...tags.map((tag) => el("li", { class: "job-tag" }, tag)));
 }
 
 function badgeText(job) {
@@ -464,6 +493,14 @@ function badgeText(job) {
     return job.queue_position === 0 ? `${label} · next` : `${label} · position ${job.queue_position}`;
   }
   return label;
+}
+
+function costText(cost) {
+  const amount = cost?.final ?? cost?.estimated;
+  if (amount === null || amount === undefined) return "";
+  const money = new Intl.NumberFormat("en-US", { style: "currency", currency: cost.currency || "USD",
+                                                 maximumFractionDigits: 4 }).format(amount);
+  return cost.final === null || cost.final === undefined ? ` · about ${money}` : ` · ${money}`;
 }
 
 function updateCard(card, job) {
@@ -492,6 +529,7 @@ function updateCard(card, job) {
   }
   detail.textContent = detailText;
   detail.hidden = !detailText;
+  $('[data-testid="job-cost"]', card).textContent = costText(job.cost);
 
   const terminal = TERMINAL.has(job.status);
   const actions = $(".actions", card);

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
+
 from service.auth.api_keys import create_user
 from service.auth.browser_sessions import issue_sign_in_token
 from service.emulator import FalEmulator
 from tests.browser.conftest import TIMEOUT_MS, watch_console
 from tests.browser.test_page import HELD, card, expect_, submit
+from tests.conftest import bearer
 from tests.test_browser_sessions import emulated_service
 
 ACTIVE = "() => { const a = document.activeElement; return a ? (a.dataset.testid || a.dataset.requestId || a.tagName) : null; }"
@@ -41,6 +44,26 @@ async def test_axe_finds_no_violation_with_every_kind_of_card(signed_in: Any, fa
     assert await axe_violations(page) == []
     fal.release(held)
     fal.release(held)
+
+
+async def test_a_jobs_tags_show_on_its_card_as_a_named_list(
+    signed_in: Any, service: Any, http: httpx.AsyncClient,
+) -> None:
+    session = await signed_in()
+    page = session.page
+    response = await http.post(f"{service.url}/api/jobs", headers=bearer(session.user), json={
+        "type": "image", "model_id": "fal-ai/flux/schnell", "tags": ["user:123", "project:9"],
+        "input": {"prompt": "a tagged fox", "fal_emulator": {"queue_ms": 0, "run_ms": 0}},
+    })
+    assert response.status_code == 202, response.text
+    tagged = card(page, response.json()["request_id"])  # arrives over the stream, not the list
+    await expect_(tagged).to_have_attribute("data-status", "completed")
+    tags = tagged.get_by_role("list", name="Tags")
+    await expect_(tags.get_by_role("listitem")).to_have_text(["user:123", "project:9"])
+    untagged = await submit(page, prompt="no tags", extra={"fal_emulator": {"queue_ms": 0, "run_ms": 0}})
+    await expect_(card(page, untagged)).to_have_attribute("data-status", "completed")
+    await expect_(card(page, untagged).get_by_test_id("job-tags")).to_have_count(0)
+    assert await axe_violations(page) == []
 
 
 async def test_axe_finds_no_violation_signed_out(signed_in: Any, service: Any) -> None:

@@ -129,6 +129,8 @@ async def test_image_job_goes_queued_running_completed(signed_in: Any, fal: FalE
     href = await job.locator(".media a").first.get_attribute("href")
     assert href == await images.first.get_attribute("src")  # the thumbnail opens the full-size image
     await expect_(job.get_by_test_id("cancel")).to_be_hidden()
+    # Two 1024×768 images at the emulator's $0.025 per megapixel: fal's bill as we estimate it.
+    await expect_(job.get_by_test_id("job-cost")).to_have_text(" · $0.05")
 
     seen = [e for e in await page.evaluate("window.__seen") if e[0] == request_id]
     statuses = [e[1] for e in seen]
@@ -255,8 +257,8 @@ def drop_expected_stream_errors(errors: list[str]) -> None:
 async def test_dropped_stream_reconnects_with_last_event_id_and_misses_nothing(
     signed_in: Any, service: RunningServer, http: httpx.AsyncClient,
 ) -> None:
-    """EventSource's own reconnect: the server ends the stream, reconnects fail for a while (the
-    network is down), a job finishes meanwhile; once through, Last-Event-ID brings it."""
+    """The client's own reconnect: the server ends the stream, reconnects fail for a while (the
+    network is down), a job finishes meanwhile; once through, the resume point brings it."""
     session = await signed_in()
     page = session.page
     connection = page.get_by_test_id("connection")
@@ -285,9 +287,10 @@ async def test_dropped_stream_reconnects_with_last_event_id_and_misses_nothing(
     await expect_(connection).to_have_attribute("data-state", "live")
     await expect_(card(page, request_id)).to_have_attribute("data-status", "completed")
     await expect_(card(page, request_id).get_by_test_id("job-image")).to_have_count(1)
-    # The browser's own reconnect (same URL, Last-Event-ID header) replayed the job: the page did
-    # not fetch the list again, and a stream opened without a resume point would not replay it.
-    assert resumed and "last_event_id=" not in resumed[0], resumed
+    # The reconnect resumed after the last event id seen (subscribeJobs puts it in the query) and
+    # replayed the job: the page did not fetch the list again, and a stream opened without a resume
+    # point would not replay it.
+    assert resumed and "last_event_id=" in resumed[0], resumed
     assert list_fetches == [], list_fetches
     drop_expected_stream_errors(session.console_errors)
 

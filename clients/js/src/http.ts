@@ -80,18 +80,24 @@ export async function errorFrom(response: Response, parse: ParseJson = JSON.pars
   } catch {
     // the body broke off: the status still says what happened
   }
+  return errorFromText(response.status, response.statusText, text, (name) => response.headers.get(name), parse);
+}
+
+/** `errorFrom` for an answer read by other means (XMLHttpRequest): its status, body and headers. */
+export function errorFromText(status: number, statusText: string, text: string,
+                              header: (name: string) => string | null, parse: ParseJson = JSON.parse): FalJobsError {
   const options = {
-    retryAfterMs: parseRetryAfter(response.headers.get("retry-after")),
-    requestId: response.headers.get("x-request-id") ?? undefined,
+    retryAfterMs: parseRetryAfter(header("retry-after")),
+    requestId: header("x-request-id") ?? undefined,
   };
   try {
     const body = parse(text) as { error?: unknown; message?: unknown } | null;
     if (body && typeof body.error === "string" && typeof body.message === "string") {
-      return new FalJobsError(response.status, body.error, body.message, options);
+      return new FalJobsError(status, body.error, body.message, options);
     }
   } catch {
     // not JSON: a proxy's page, say
   }
-  const message = text.trim().slice(0, 200) || `HTTP ${response.status} ${response.statusText}`.trim();
-  return new FalJobsError(response.status, FalJobsError.codeFor(response.status), message, options);
+  const message = text.trim().slice(0, 200) || `HTTP ${status} ${statusText}`.trim();
+  return new FalJobsError(status, FalJobsError.codeFor(status), message, options);
 }

@@ -3,8 +3,11 @@
 
 export { FalJobsClient, JobList, createClient } from "./server.js";
 export type {
-  CallOptions, CreateJobOptions, FalJobsClientOptions, RetryInfo, StreamJobOptions, WaitForJobOptions,
+  CallOptions, CreateJobOptions, FalJobsClientOptions, RetryInfo, StreamJobOptions, UploadData, UploadOptions,
+  WaitForJobOptions,
 } from "./server.js";
+export { uploadFile } from "./upload.js";
+export type { UploadFileOptions, UploadProgress, XMLHttpRequestConstructor } from "./upload.js";
 export { subscribeJob, subscribeJobs } from "./browser.js";
 export type {
   ConnectionState, EventSourceConstructor, EventSourceLike, GetToken, SubscribeJobsOptions, SubscribeOptions,
@@ -16,8 +19,9 @@ export { SseParser, readSse } from "./sse.js";
 export type { SseMessage } from "./sse.js";
 export { parseRetryAfter } from "./http.js";
 export type { FetchLike, ParseJson } from "./http.js";
-export { TERMINAL_STATUSES, isSettled, isTerminal } from "./types.js";
+export { TERMINAL_STATUSES, isSettled, isTerminal, uploadRef } from "./types.js";
 export type {
-  CreatedJob, CreateJobRequest, Job, JobLinks, JobOutput, JobPage, JobStatus, JobType, JobView, ListJobsParams,
-  LogLine, OutputKind, OutputLink, OutputStatus, StreamToken, StreamTokenScope,
+  CreatedJob, CreateJobRequest, FileKind, Job, JobCost, JobLinks, JobOutput, JobPage, JobStatus, JobType, JobView,
+  ListJobsParams, LogLine, ModelField, ModelInfo, OutputKind, OutputLink, OutputStatus, StreamToken,
+  StreamTokenScope, Upload,
 } from "./types.js";

@@ -7,7 +7,8 @@ import type { FetchLike, ParseJson } from "./http.js";
 import { readSse, SseParser } from "./sse.js";
 import { isSettled, isTerminal } from "./types.js";
 import type {
-  CreatedJob, CreateJobRequest, Job, JobPage, JobView, ListJobsParams, OutputLink, StreamToken, StreamTokenScope,
+  CreatedJob, CreateJobRequest, Job, JobPage, JobView, ListJobsParams, ModelInfo, OutputLink, StreamToken,
+  StreamTokenScope, Upload,
 } from "./types.js";
 
 export interface RetryInfo {
@@ -45,6 +46,15 @@ export interface CallOptions {
 export interface CreateJobOptions extends CallOptions {
   /** A new random key unless given: the same key and body answer the same job, and fal is paid once. */
   idempotencyKey?: string;
+}
+
+/** What `upload` sends: the whole file, or a stream of it (a stream is sent once, never retried). */
+export type UploadData = Blob | ArrayBuffer | ArrayBufferView | ReadableStream<Uint8Array>;
+
+export interface UploadOptions extends CallOptions {
+  /** Sent as Content-Type (the Blob's own type, else application/octet-stream); the service reads
+   * the file's real type from its bytes either way. */
+  contentType?: string;
 }
 
 export interface StreamJobOptions extends CallOptions {
@@ -146,6 +156,36 @@ export class FalJobsClient {
       body: JSON.stringify(scope), headers: { "Content-Type": "application/json" }, signal: options.signal,
     });
     return { ...token, url: this.absolute(token.url) };
+  }
+
+  /**
+   * Uploads a file for job inputs (POST /api/uploads, the raw bytes); name it in an input as
+   * `upload:<upload_id>` (`uploadRef(upload)`). The same file again answers the same upload, so a
+   * whole file (not a stream) is retried like any call. Refusals are FalJobsError: 413 too large,
+   * 415 not a type the service takes, 422 too many pixels, 429 over the day's quota.
+   */
+  upload(data: UploadData, options: UploadOptions = {}): Promise<Upload> {
+    const blobType = typeof Blob !== "undefined" && data instanceof Blob ? data.type : "";
+    const contentType = options.contentType || blobType || "application/octet-stream";
+    const stream = typeof ReadableStream !== "undefined" && data instanceof ReadableStream;
+    return this.call("POST", "/api/uploads", {
+      body: data as BodyInit, headers: { "Content-Type": contentType }, signal: options.signal, once: stream,
+    });
+  }
+
+  /** The caller's uploads, newest first. */
+  async listUploads(options: CallOptions = {}): Promise<Upload[]> {
+    return (await this.call<{ uploads: Upload[] }>("GET", "/api/uploads", options)).uploads;
+  }
+
+  /** Removes an upload and its bytes (404 once gone). */
+  async deleteUpload(uploadId: string, options: CallOptions = {}): Promise<void> {
+    await this.call("DELETE", `/api/uploads/${encodeURIComponent(uploadId)}`, options);
+  }
+
+  /** The models the service accepts: the kind of output each makes, and its input fields. */
+  listModels(options: CallOptions = {}): Promise<ModelInfo[]> {
+    return this.call("GET", "/api/models", options);
   }
 
   /** A signed URL that opens output `index` of a job and nothing else (for `<img>`, `<video>`, sharing). */
@@ -263,11 +303,15 @@ export class FalJobsClient {
   }
 
   private async call<T>(method: string, path: string,
-                        options: { body?: string; headers?: Record<string, string>; signal?: AbortSignal | undefined;
-                                   create?: boolean }): Promise<T> {
+                        options: { body?: BodyInit; headers?: Record<string, string>; signal?: AbortSignal | undefined;
+                                   create?: boolean; once?: boolean }): Promise<T> {
     const { signal } = options;
-    const init: RequestInit = { method, headers: { ...this.auth(), Accept: "application/json", ...options.headers } };
+    const init: RequestInit & { duplex?: "half" } = {
+      method, headers: { ...this.auth(), Accept: "application/json", ...options.headers },
+    };
     if (options.body !== undefined) init.body = options.body;
+    // A stream body: fetch sends it as it is read (Node's fetch insists on saying so), and only once.
+    if (options.once) init.duplex = "half";
     if (signal) init.signal = signal;
     for (let attempt = 0; ; attempt++) {
       let error: FalJobsError;
@@ -284,7 +328,7 @@ export class FalJobsClient {
         error = FalJobsError.network(thrown);
       }
       const delayMs = this.retryDelay(error, attempt, options.create === true);
-      if (delayMs === undefined || attempt >= this.retries) throw error;
+      if (delayMs === undefined || attempt >= this.retries || options.once) throw error;
       this.onRetry?.({ attempt: attempt + 1, delayMs, status: error.status, error: error.error });
       await sleep(delayMs, signal);
     }

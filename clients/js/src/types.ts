@@ -1,5 +1,5 @@
-// The service's wire shapes (docs/api.md), as JSON gives them: times are ISO 8601 strings,
-// `expires_at` values are Unix seconds.
+// The service's wire shapes (docs/api.md), as JSON gives them: times are ISO 8601 strings, but a
+// stream token's or a signed link's `expires_at` is Unix seconds.
 
 export type JobStatus = "pending" | "in_progress" | "completed" | "failed" | "cancelled" | "deleted";
 export type JobType = "image" | "video";
@@ -51,10 +51,73 @@ export interface Job {
   updated_at: string;
   completed_at: string | null;
   outputs: JobOutput[];
-  /** The job's tags, on a service that has them. */
-  tags?: string[];
-  /** The app's own data, stored and returned, never sent to fal (on a service that has it). */
-  metadata?: Record<string, unknown> | null;
+  /** The app's labels for the job (`user:123`), fixed at creation; `[]` when none. */
+  tags: string[];
+  /** The app's own JSON object, fixed at creation, never sent to fal; `{}` when none. */
+  metadata: Record<string, unknown>;
+  /** Our estimate of fal's bill (not fal's invoice); null when fal gave no price for the model. */
+  cost: JobCost | null;
+}
+
+/** What a job costs at fal, from fal's unit price for its model (docs/api.md, "The job"). */
+export interface JobCost {
+  /** At submit, from the input; null when the input does not say how many units. */
+  estimated: number | null;
+  /** Once ended: the units the output shows times `unit_price`; 0 for a failed job; null while it
+   * runs, for a cancelled job, or when the units are unknown. */
+  final: number | null;
+  /** `image`, `megapixel`, `second` (of video), `video`, or fal's own word. */
+  unit: string;
+  quantity: number | null;
+  /** fal's price when the job was submitted. */
+  unit_price: number;
+  currency: string;
+}
+
+/** A file uploaded for job inputs (POST /api/uploads): name it `upload:<upload_id>` in an input. */
+export interface Upload {
+  upload_id: string;
+  /** Read from the bytes, not from the Content-Type sent. */
+  content_type: string;
+  size: number;
+  sha256: string;
+  /** An image's pixels; null for video and audio. */
+  width: number | null;
+  height: number | null;
+  created_at: string;
+  /** When the sweep removes it (ISO 8601), unless an open job still uses it; renewed by uploading it again. */
+  expires_at: string;
+}
+
+/** `upload:<upload_id>`: what a job's input names an upload by (the service hands fal a URL). */
+export function uploadRef(upload: Pick<Upload, "upload_id"> | string): string {
+  return `upload:${typeof upload === "string" ? upload : upload.upload_id}`;
+}
+
+export type FileKind = "image" | "video" | "audio";
+
+/** One input field of a model, from its schema at fal: enough to draw a form. */
+export interface ModelField {
+  name: string;
+  /** JSON Schema's type; for a field of several shapes, the one with choices. */
+  type: string | null;
+  required: boolean;
+  default: unknown;
+  enum: unknown[] | null;
+  description: string | null;
+  minimum: number | null;
+  maximum: number | null;
+  /** The field takes a file of this kind, by URL or `upload:<id>`. */
+  file: FileKind | null;
+}
+
+/** One allowed model (GET /api/models). */
+export interface ModelInfo {
+  model_id: string;
+  /** The kind of output it makes. */
+  type: JobType;
+  /** Its input fields in fal's order; null while the service never had its schema. */
+  fields: ModelField[] | null;
 }
 
 export interface JobLinks {

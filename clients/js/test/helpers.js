@@ -3,6 +3,7 @@
 // FAL_JOBS_CONTROL_URL makes users, releases held fal requests and cuts or stops the proxy.
 
 import assert from "node:assert/strict";
+import { deflateSync } from "node:zlib";
 
 import { FalJobsClient, isSettled, subscribeJobs } from "@fal-jobs/client";
 
@@ -98,4 +99,50 @@ export function assertIncreasing(versions, what) {
 export function assertEveryStateFrom(delivered, recorded, what) {
   assert.ok(delivered.length > 0, `${what}: nothing delivered`);
   assert.deepEqual(delivered, recorded.filter((version) => version >= delivered[0]), what);
+}
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (const byte of bytes) c = CRC_TABLE[(c ^ byte) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** A real PNG of one colour, `width` × `height` (the service reads its size from the header). */
+export function solidPng(width, height, [r, g, b]) {
+  const chunk = (kind, data) => {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(kind, "latin1"), data]);
+    const tail = Buffer.alloc(4);
+    tail.writeUInt32BE(crc32(body));
+    return Buffer.concat([head, body, tail]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const row = Buffer.concat([Buffer.from([0]), Buffer.from(Array.from({ length: width }, () => [r, g, b]).flat())]);
+  const rows = Buffer.concat(Array.from({ length: height }, () => row));
+  return new Uint8Array(Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk("IHDR", ihdr),
+    chunk("IDAT", deflateSync(rows)), chunk("IEND", Buffer.alloc(0)),
+  ]));
+}
+
+/** The fields a job carries on the wire (docs/api.md, "The job"). */
+export const JOB_FIELDS = [
+  "completed_at", "cost", "created_at", "error", "error_type", "input", "logs", "metadata", "mode", "model_id", "outputs",
+  "queue_position", "request_id", "result", "status", "tags", "type", "updated_at", "user_id", "version",
+];
+
+/** `job`'s own fields are exactly JOB_FIELDS plus `extra`. */
+export function assertJobFields(job, extra, what) {
+  const keys = Object.keys(job).sort();
+  assert.deepEqual(keys, [...JOB_FIELDS, ...extra].sort(), `${what}: the job's fields`);
 }
