@@ -15,6 +15,7 @@ from service.cli.users_keys import (
     cmd_keys,
     cmd_users_create,
     cmd_users_disable,
+    cmd_users_grant_admin,
     cmd_users_limits,
     cmd_users_list,
     cmd_users_sign_in,
@@ -84,11 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     users = commands.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
     create = users.add_parser("create", help="create a user and print its API key once")
     create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="an admin: may read every job under /api/admin")
     sign_in = users.add_parser("sign-in", help="print a one-time browser sign-in link for a user")
     sign_in.add_argument("name")
     users.add_parser("list", help="list users with their keys, open jobs and own limits")
     users.add_parser("disable", help="disable a user: keys, sessions and streams stop working").add_argument("name")
     users.add_parser("enable", help="enable a disabled user again").add_argument("name")
+    users.add_parser("grant-admin", help="make a user an admin (every job under /api/admin)").add_argument("name")
+    users.add_parser("revoke-admin", help="make an admin an ordinary user again").add_argument("name")
     limits = users.add_parser("limits", help="set a user's own limits (unset ones follow the settings)")
     limits.add_argument("name")
     limits.add_argument("--max-open-jobs", type=_positive, help="instead of MAX_OPEN_JOBS_PER_USER")
@@ -131,7 +135,8 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
                 "keys": cmd_keys}
     if args.command == "users":
         user_handlers = {"create": cmd_users_create, "sign-in": cmd_users_sign_in, "list": cmd_users_list,
-                         "disable": cmd_users_disable, "enable": cmd_users_disable, "limits": cmd_users_limits}
+                         "disable": cmd_users_disable, "enable": cmd_users_disable, "limits": cmd_users_limits,
+                         "grant-admin": cmd_users_grant_admin, "revoke-admin": cmd_users_grant_admin}
         return user_handlers[args.users_command](settings, args)
     if args.command == "outputs":
         return {"retry": cmd_outputs_retry, "gc": cmd_outputs_gc}[args.outputs_command](settings, args)
