@@ -3,6 +3,7 @@ figures and CSV; anyone else gets 404 on every admin route."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
@@ -23,6 +24,7 @@ from service.emulator.signing import SigningKey, signed_headers
 from service.jobs.models import NewJob
 from service.jobs.status_machine import create_job
 from tests.conftest import RunningServer, bearer
+from tests.test_cli import cli
 
 
 async def new_admin(pool: asyncpg.Pool) -> NewUser:
@@ -221,3 +223,31 @@ async def test_retention_deletes_old_delivery_log_rows(pool: asyncpg.Pool) -> No
         await apply_retention(connection, event_retention_days=30, delivery_log_retention_days=14)
     left = await pool.fetch("SELECT request_id FROM fal_deliveries WHERE request_id = ANY($1)", [old, new])
     assert [r["request_id"] for r in left] == [new]
+
+
+async def test_cli_makes_admins_lists_jobs_and_sums_usage(database_url: str, pool: asyncpg.Pool) -> None:
+    name, other = f"ops-{uuid.uuid4().hex[:8]}", f"ops-{uuid.uuid4().hex[:8]}"
+    created = await asyncio.to_thread(cli, "users", "create", name, "--admin", database_url=database_url)
+    assert created.returncode == 0, created.stderr
+    await create_user(pool, other)
+    assert (await asyncio.to_thread(cli, "users", "grant-admin", other, database_url=database_url)).returncode == 0
+    admins = await pool.fetch("SELECT name FROM fal_users WHERE name = ANY($1) AND is_admin", [name, other])
+    assert {r["name"] for r in admins} == {name, other}
+    missing = await asyncio.to_thread(cli, "users", "grant-admin", "nobody-" + name, database_url=database_url)
+    assert missing.returncode == 1 and "no user named" in missing.stderr
+
+    owner = NewUser(user_id=await pool.fetchval("SELECT id FROM fal_users WHERE name = $1", name), name=name, api_key="")
+    model = f"test/cli-{uuid.uuid4().hex[:6]}"
+    done = await insert_job(pool, owner, model=model, final=0.25)
+    failed = await insert_job(pool, owner, model=model, status="failed", error="boom", final=0)
+    listed = await asyncio.to_thread(cli, "jobs", "list", "--user", name, "--status", "completed", "--since", "1h",
+                                     database_url=database_url)
+    assert listed.returncode == 0, listed.stderr
+    assert done in listed.stdout and failed not in listed.stdout and "0.2500" in listed.stdout
+    by_model = await asyncio.to_thread(cli, "usage", "--since", "1h", "--by", "model", database_url=database_url)
+    line = next(line for line in by_model.stdout.splitlines() if line.startswith(model))
+    assert line.split()[1:] == ["2", "50%", "0.2500"]
+    by_user = await asyncio.to_thread(cli, "usage", "--since", "1h", database_url=database_url)
+    assert next(line for line in by_user.stdout.splitlines() if line.startswith(name)).split()[1:] == ["2", "0.2500"]
+    bad = await asyncio.to_thread(cli, "jobs", "list", "--status", "done", database_url=database_url)
+    assert bad.returncode == 1 and "status" in bad.stderr
