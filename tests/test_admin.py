@@ -201,7 +201,7 @@ async def test_stats_per_model_per_user_and_failures_over_the_window(
     assert stats["failures"] == [{"error": "boom", "jobs": 2, "models": sorted([model, other_model])}]
 
 
-async def test_started_at_is_set_when_a_job_runs_and_stays_out_of_its_events(pool: asyncpg.Pool, user: NewUser) -> None:
+async def test_started_at_is_set_when_a_job_runs_and_it_and_spend_stay_out_of_events(pool: asyncpg.Pool, user: NewUser) -> None:
     request_id = await insert_job(pool, user, model="test/started", status="pending", queue_s=None)
     await pool.execute("UPDATE fal_jobs SET status = 'in_progress', version = version + 1 WHERE request_id = $1",
                        request_id)
@@ -211,7 +211,8 @@ async def test_started_at_is_set_when_a_job_runs_and_stays_out_of_its_events(poo
     row = await pool.fetchrow("SELECT started_at FROM fal_jobs WHERE request_id = $1", request_id)
     assert first is not None and row["started_at"] == first
     datas = await pool.fetch("SELECT data FROM fal_job_events WHERE request_id = $1", request_id)
-    assert datas and all("started_at" not in r["data"] and "cost" in r["data"] for r in datas)
+    assert datas and all("started_at" not in r["data"] and "spend" not in r["data"] and "cost" in r["data"]
+                         for r in datas)
 
 
 async def test_retention_deletes_old_delivery_log_rows(pool: asyncpg.Pool) -> None:
