@@ -252,3 +252,17 @@ async def test_cli_makes_admins_lists_jobs_and_sums_usage(database_url: str, poo
     assert next(line for line in by_user.stdout.splitlines() if line.startswith(name)).split()[1:] == ["2", "0.2500"]
     bad = await asyncio.to_thread(cli, "jobs", "list", "--status", "done", database_url=database_url)
     assert bad.returncode == 1 and "status" in bad.stderr
+
+
+async def test_a_sweep_decision_shows_in_the_jobs_timeline(
+        service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    from tests.test_reconcile import job_row, sweep
+
+    request_id = str(uuid.uuid4())
+    await job_row(pool, request_id)  # overdue, and unknown to fal: the sweep fails it
+    await sweep(service)
+    admin = await new_admin(pool)
+    answer = await http.get(f"{service.url}/api/admin/jobs/{request_id}/timeline", headers=bearer(admin))
+    swept = [d for d in answer.json()["deliveries"] if d["source"] == "sweep"]
+    assert swept and swept[0]["outcome"] == "changed" and swept[0]["status"] == "failed"
+    assert "fal does not know this request" in swept[0]["reason"]
