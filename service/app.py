@@ -27,6 +27,7 @@ from service.fal.gateway import FalGateway
 from service.fal.model_schemas import ModelSchemas
 from service.fal.pricing import PriceBook
 from service.fal.signatures import WebhookVerifier
+from service.http.admin import AdminController
 from service.http.api_docs import api_reference_config
 from service.http.dependencies import provide_caller, provide_pool, provide_settings, provide_user_id
 from service.http.errors import EXCEPTION_HANDLERS
@@ -42,6 +43,7 @@ from service.http.request_log import request_log_middleware
 from service.http.security_headers import security_headers
 from service.http.uploads import UploadsController
 from service.http.webhooks import WEBHOOK_PATH, fal_webhook
+from service.jobs.delivery_log import DeliveryLog
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
 from service.outputs.access import MediaAccess
@@ -146,6 +148,8 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         store = await enter(open_outputs(settings, pool, hub, media_policy))
         follower = await enter(open_follower(settings, pool, gateway))
         intake = WebhookIntake(pool, gateway)
+        deliveries = DeliveryLog(pool)
+        stack.push_async_callback(deliveries.flush)  # after the requests, before the pool closes
         uploads = _uploads(settings, pool, store)
         input_tokens = StreamTokens(settings.stream_token_secret, ttl_s=settings.input_url_ttl_s)
         reconciler = Reconciler(
@@ -156,6 +160,7 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
                                                  server_settings={"application_name": "fal-jobs-sweep"}),
             overdue_after_s=settings.reconcile_after_s, interval_s=settings.reconcile_interval_s,
             event_retention_days=settings.event_retention_days,
+            deliveries=deliveries, delivery_log_retention_days=settings.delivery_log_retention_days,
             outputs=OutputUpkeep(pool, store, fal_copy_lifetime_s=settings.fal_copy_lifetime_s,
                                  redrive_after_s=settings.output_redrive_after_s),
             uploads=uploads,
@@ -171,7 +176,9 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         app.state.update(
             pool=pool, intake=intake, admission=admission, reconciler=reconciler, follower=follower, hub=hub,
             listener=listener, media=MediaAccess(pool, store), media_policy=media_policy,
-            webhooks=WebhookReceiver(WebhookVerifier(keyring, expected_user_id=fal.webhook_user_id), intake),
+            webhooks=WebhookReceiver(WebhookVerifier(keyring, expected_user_id=fal.webhook_user_id), intake,
+                                     deliveries),
+            deliveries=deliveries,
             submissions=_submissions(settings, fal, pool, gateway, intake, follower,
                                      UploadInputs(uploads, await _input_delivery(settings, fal, uploads, input_tokens, stack)),
                                      model_schemas, prices),
@@ -227,7 +234,7 @@ def create_app(settings: Settings) -> Litestar:
     fal = fal_target(settings, emulator)
     app = Litestar(
         route_handlers=[
-            healthz, readyz, JobsController, OutputsController, UploadsController, EventsController, fal_webhook,
+            healthz, readyz, JobsController, AdminController, OutputsController, UploadsController, EventsController, fal_webhook,
             page, current_session, sign_out, models, static_files, metrics_endpoint,
         ],
         lifespan=[partial(lifespan, settings=settings, fal=fal)],
@@ -251,6 +258,7 @@ def create_app(settings: Settings) -> Litestar:
             "uploads": _from_state("uploads"),
             "input_tokens": _from_state("input_tokens"),
             "model_schemas": _from_state("model_schemas"),
+            "deliveries": _from_state("deliveries"),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[options_allow_middleware],

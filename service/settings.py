@@ -134,6 +134,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """When set, /metrics asks for `Authorization: Bearer <metrics_token>`."""
     event_retention_days: Count = 30
     """Events older than this are deleted by the sweep, except each job's latest."""
+    delivery_log_retention_days: Count = 14
+    """Delivery-log rows (webhooks received, sweep decisions) older than this are deleted by the sweep."""
     allowed_models: ModelIds = DEFAULT_ALLOWED_MODELS
     stream_token_secret: Secret = msgspec.field(default_factory=lambda: secrets.token_urlsafe(32))
     """Unset: a per-process secret, so tokens do not survive a restart or cross processes."""

@@ -70,6 +70,14 @@ async def set_disabled(pool: asyncpg.Pool, name: str, disabled: bool) -> None:
         raise NotFound(f"name: no user named {name!r}")
 
 
+async def set_admin(pool: asyncpg.Pool, name: str, admin: bool) -> None:
+    """Make a user an admin (every job readable under /api/admin), or an ordinary user again."""
+    done = await pool.fetchval("UPDATE fal_users SET is_admin = $2 WHERE lower(name) = lower($1) RETURNING id",
+                               name, admin)
+    if done is None:
+        raise NotFound(f"name: no user named {name!r}")
+
+
 async def set_limits(pool: asyncpg.Pool, name: str, limits: UserLimits) -> None:
     for field, value in msgspec.structs.asdict(limits).items():
         if value is not None and not value > 0:  # `not >` refuses nan too

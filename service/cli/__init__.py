@@ -1,4 +1,4 @@
-"""The command line: run, serve, migrate, test, check, users, keys, outputs. Parsing and dispatch live
+"""The command line: run, serve, migrate, test, check, users, keys, jobs, usage, outputs. Parsing and dispatch live
 here; each family of commands in a module of its own."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import sys
 
 from service.cli.check import cmd_check
 from service.cli.database import cmd_migrate
+from service.cli.jobs_usage import cmd_jobs_list, cmd_usage
 from service.cli.outputs import cmd_outputs_gc, cmd_outputs_retry
 from service.cli.run import cmd_run, cmd_serve
 from service.cli.testsuite import cmd_test
@@ -15,6 +16,7 @@ from service.cli.users_keys import (
     cmd_keys,
     cmd_users_create,
     cmd_users_disable,
+    cmd_users_grant_admin,
     cmd_users_limits,
     cmd_users_list,
     cmd_users_sign_in,
@@ -84,17 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     users = commands.add_parser("users", help="manage users").add_subparsers(dest="users_command", required=True)
     create = users.add_parser("create", help="create a user and print its API key once")
     create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="an admin: may read every job under /api/admin")
     sign_in = users.add_parser("sign-in", help="print a one-time browser sign-in link for a user")
     sign_in.add_argument("name")
     users.add_parser("list", help="list users with their keys, open jobs and own limits")
     users.add_parser("disable", help="disable a user: keys, sessions and streams stop working").add_argument("name")
     users.add_parser("enable", help="enable a disabled user again").add_argument("name")
+    users.add_parser("grant-admin", help="make a user an admin (every job under /api/admin)").add_argument("name")
+    users.add_parser("revoke-admin", help="make an admin an ordinary user again").add_argument("name")
     limits = users.add_parser("limits", help="set a user's own limits (unset ones follow the settings)")
     limits.add_argument("name")
     limits.add_argument("--max-open-jobs", type=_positive, help="instead of MAX_OPEN_JOBS_PER_USER")
     limits.add_argument("--jobs-per-minute", type=_positive, help="instead of MAX_JOBS_PER_MINUTE")
     limits.add_argument("--max-streams", type=_positive, help="instead of MAX_STREAMS_PER_USER")
     limits.add_argument("--spend-per-day", type=_amount, help="instead of MAX_SPEND_PER_DAY (in the price's currency)")
+    jobs = commands.add_parser("jobs", help="every user's jobs").add_subparsers(dest="jobs_command", required=True)
+    listing = jobs.add_parser("list", help="jobs across users, newest first")
+    listing.add_argument("--status", help="pending, in_progress, completed, failed, cancelled or deleted")
+    listing.add_argument("--model", help="a model id, exactly")
+    listing.add_argument("--user", help="a user's name")
+    listing.add_argument("--since", help="ISO 8601 time, or back from now: 90m, 24h, 7d")
+    listing.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    usage = commands.add_parser("usage", help="jobs and spend per user or per model over a window")
+    usage.add_argument("--since", default="7d", help="ISO 8601 time, or back from now: 24h, 7d (default 7d)")
+    usage.add_argument("--by", choices=("user", "model"), default="user")
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys.add_parser("create", help="make another API key for a user and print it once").add_argument("name")
     keys.add_parser("list", help="list a user's keys by prefix").add_argument("name")
@@ -128,10 +143,11 @@ def main(argv: list[str]) -> int:
 
 def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
     handlers = {"run": cmd_run, "serve": cmd_serve, "migrate": cmd_migrate, "test": cmd_test, "check": cmd_check,
-                "keys": cmd_keys}
+                "keys": cmd_keys, "jobs": cmd_jobs_list, "usage": cmd_usage}
     if args.command == "users":
         user_handlers = {"create": cmd_users_create, "sign-in": cmd_users_sign_in, "list": cmd_users_list,
-                         "disable": cmd_users_disable, "enable": cmd_users_disable, "limits": cmd_users_limits}
+                         "disable": cmd_users_disable, "enable": cmd_users_disable, "limits": cmd_users_limits,
+                         "grant-admin": cmd_users_grant_admin, "revoke-admin": cmd_users_grant_admin}
         return user_handlers[args.users_command](settings, args)
     if args.command == "outputs":
         return {"retry": cmd_outputs_retry, "gc": cmd_outputs_gc}[args.outputs_command](settings, args)

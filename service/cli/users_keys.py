@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 def cmd_users_create(settings: Settings, args: argparse.Namespace) -> int:
     from service.auth.api_keys import create_user
+    from service.auth.users import set_admin
     from service.db.pool import create_pool
     from service.errors import DomainError
 
@@ -28,12 +29,15 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> int:
         pool = await create_pool(dsn, min_size=1, max_size=1)
         try:
             user = await create_user(pool, args.name)
+            if getattr(args, "admin", False):
+                await set_admin(pool, args.name, True)
         except DomainError as exc:
             print(f"fal-jobs: {exc.message}", file=sys.stderr)
             return 1
         finally:
             await pool.close()
-        print(f"user {user.name} ({user.user_id}) created. Its API key, shown only this once:", file=sys.stderr)
+        role = " as an admin" if getattr(args, "admin", False) else ""
+        print(f"user {user.name} ({user.user_id}) created{role}. Its API key, shown only this once:", file=sys.stderr)
         print(user.api_key)
         return 0
 
@@ -100,6 +104,20 @@ def cmd_users_disable(settings: Settings, args: argparse.Namespace) -> int:
     async def work(pool: asyncpg.Pool) -> int:
         await set_disabled(pool, args.name, disable)
         print(f"fal-jobs: user {args.name} {'disabled: its keys, sessions and streams stop working' if disable else 'enabled'}",
+              file=sys.stderr)
+        return 0
+
+    return with_pool(settings, work)
+
+
+def cmd_users_grant_admin(settings: Settings, args: argparse.Namespace) -> int:
+    from service.auth.users import set_admin
+
+    grant = args.users_command == "grant-admin"
+
+    async def work(pool: asyncpg.Pool) -> int:
+        await set_admin(pool, args.name, grant)
+        print(f"fal-jobs: {args.name} {'is an admin: /api/admin answers it' if grant else 'is no longer an admin'}",
               file=sys.stderr)
         return 0
 

@@ -2,7 +2,7 @@
 
 Job rows are never deleted: they are the history. Their events are, once older than the retention
 period, except each job's latest (the one a resume or a snapshot needs); expired sessions and
-sign-in links, parked webhooks no job claimed within a day, and create reservations (with their
+sign-in links, delivery-log rows older than their own retention, parked webhooks no job claimed within a day, and create reservations (with their
 idempotency keys) older than a day go too. Each batch is one short statement of its own (no long transaction, no long lock), and a
 sweep runs at most `max_batches` of each, so a large backlog drains over several sweeps. The
 sweep's advisory lock makes this one process at a time.
@@ -31,7 +31,8 @@ class Rule(msgspec.Struct, frozen=True):
     table: str
     expired: str
     """SQL selecting up to $1 expired rows of `table` by `ctid` (one statement, so the ids stay
-    valid); $2, where used, is the event retention in days."""
+    valid); $2, where used, is the retention in days named by `days`."""
+    days: str = "events"
 
 
 # Each rule names its table; a rule whose table does not exist (yet) is skipped, so a table added
@@ -53,11 +54,16 @@ RULES: tuple[Rule, ...] = (
     Rule("fal_early_webhooks",
          "SELECT w.ctid FROM fal_early_webhooks w WHERE w.received_at < now() - interval '1 day' "
          "AND NOT EXISTS (SELECT 1 FROM fal_jobs j WHERE j.request_id = w.request_id) LIMIT $1"),
+    # The delivery log is a record of what fal sent: kept DELIVERY_LOG_RETENTION_DAYS, walking its time index.
+    Rule("fal_deliveries",
+         "SELECT ctid FROM fal_deliveries WHERE received_at < now() - make_interval(days => $2) "
+         "ORDER BY received_at LIMIT $1", days="deliveries"),
     # Stream-token records (revocations, if a table for them is added) belong here, by their expiry.
 )
 
 
-async def apply_retention(connection: asyncpg.Connection, *, event_retention_days: int, batch: int = BATCH,
+async def apply_retention(connection: asyncpg.Connection, *, event_retention_days: int,
+                          delivery_log_retention_days: int = 30, batch: int = BATCH,
                           max_batches: int = MAX_BATCHES) -> dict[str, int]:
     """Delete what has expired, rule by rule; returns the rows deleted per table."""
     deleted: dict[str, int] = {}
@@ -66,7 +72,8 @@ async def apply_retention(connection: asyncpg.Connection, *, event_retention_day
             continue
         total = 0
         for _ in range(max_batches):
-            args = (batch, event_retention_days) if "$2" in rule.expired else (batch,)
+            days = event_retention_days if rule.days == "events" else delivery_log_retention_days
+            args = (batch, days) if "$2" in rule.expired else (batch,)
             status = await connection.execute(f"DELETE FROM {rule.table} WHERE ctid = ANY(ARRAY({rule.expired}))", *args)
             rows = int(status.rpartition(" ")[2])
             total += rows

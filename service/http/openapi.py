@@ -63,7 +63,7 @@ WHY = {
     400: "The request is malformed; the message names the field.",
     401: "Not authenticated, or the credentials are wrong.",
     403: "A session request without its CSRF token.",
-    404: "No such job for this caller (another user's job is 404 too).",
+    404: "No such job for this caller (another user's job is 404 too); on /api/admin, a caller who is not an admin.",
     409: "The job is not in a state that allows this (an output before the job completed, say; or the first "
          "request with this Idempotency-Key is still submitting).",
     413: "The body is larger than this endpoint accepts.",
@@ -100,6 +100,11 @@ ROUTES: dict[tuple[str, str], tuple[list[SecurityRequirement], tuple[int, ...]]]
     ("get", "/api/session"): ([{"SessionCookie": []}], (401, 503)),
     ("post", "/api/session/sign-out"): (API_AUTH, (401, 403, 503)),
     ("get", "/api/models"): (PUBLIC, ()),
+    # Admins only: anyone else is told 404, as for a route that does not exist.
+    ("get", "/api/admin/jobs"): (API_AUTH, (400, 401, 404, 503)),
+    ("get", "/api/admin/jobs.csv"): (API_AUTH, (400, 401, 404, 503)),
+    ("get", "/api/admin/jobs/{request_id}/timeline"): (API_AUTH, (400, 401, 404, 503)),
+    ("get", "/api/admin/stats"): (API_AUTH, (400, 401, 404, 503)),
     ("get", "/healthz"): (PUBLIC, ()),
     ("get", "/readyz"): (PUBLIC, ()),
 }

@@ -13,16 +13,18 @@ the open-jobs limit then (`reservations.fal_ended`).
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from service import metrics
 from service.db.storable import storable_json
-from service.errors import InvalidRequest, NotAuthenticated, Unavailable
+from service.errors import DomainError, InvalidRequest, NotAuthenticated, Unavailable
 from service.fal.gateway import CANCELLED_ERROR, FalGateway, FalRequestFailed, describe_error, was_cancelled
-from service.fal.signatures import JwksUnavailable, WebhookSignatureError, WebhookVerifier
+from service.fal.signatures import HEADER_REQUEST_ID, JwksUnavailable, WebhookSignatureError, WebhookVerifier
 from service.jobs import reservations, sql
+from service.jobs.delivery_log import Delivery, DeliveryLog
 from service.jobs.finish_batches import FinishBatches
 from service.jobs.models import JobChange
 from service.jobs.status_machine import Applied, apply_change
@@ -156,11 +158,33 @@ class WebhookReceiver:
     vain: the same bytes would fail again), unreachable keys or database are Unavailable (fal
     retries)."""
 
-    def __init__(self, verifier: WebhookVerifier, intake: WebhookIntake) -> None:
+    def __init__(self, verifier: WebhookVerifier, intake: WebhookIntake, deliveries: DeliveryLog | None = None) -> None:
         self._verifier = verifier
         self._intake = intake
+        self._deliveries = deliveries
 
     async def receive(self, headers: Mapping[str, str], body: bytes) -> WebhookReceipt:
+        """Take the delivery in, and note it in the delivery log (queued: no round trip of its own),
+        whatever came of it: a refusal with its reason, an answer with its outcome."""
+        arrived, started = time.time(), time.perf_counter()
+        outcome: str = "rejected"
+        reason: str | None = "error"
+        status: str | None = None
+        try:
+            receipt, status = await self._receive(headers, body)
+            outcome, reason = receipt.outcome, None
+            return receipt
+        except DomainError as error:
+            reason = error.message
+            raise
+        finally:
+            if self._deliveries is not None:
+                self._deliveries.record(Delivery(
+                    received_at=arrived, request_id=headers.get(HEADER_REQUEST_ID), source="webhook",
+                    outcome="accepted" if outcome == "applied" else outcome, reason=reason, status=status,
+                    duration_us=int((time.perf_counter() - started) * 1_000_000)))
+
+    async def _receive(self, headers: Mapping[str, str], body: bytes) -> tuple[WebhookReceipt, str]:
         try:
             verified = await self._verifier.verify(headers, body)
         except WebhookSignatureError as error:
@@ -178,4 +202,4 @@ class WebhookReceiver:
         receipt = WebhookReceipt(request_id=webhook.request_id,
                                  outcome="parked" if applied is None else "applied" if applied.accepted else "duplicate")
         metrics.webhook(receipt.outcome)
-        return receipt
+        return receipt, webhook.status

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from service.db.retention import apply_retention
 from service.errors import DatabaseUnavailable
 from service.fal.gateway import FalGateway, FalRequestFailed
 from service.jobs import reservations
+from service.jobs.delivery_log import Delivery, DeliveryLog
 from service.jobs.models import TERMINAL_STATUSES, JobChange
 from service.jobs.status_machine import apply_change
 from service.usecases.fal_news import change_from_status, completion_change
@@ -93,6 +95,7 @@ class Reconciler:
         self, pool: asyncpg.Pool, gateway: FalGateway, follower: JobFollower, intake: WebhookIntake,
         *, connect_lock: LockConnector, overdue_after_s: float, interval_s: float, event_retention_days: int = 30,
         outputs: OutputUpkeep | None = None, uploads: Uploads | None = None,
+        deliveries: DeliveryLog | None = None, delivery_log_retention_days: int = 30,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
@@ -104,6 +107,8 @@ class Reconciler:
         self._event_retention_days = event_retention_days
         self._outputs = outputs
         self._uploads = uploads
+        self._deliveries = deliveries
+        self._delivery_log_retention_days = delivery_log_retention_days
 
     async def run_forever(self) -> None:
         while True:
@@ -158,7 +163,9 @@ class Reconciler:
         await self._adopt_parked(report)
         try:  # one pooled connection, short statements (each within the pool's statement time-out)
             async with self._pool.acquire() as connection:
-                report.deleted = await apply_retention(connection, event_retention_days=self._event_retention_days)
+                report.deleted = await apply_retention(
+                    connection, event_retention_days=self._event_retention_days,
+                    delivery_log_retention_days=self._delivery_log_retention_days)
         except Exception as error:  # the next sweep tries again
             log.warning("retention failed", extra={"action": "retention", "error": type(error).__name__})
         if self._outputs is not None:
@@ -180,6 +187,7 @@ class Reconciler:
         if self._follower.is_streaming(target.request_id):
             return  # started following since the page was read
         report.checked += 1
+        arrived, started = time.time(), time.perf_counter()
         try:
             change = await self._ask_fal(target)  # no connection held meanwhile
             if change.status == "failed" and change.error_type == "unknown_to_fal":
@@ -194,14 +202,25 @@ class Reconciler:
             raise
         except Exception as error:  # one job's failure never stops the others
             report.failed += 1
+            self._note(target.request_id, arrived, started, "failed", type(error).__name__, None)
             log.warning("sweep could not reconcile a job; moving on",
                         extra={"action": "sweep_job", "request_id": target.request_id, "error": type(error).__name__,
                                "detail": str(error)[:300]})
             return
         report.changed += applied.accepted
+        self._note(target.request_id, arrived, started, "changed" if applied.accepted else "unchanged",
+                   change.error, change.status)
         if applied.job is not None and (not applied.job.is_terminal or
                                         (cancelled_before and change.status not in TERMINAL_STATUSES)):
             self._follower.follow(target)  # a cancelled job: followed on only while it awaits fal's end
+
+    def _note(self, request_id: str, arrived: float, started: float, outcome: str, reason: str | None,
+              status: str | None) -> None:
+        """The sweep's decision on one job, in the delivery log beside fal's webhooks."""
+        if self._deliveries is not None:
+            self._deliveries.record(Delivery(
+                received_at=arrived, request_id=request_id, source="sweep", outcome=outcome, reason=reason,
+                status=status, duration_us=int((time.perf_counter() - started) * 1_000_000)))
 
     async def _adopt_parked(self, report: SweepReport) -> None:
         try:
