@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -24,8 +24,9 @@ import pytest_asyncio
 from service.auth.api_keys import create_user
 from service.auth.users import UserLimits, set_limits
 from service.cli.node import JS_CLIENT, ensure_node_modules, node_env, node_executable
+from service.db.pool import create_pool
 from service.emulator import FalEmulator
-from service.testing import loopback_socket
+from service.testing import loopback_socket, migrated_database
 from tests.conftest import RunningServer, fal_settings, serve, start_uvicorn
 from tests.proxy import TcpProxy
 
@@ -91,32 +92,47 @@ class Control:
         raise LookupError(f"no control {path!r}")
 
 
+@pytest.fixture(scope="module")
+def js_database_url(server_dsn: str) -> Iterator[str]:
+    """A database of these tests' own: another service on the shared one (the session's, which may
+    not fetch the emulator's http media) would claim this service's output copies and fail them."""
+    with migrated_database(server_dsn, "fal_jobs_js") as dsn:
+        yield dsn
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def js_service(database_url: str, fal: FalEmulator) -> AsyncIterator[RunningServer]:
+async def js_pool(js_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(js_database_url, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def js_service(js_database_url: str, fal: FalEmulator) -> AsyncIterator[RunningServer]:
     """The service with webhooks, stream tokens that expire within the tests, and outputs copied
     from the emulator into a folder of its own (so a job's stream goes on until they are stored)."""
     from service.app import create_app
 
     media = tempfile.mkdtemp(prefix="fal-jobs-js-media-")
     running = await serve(lambda url: create_app(fal_settings(
-        database_url, fal, url, STREAM_TOKEN_TTL_S=TOKEN_TTL_S, MEDIA_DIR=media, EMULATOR_MEDIA_URL=fal.media_base)))
+        js_database_url, fal, url, STREAM_TOKEN_TTL_S=TOKEN_TTL_S, MEDIA_DIR=media, EMULATOR_MEDIA_URL=fal.media_base)))
     yield running
     await running.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def node_environment(js_service: RunningServer, pool: asyncpg.Pool, fal: FalEmulator) -> AsyncIterator[dict[str, str]]:
+async def node_environment(js_service: RunningServer, js_pool: asyncpg.Pool, fal: FalEmulator) -> AsyncIterator[dict[str, str]]:
     host, port = js_service.url.removeprefix("http://").split(":")
     proxy = TcpProxy(host, int(port))
     await proxy.start()
-    control = await start_uvicorn(Control(pool, fal, proxy), loopback_socket(), lifespan="off")
+    control = await start_uvicorn(Control(js_pool, fal, proxy), loopback_socket(), lifespan="off")
     await asyncio.to_thread(ensure_node_modules)
     built = await asyncio.create_subprocess_exec(
         str(node_executable()), str(JS_CLIENT / "node_modules" / ".bin" / "tsc"), "-p", "tsconfig.json",
         cwd=JS_CLIENT, env=node_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output, _ = await built.communicate()
     assert built.returncode == 0, f"tsc could not build clients/js:\n{output.decode()}"
-    user = await create_user(pool, f"js-default-{os.getpid()}")
+    user = await create_user(js_pool, f"js-default-{os.getpid()}")
     yield node_env({**os.environ, "FAL_JOBS_URL": f"http://127.0.0.1:{proxy.port}",
                     "FAL_JOBS_DIRECT_URL": js_service.url, "FAL_JOBS_CONTROL_URL": control.url,
                     "FAL_JOBS_API_KEY": user.api_key, "FAL_JOBS_TOKEN_TTL_S": TOKEN_TTL_S})
