@@ -54,7 +54,9 @@ def life_db(server_dsn: str) -> Iterator[str]:
         yield dsn
 
 
-@pytest_asyncio.fixture(loop_scope="session")
+# Each test in an event loop of its own: the session loop runs other tests' services (their output
+# workers make tasks as they wait), which the leftover count below would take for this app's.
+@pytest_asyncio.fixture(loop_scope="function")
 async def admin(life_db: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(life_db)
     yield connection
@@ -116,7 +118,7 @@ def settings_for(dsn: str, media_dir: Path) -> Any:
     return service_settings(dsn, MEDIA_DIR=str(media_dir), SSE_HEARTBEAT_S="0.5", RECONCILE_INTERVAL_S="3600")
 
 
-@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.asyncio(loop_scope="function")
 async def test_a_resource_that_fails_to_open_closes_what_opened_before_it(
     life_db: str, admin: asyncpg.Connection, tmp_path: Path,
 ) -> None:
@@ -134,7 +136,7 @@ async def test_a_resource_that_fails_to_open_closes_what_opened_before_it(
     assert app.state.emulator.closed
 
 
-@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.asyncio(loop_scope="function")
 async def test_a_close_that_raises_does_not_skip_the_closes_after_it(
     life_db: str, admin: asyncpg.Connection, tmp_path: Path,
 ) -> None:
@@ -163,7 +165,7 @@ async def test_a_close_that_raises_does_not_skip_the_closes_after_it(
     assert app.state.emulator.closed
 
 
-@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.asyncio(loop_scope="function")
 async def test_a_service_close_that_raises_does_not_skip_the_others(
     life_db: str, admin: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -187,7 +189,7 @@ async def test_a_service_close_that_raises_does_not_skip_the_others(
     assert app.state.emulator.closed
 
 
-@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.asyncio(loop_scope="function")
 @pytest.mark.timeout(60)
 async def test_a_pool_close_past_its_bound_terminates_and_the_emulator_still_closes(
     life_db: str, admin: asyncpg.Connection, tmp_path: Path,
