@@ -46,6 +46,9 @@ thread works through the others, so a thread that is late (a busy machine) stall
 once all are full. With two (one filling, one being written) large copies fell behind the floor
 from run to run; with four they kept up."""
 
+WRITEBACK_BYTES = 8 * BATCH_BYTES
+"""How often the kernel is asked to start writing the file to the disk (see `_start_writeback`)."""
+
 SPARE_BUFFERS = BUFFERS
 """Buffers a process keeps for later uploads once one ends: a fresh buffer pays its page faults as
 it is first filled, a visible share of a small copy."""
@@ -78,6 +81,11 @@ class _StagedFile:
         self.staging = path.with_name(f"{path.name}#{secrets.randbelow(10**16)}")
         self.digest = hashlib.sha256()
         self._file: IO[bytes] | None = None
+        self._written = 0
+        self._flushed = 0
+        self._flushed_before = 0
+        """Bytes written; how many of them the kernel was told to start writing to the disk; and
+        where the window before the last began (its pages are on the disk by now, to be dropped)."""
         self._discarded = False
         self._committed = False
         self._lock = threading.Lock()
@@ -107,6 +115,22 @@ class _StagedFile:
                 raise RuntimeError("the staging file is not open")
             self.digest.update(batch)
             self._file.write(batch)
+            self._written += batch.nbytes
+            if self._written - self._flushed >= WRITEBACK_BYTES:
+                self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Ask the kernel to start writing what we have so far: the disk works while more comes
+        in, so the sync at the end waits for the last few MiB, not the whole file (on a 500 MB
+        upload the sync had been most of the time). POSIX_FADV_DONTNEED starts the writeback of
+        dirty pages and drops the ones already on disk; an upload is not read back soon. Each call
+        covers the new window and the one before it (written back since), not the whole file."""
+        if self._file is None or not hasattr(os, "posix_fadvise"):
+            return
+        self._file.flush()
+        os.posix_fadvise(self._file.fileno(), self._flushed_before, self._written - self._flushed_before,
+                         os.POSIX_FADV_DONTNEED)
+        self._flushed_before, self._flushed = self._flushed, self._written
 
     def commit(self) -> None:
         with self._lock:
