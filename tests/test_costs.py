@@ -4,9 +4,6 @@ the cost each job carries on every representation, and budgets in money across p
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,9 +22,9 @@ from service.jobs import costs
 from service.jobs.models import JobChange, LogLine, NewJob
 from service.jobs.status_machine import apply_change, create_job
 from tests.conftest import FAL_KEY, RunningServer, bearer, free_socket
+from tests.processes import service_processes
 from tests.sse import SseReader
 from tests.test_fal_round_trip import wait_until_terminal
-from tests.test_live_operations import start_process, wait_ready
 
 FLUX = "fal-ai/flux/dev"
 SCHNELL = "fal-ai/flux/schnell"
@@ -214,19 +211,9 @@ async def test_a_users_budget_refuses_what_it_does_not_cover_and_counts_final_co
 async def test_two_processes_racing_keep_within_a_budget_and_send_nothing_more_to_fal(
     database_url: str, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser, tmp_path: Path,
 ) -> None:
-    urls, processes = [], []
-    for name in ("a", "b"):
-        port = free_socket().getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url,
-               "FAL_API_URL": fal.base_url, "FAL_JWKS_URL": fal.jwks_url, "APP_URL": url, "PORT": str(port),
-               "LOG_LEVEL": "WARNING", "RECONCILE_INTERVAL_S": "3600", "MAX_OPEN_JOBS_PER_USER": "1000",
-               "MAX_JOBS_PER_MINUTE": "1000", "MAX_SPEND_PER_DAY": "0.1"}
-        processes.append(start_process(env, tmp_path / f"{name}.log"))
-        urls.append(url)
-    try:
-        for url, process, name in zip(urls, processes, ("a", "b"), strict=True):
-            await asyncio.to_thread(wait_ready, url, process, tmp_path / f"{name}.log")
+    async with service_processes(database_url, fal, tmp_path, MAX_OPEN_JOBS_PER_USER="1000",
+                                 MAX_JOBS_PER_MINUTE="1000", MAX_SPEND_PER_DAY="0.1") as processes:
+        urls = [each.url for each in processes]
         marker = f"budget-{user.name}"
         answers = await asyncio.gather(*(
             http.post(f"{urls[i % 2]}/api/jobs", headers=bearer(user),
@@ -242,13 +229,6 @@ async def test_two_processes_racing_keep_within_a_budget_and_send_nothing_more_t
         sent = [r for r in fal.submissions if r.request_id and
                 fal.requests[r.request_id].input.get("prompt", "").startswith(marker)]
         assert len(sent) == 4, "a refused create must not reach fal"
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.to_thread(process.wait, 30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def test_users_limits_sets_a_users_own_budget_and_list_shows_it(database_url: str) -> None:

@@ -4,10 +4,7 @@ shutdown, stream tokens, and the Python client against the real service."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +21,10 @@ from service.db.migrations import apply_migrations
 from service.db.pool import create_pool
 from service.emulator import FalEmulator
 from service.emulator.signing import signed_headers
-from tests.conftest import FAL_KEY, RunningServer, bearer, fal_settings, free_socket, serve
+from tests.conftest import RunningServer, bearer, fal_settings, serve
+from tests.processes import service_processes
 from tests.sse import SseReader
 from tests.test_live_streams import change, new_job
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_postgres_restart_mid_stream_loses_no_event(fal: FalEmulator, http: httpx.AsyncClient) -> None:
@@ -65,40 +61,9 @@ async def test_postgres_restart_mid_stream_loses_no_event(fal: FalEmulator, http
         server.cleanup()
 
 
-def start_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "service", "run"], cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("not ready: " + log.read_text())
-
-
 async def test_two_processes_a_subscriber_on_a_gets_the_change_b_took(database_url: str, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser, tmp_path: Path) -> None:
-    urls, processes = [], []
-    for name in ("a", "b"):
-        sock = free_socket()
-        port = sock.getsockname()[1]
-        sock.close()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url, "FAL_SCHEMA_URL": fal.schema_url, "FAL_API_URL": fal.base_url,
-               "FAL_JWKS_URL": fal.jwks_url, "APP_URL": url, "PORT": str(port), "LOG_LEVEL": "WARNING",
-               "RECONCILE_INTERVAL_S": "3600", "STREAM_TOKEN_SECRET": "s" * 40}
-        processes.append(start_process(env, tmp_path / f"{name}.log"))
-        urls.append(url)
-    try:
-        # The processes call back into this test's event loop (the emulator's JWKS), so wait without blocking it.
-        for url, process, name in zip(urls, processes, ("a", "b"), strict=True):
-            await asyncio.to_thread(wait_ready, url, process, tmp_path / f"{name}.log")
-        a, b = urls
+    async with service_processes(database_url, fal, tmp_path, STREAM_TOKEN_SECRET="s" * 40) as (a_process, b_process):
+        a, b = a_process.url, b_process.url
         request_id = await new_job(pool, user)
         async with SseReader(http, f"{a}/api/events", bearer(user)) as on_a:
             await on_a.next()  # ready
@@ -115,18 +80,10 @@ async def test_two_processes_a_subscriber_on_a_gets_the_change_b_took(database_u
             # Shutdown ends open streams cleanly, so that browsers reconnect elsewhere: the body ends
             # with its last chunk. A stream left open would be cut by uvicorn's graceful-shutdown
             # time-out instead, which httpx reports as an incomplete body (no time bound needed).
-            processes[0].send_signal(signal.SIGINT)
+            a_process.process.send_signal(signal.SIGINT)
             await on_a.expect_end(timeout=60)
             assert on_a.error is None, f"the stream was cut, not ended: {on_a.error!r}"
-        assert await asyncio.to_thread(processes[0].wait, 30) == 0
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    await asyncio.to_thread(process.wait, 30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        assert await asyncio.to_thread(a_process.process.wait, 30) == 0
 
 
 async def test_stream_tokens_are_scoped_and_expire(service: RunningServer, fal: FalEmulator, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser, other_user: NewUser) -> None:

@@ -16,8 +16,8 @@ import httpx
 from service.auth.api_keys import NewUser
 from service.emulator import FalEmulator
 from tests.conftest import FAL_KEY, bearer, free_socket
+from tests.processes import start_process, wait_ready
 from tests.sse import SseReader
-from tests.test_live_operations import start_process, wait_ready
 from tests.test_production_stance import ROOT, procfile_env, procfile_web_command
 
 PROCESSES = 2

@@ -163,14 +163,14 @@ async def test_forwarded_proto_is_trusted_only_from_forwarded_allow_ips(
 ) -> None:
     """`run` passes FORWARDED_ALLOW_IPS to uvicorn: a proxy it trusts makes the cookie Secure, one
     it does not trust cannot."""
-    from tests.test_live_operations import start_process, wait_ready
+    from tests.processes import fal_env, start_process, wait_ready
 
     for allowed, expect_secure in (("127.0.0.1", True), ("10.9.9.9", False)):
-        port = free_socket().getsockname()[1]
+        with free_socket() as sock:
+            port = sock.getsockname()[1]
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": "k", "FAL_QUEUE_URL": fal.base_url, "FAL_SCHEMA_URL": fal.schema_url, "FAL_API_URL": fal.base_url,
-               "FAL_JWKS_URL": fal.jwks_url, "PORT": str(port), "LOG_LEVEL": "WARNING",
-               "RECONCILE_INTERVAL_S": "3600", "FORWARDED_ALLOW_IPS": allowed}
+        env = fal_env(database_url, fal, port, FORWARDED_ALLOW_IPS=allowed)
+        del env["APP_URL"]  # the scheme comes from the proxy's header alone
         process = start_process(env, tmp_path / f"{allowed}.log")
         try:
             await asyncio.to_thread(wait_ready, url, process, tmp_path / f"{allowed}.log")

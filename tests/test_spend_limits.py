@@ -4,9 +4,6 @@ retried with its Idempotency-Key is submitted to fal once. Counted at the emulat
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import asyncpg
@@ -17,9 +14,9 @@ from service.auth.api_keys import NewUser, hash_key
 from service.auth.callers import KEY
 from service.auth.users import UserLimits, set_limits
 from service.emulator import FalEmulator
-from tests.conftest import FAL_KEY, RunningServer, bearer, free_socket
+from tests.conftest import RunningServer, bearer
+from tests.processes import service_processes
 from tests.sse import SseReader
-from tests.test_live_operations import start_process, wait_ready
 
 LONG = {"fal_emulator": {"queue_ms": 120_000}}
 """Jobs that stay open for the whole test."""
@@ -91,18 +88,9 @@ async def test_twenty_racing_creates_with_one_key_submit_to_fal_once(
 async def test_two_processes_together_keep_the_open_job_limit_under_fifty_concurrent_creates(
     database_url: str, fal: FalEmulator, http: httpx.AsyncClient, user: NewUser, tmp_path: Path,
 ) -> None:
-    urls, processes = [], []
-    for name in ("a", "b"):
-        port = free_socket().getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "FAL_KEY": FAL_KEY, "FAL_QUEUE_URL": fal.base_url, "FAL_SCHEMA_URL": fal.schema_url, "FAL_API_URL": fal.base_url,
-               "FAL_JWKS_URL": fal.jwks_url, "APP_URL": url, "PORT": str(port), "LOG_LEVEL": "WARNING",
-               "RECONCILE_INTERVAL_S": "3600", "MAX_OPEN_JOBS_PER_USER": "10", "MAX_JOBS_PER_MINUTE": "1000"}
-        processes.append(start_process(env, tmp_path / f"{name}.log"))
-        urls.append(url)
-    try:
-        for url, process, name in zip(urls, processes, ("a", "b"), strict=True):
-            await asyncio.to_thread(wait_ready, url, process, tmp_path / f"{name}.log")
+    async with service_processes(database_url, fal, tmp_path, MAX_OPEN_JOBS_PER_USER="10",
+                                 MAX_JOBS_PER_MINUTE="1000") as processes:
+        urls = [each.url for each in processes]
         marker = f"limit-{user.name}"
         answers = await asyncio.gather(*(
             http.post(f"{urls[i % 2]}/api/jobs", headers=bearer(user), json=job_body(f"{marker} {i}"))
@@ -114,13 +102,6 @@ async def test_two_processes_together_keep_the_open_job_limit_under_fifty_concur
         assert all(a.headers["retry-after"].isdigit() for a in refused)
         assert "MAX_OPEN_JOBS_PER_USER" in refused[0].json()["message"]
         assert submitted(fal, marker) == 10, "a refused create must not reach fal"
-    finally:
-        for process in processes:
-            process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.to_thread(process.wait, 30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 async def test_jobs_per_minute_answers_429_with_retry_after_and_a_users_own_limit(
