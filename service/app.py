@@ -38,7 +38,7 @@ from service.http.metrics import metrics_endpoint
 from service.http.openapi import tell_the_truth
 from service.http.options import options_allow_middleware
 from service.http.outputs import OutputsController
-from service.http.pages import current_session, models, page, sign_out, static_files
+from service.http.pages import admin_page, current_session, models, page, sign_out, static_files
 from service.http.request_log import request_log_middleware
 from service.http.security_headers import security_headers
 from service.http.uploads import UploadsController
@@ -235,7 +235,7 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[
             healthz, readyz, JobsController, AdminController, OutputsController, UploadsController, EventsController, fal_webhook,
-            page, current_session, sign_out, models, static_files, metrics_endpoint,
+            page, admin_page, current_session, sign_out, models, static_files, metrics_endpoint,
         ],
         lifespan=[partial(lifespan, settings=settings, fal=fal)],
         plugins=[emulator] if emulator else [],

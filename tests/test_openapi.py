@@ -55,7 +55,7 @@ async def test_the_document_declares_auth_errors_and_streams(service: RunningSer
         assert "409" in document["paths"][path][method]["responses"], f"{method} {path}"
     created = document["paths"]["/api/jobs"]["post"]["responses"]["202"]
     assert created["headers"]["Location"]["schema"] == {"type": "string"}
-    for path in ("/api/events", "/api/jobs/{request_id}/events"):
+    for path in ("/api/events", "/api/jobs/{request_id}/events", "/api/admin/events"):
         assert list(document["paths"][path]["get"]["responses"]["200"]["content"]) == ["text/event-stream"]
     assert document["components"]["schemas"]["ErrorBody"]["required"] == ["status", "error", "message"]
 

@@ -8,16 +8,21 @@ import io
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from litestar import Controller, Response, get
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
 from service.errors import InvalidRequest, NotFound
 from service.http.dependencies import CallerDependency, PoolDependency
+from service.http.events import AdmittedStream, last_event_id
+from service.http.sse import EventStreamResponse
 from service.jobs import admin, admin_stats
 from service.jobs.admin import AdminJobPage, JobFilter, Timeline, parse_moment
 from service.jobs.delivery_log import DeliveryLog
 from service.jobs.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from service.realtime.admission import Admission
+from service.realtime.hub import Hub
+from service.realtime.streams import open_user_stream
 
 MAX_CSV_ROWS = 50_000
 CSV_PAGE = 1000
@@ -110,3 +115,21 @@ class AdminController(Controller):
         if end - start > MAX_STATS_WINDOW:
             raise InvalidRequest(f"since: a window of at most {MAX_STATS_WINDOW.days} days")
         return await admin_stats.stats(pool, start, end)
+
+    @get("/events", summary="Every user's jobs, live (SSE); stays open (admins only)", tags=["admin", "live"])
+    async def events(
+        self, request: Request, pool: PoolDependency, admin_id: AdminDependency, caller: CallerDependency,
+        hub: NamedDependency[Hub], admission: NamedDependency[Admission],
+        last_event_id_query: Annotated[str | None, QueryParameter(name="last_event_id", description="resume after this event id")] = None,
+    ) -> EventStreamResponse:
+        # The caller's key or browser session (same origin: EventSource sends the cookie), not a
+        # stream token: a token in a URL is for end users' browsers, and opens one user's jobs at most.
+        resume_after = last_event_id(request, last_event_id_query)
+        ticket = admission.admit(caller, "stream")  # a sign-out or a revoked key ends it
+        try:
+            stream = await open_user_stream(hub, pool, user_id=None, statuses=None, types=None,
+                                            last_event_id=resume_after)
+        except BaseException:
+            ticket.release()
+            raise
+        return EventStreamResponse(AdmittedStream(stream, ticket))

@@ -105,6 +105,7 @@ ROUTES: dict[tuple[str, str], tuple[list[SecurityRequirement], tuple[int, ...]]]
     ("get", "/api/admin/jobs.csv"): (API_AUTH, (400, 401, 404, 503)),
     ("get", "/api/admin/jobs/{request_id}/timeline"): (API_AUTH, (400, 401, 404, 503)),
     ("get", "/api/admin/stats"): (API_AUTH, (400, 401, 404, 503)),
+    ("get", "/api/admin/events"): (API_AUTH, (400, 401, 404, 429, 503)),
     ("get", "/healthz"): (PUBLIC, ()),
     ("get", "/readyz"): (PUBLIC, ()),
 }

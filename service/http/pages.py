@@ -1,4 +1,4 @@
-"""The browser's side: the page, its static files, sign-in links, the session, the model list."""
+"""The browser's side: the page, the operator's console, their static files, sign-in links, the session, the model list."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from service.auth.browser_sessions import (
     session_credential,
     session_for,
 )
-from service.errors import NotAuthenticated
+from service.errors import NotAuthenticated, NotFound
 from service.fal.input_schema import InputField
 from service.fal.model_schemas import ModelSchemas
-from service.http.dependencies import CallerDependency, PoolDependency, SettingsDependency
+from service.http.dependencies import MAX_CREDENTIAL_LENGTH, CallerDependency, PoolDependency, SettingsDependency
+from service.jobs.admin import is_admin
 from service.jobs.catalog import catalog
 from service.jobs.models import JobType
 from service.realtime.admission import Admission
@@ -65,6 +66,17 @@ async def page(
     # The security headers (CSP and friends) are on every answer: see service.http.security_headers.
     return Response((WEB / "index.html").read_bytes(), media_type="text/html",
                     headers={"Cache-Control": "no-store"})
+
+
+@get("/admin", include_in_schema=False)
+async def admin_page(request: Request, pool: PoolDependency) -> Response:
+    """The operator's console, for an admin's browser session; to anyone else (no session, a
+    non-admin's, an API key) a 404, as for a path that does not exist (as every admin route)."""
+    session_id = request.cookies.get(SESSION_COOKIE)
+    session = await session_for(pool, session_id) if session_id and len(session_id) <= MAX_CREDENTIAL_LENGTH else None
+    if session is None or not await is_admin(pool, session.user_id):
+        raise NotFound("not found: no such route for this caller")
+    return Response((WEB / "admin.html").read_bytes(), media_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 @get("/api/session", tags=["browser"], summary="The browser session and its CSRF token")

@@ -1,7 +1,7 @@
 """In-process dispatch of job events to subscribers.
 
-Each event costs two dict lookups (its request id, its user id) and then one bounded append per
-subscriber that asked for it: the work does not grow with the number of subscribers watching
+Each event costs three dict lookups (its request id, its user id, and the operators' streams of
+every user's jobs) and then one bounded append per subscriber that asked for it: the work does not grow with the number of subscribers watching
 other jobs. A subscriber that falls behind does not block the others or grow without bound: its
 queue is capped, and on overflow the backlog is dropped and the subscriber is told to resync
 (its stream then sends a fresh snapshot from the database).
@@ -104,7 +104,7 @@ class Subscription:
         "version",
     )
 
-    def __init__(self, *, user_id: str, request_id: str | None, statuses: Collection[str] | None,
+    def __init__(self, *, user_id: str | None, request_id: str | None, statuses: Collection[str] | None,
                  types: Collection[str] | None, after: int, capacity: int, late_seq: int = 0,
                  tag: str | None = None) -> None:
         self.user_id = user_id
@@ -132,7 +132,7 @@ class Subscription:
         """Which of the hub's heartbeat slices this subscription is in (see `Hub.start_heartbeats`)."""
 
     def wants(self, event: JobEvent) -> bool:
-        if event.user_id != self.user_id:
+        if self.user_id is not None and event.user_id != self.user_id:  # None: an operator's, every user's jobs
             return False
         if self.request_id is not None:
             return event.request_id == self.request_id
@@ -247,8 +247,9 @@ class Hub:
     def __init__(self, *, capacity: int = 256) -> None:
         self._capacity = capacity
         self._ticker: asyncio.Task[None] | None = None
-        self._by_request: dict[str, set[Subscription]] = {}
-        self._by_user: dict[str, set[Subscription]] = {}
+        self._by_request: dict[str | None, set[Subscription]] = {}
+        self._by_user: dict[str | None, set[Subscription]] = {}
+        """By user id; under None, the operators' subscriptions to every user's jobs."""
         self.position = 0
         """Every event with an id at or below this one has been published (or never committed)."""
         self.ready = False
@@ -281,9 +282,10 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._by_request.values()) + sum(len(subs) for subs in self._by_user.values())
 
-    def subscribe(self, *, user_id: str, request_id: str | None = None, statuses: Collection[str] | None = None,
+    def subscribe(self, *, user_id: str | None, request_id: str | None = None, statuses: Collection[str] | None = None,
                   types: Collection[str] | None = None, tag: str | None = None, after: int = 0) -> Subscription:
-        """Subscribe to one job, or to all of a user's jobs (those with `tag`, when given). Synchronous
+        """Subscribe to one job, or to all of a user's jobs (those with `tag`, when given), or with
+        `user_id` None to every user's jobs (an operator's console). Synchronous
         on purpose: the caller reads `position` right after, and every event above it will reach it."""
         subscription = Subscription(user_id=user_id, request_id=request_id, statuses=statuses, types=types,
                                     after=after, capacity=self._capacity, late_seq=self.late_seq, tag=tag)
@@ -323,12 +325,12 @@ class Hub:
         self.ready = True
 
     def _offer(self, event: JobEvent, item: JobEvent | Late) -> None:
-        for subscription in self._by_request.get(event.request_id, ()):
-            if subscription.wants(event):
-                subscription.offer(item)
-        for subscription in self._by_user.get(event.user_id, ()):
-            if subscription.wants(event):
-                subscription.offer(item)
+        # Three lookups, whoever else is subscribed: the job's streams, its user's, the operators'.
+        for subscribers in (self._by_request.get(event.request_id, ()), self._by_user.get(event.user_id, ()),
+                            self._by_user.get(None, ())):
+            for subscription in subscribers:
+                if subscription.wants(event):
+                    subscription.offer(item)
         self.published += 1
         for observer in self._observers:
             observer(event)

@@ -204,9 +204,17 @@ async def open_job_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, request
     return LiveStream(hub, pool, subscription, preamble=[], initial=events, ends_on_terminal=True)
 
 
-async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, statuses: Collection[str] | None,
+def _owned_by(user_id: str | None) -> str:
+    """The condition on events of one user's jobs (`$1`), or of everyone's (an operator's stream,
+    `$1` NULL: the id range alone, on the primary key)."""
+    return "user_id = $1" if user_id is not None else "$1::text IS NULL"
+
+
+async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str | None, statuses: Collection[str] | None,
                            types: Collection[str] | None, last_event_id: int | ResumePoint | None,
                            tag: str | None = None) -> LiveStream:
+    """A user's stream; with `user_id` None, every user's (the operator's console: admins only,
+    which is the caller's to check)."""
     _require_live(hub)
     resume = ResumePoint(last_event_id) if isinstance(last_event_id, int) else last_event_id
     last_event_id = resume.position if resume is not None else None
@@ -225,7 +233,7 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str, status
             preamble = [Outgoing(event="ready", id=position, data=msgspec.json.encode({"position": position}).decode())]
         else:
             rows = await pool.fetch(
-                f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE user_id = $1 AND id > $2 AND id <= $3 "
+                f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE {_owned_by(user_id)} AND id > $2 AND id <= $3 "
                 "ORDER BY id LIMIT $4",
                 user_id, last_event_id, position, REPLAY_LIMIT + 1,
             )
@@ -254,7 +262,8 @@ async def _latest_per_job(pool: asyncpg.Pool, subscription: Subscription, after:
     else:
         rows = await pool.fetch(
             f"SELECT * FROM (SELECT DISTINCT ON (request_id) {EVENT_COLUMNS} FROM fal_job_events "
-            "WHERE user_id = $1 AND id > $2 AND id <= $3 ORDER BY request_id, id DESC) latest ORDER BY id",
+            f"WHERE {_owned_by(subscription.user_id)} AND id > $2 AND id <= $3 ORDER BY request_id, id DESC) latest "
+            "ORDER BY id",
             subscription.user_id, after, position,
         )
     return [e for e in map(event_from_row, rows) if subscription.wants(e)]

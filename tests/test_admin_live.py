@@ -1,0 +1,94 @@
+"""The operator's live stream and console page over real HTTP: /api/admin/events carries every
+user's job changes (with the resume contract of /api/events) to admins only; /admin is served to
+an admin's browser session and is a 404 to anyone else."""
+
+from __future__ import annotations
+
+import asyncpg
+import httpx
+
+from service.auth.api_keys import NewUser
+from service.auth.browser_sessions import SESSION_COOKIE, issue_sign_in_token, redeem_sign_in_token
+from service.auth.users import set_admin
+from tests.conftest import RunningServer, bearer
+from tests.sse import SseReader
+from tests.test_admin import new_admin
+from tests.test_live_streams import caught_up, change, new_job
+
+
+async def session_cookie(pool: asyncpg.Pool, user: NewUser) -> dict[str, str]:
+    session_id = await redeem_sign_in_token(pool, await issue_sign_in_token(pool, user.user_id))
+    assert session_id is not None
+    return {"cookie": f"{SESSION_COOKIE}={session_id}"}
+
+
+async def test_the_admin_stream_is_a_404_to_anyone_but_an_admin(
+        service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser) -> None:
+    url = f"{service.url}/api/admin/events"
+    answer = await http.get(url, headers=bearer(user))
+    assert answer.status_code == 404 and answer.json()["error"] == "not_found"
+    assert (await http.get(url, headers=await session_cookie(pool, user))).status_code == 404
+    assert (await http.get(url)).status_code == 401
+    await set_admin(pool, user.name, True)
+    async with SseReader(http, url, bearer(user)) as stream:
+        assert stream.status_code == 200
+        assert (await stream.next()).event == "ready"
+
+
+async def test_an_admin_receives_every_users_changes_and_resumes_exactly(
+        service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser, other_user: NewUser) -> None:
+    admin = await new_admin(pool)
+    url = f"{service.url}/api/admin/events"
+    await caught_up(service, pool)  # the stream carries everyone's jobs: earlier tests' too
+    # On the browser session too (EventSource sends the cookie): that is how the console opens it.
+    async with SseReader(http, url, await session_cookie(pool, admin)) as stream:
+        ready = await stream.next()
+        assert ready.event == "ready" and ready.id is not None
+        mine, theirs = await new_job(pool, user), await new_job(pool, other_user)
+        seen = [await stream.next_job() for _ in range(2)]
+        assert [(job["request_id"], job["user_id"], job["status"]) for _, job in seen] == [
+            (mine, user.user_id, "pending"), (theirs, other_user.user_id, "pending")]
+        await change(pool, theirs, "in_progress")
+        running_id, running = await stream.next_job()
+        assert (running["request_id"], running["status"]) == (theirs, "in_progress")
+    # While the console is away: its resume gets exactly what it missed, in order, nothing twice.
+    await change(pool, mine, "completed")
+    await change(pool, theirs, "failed")
+    await caught_up(service, pool)
+    async with SseReader(http, url, {**bearer(admin), "Last-Event-ID": str(running_id)}) as stream:
+        resumed = [await stream.next_job() for _ in range(2)]
+        assert [(job["request_id"], job["status"]) for _, job in resumed] == [(mine, "completed"), (theirs, "failed")]
+        assert resumed[0][0] > running_id
+        later = await new_job(pool, other_user)
+        assert (await stream.next_job())[1]["request_id"] == later
+
+
+async def test_an_admin_stream_costs_other_streams_nothing(
+        service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser, other_user: NewUser) -> None:
+    """A user's stream still gets only its own jobs while an operator watches everyone's."""
+    admin = await new_admin(pool)
+    await caught_up(service, pool)
+    async with SseReader(http, f"{service.url}/api/admin/events", bearer(admin)) as everyone, \
+            SseReader(http, f"{service.url}/api/events", bearer(user)) as own:
+        assert (await everyone.next()).event == "ready" and (await own.next()).event == "ready"
+        theirs = await new_job(pool, other_user)
+        mine = await new_job(pool, user)
+        assert (await own.next_job())[1]["request_id"] == mine
+        assert [(await everyone.next_job())[1]["request_id"] for _ in range(2)] == [theirs, mine]
+
+
+async def test_the_console_page_is_for_an_admins_browser_session_only(
+        service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser) -> None:
+    url = f"{service.url}/admin"
+    assert (await http.get(url)).status_code == 404
+    cookie = await session_cookie(pool, user)
+    refused = await http.get(url, headers=cookie)
+    assert refused.status_code == 404 and refused.json()["error"] == "not_found"
+    assert (await http.get(url, headers={"cookie": f"{SESSION_COOKIE}=not-a-session"})).status_code == 404
+    await set_admin(pool, user.name, True)
+    assert (await http.get(url, headers=bearer(user))).status_code == 404  # a page for a browser, not a key
+    page = await http.get(url, headers=cookie)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/static/admin.js">' in page.text
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self': no inline script
+    assert "'unsafe-inline'" not in page.headers["content-security-policy"]
