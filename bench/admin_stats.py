@@ -40,7 +40,7 @@ import asyncpg  # noqa: E402
 from bench.harness import open_server, scratch_database  # noqa: E402
 from service.jobs.admin_stats import STATS_QUERY, stats  # noqa: E402
 from service.jobs.stats_rollup import roll_up  # noqa: E402
-from service.jobs.stats_sql import WINDOW_PARTS  # noqa: E402
+from service.jobs.stats_sql import NO_JIT, WINDOW_PARTS  # noqa: E402
 
 FILL = """
 INSERT INTO fal_users (id, name)
@@ -140,8 +140,10 @@ async def run(dsn: str, jobs: int, days: float, repeat: int) -> None:
         for label, in_window, read, median, best in rows:
             print(f"{label:>14} {in_window:>15,} {read:>20} {median:>10.1f} {best:>9.1f}")
         now = datetime.now(UTC)
-        plan = await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {STATS_QUERY}",
-                                      now - timedelta(days=days, hours=1), now, 20)
+        async with connection.transaction():  # as admin_stats.stats runs it
+            await connection.execute(NO_JIT)
+            plan = await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {STATS_QUERY}",
+                                          now - timedelta(days=days, hours=1), now, 20)
         print(f"\nEXPLAIN ANALYZE of the stats statement, {days:g} d window:")
         for line in plan:
             print("  " + line[0])

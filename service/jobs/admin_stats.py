@@ -1,8 +1,8 @@
 """An operator's figures over a window of job creation times: per model, per user, failures.
 
 The window's whole days and hours that are rolled up (`stats_rollup.py`) are read from the rollup,
-the rest of it (its edges, the last hours, hours whose jobs changed since) live from `fal_jobs`
-through `fal_jobs_stats`, an index range per stretch: one statement (`stats_sql.STATS`), whose cost
+the rest of it (its edges, the last hours, hours whose jobs changed since) live from `fal_jobs`,
+an index range on created_at per stretch: one statement (`stats_sql.STATS`), whose cost
 grows with the number of hours and days in the window and with the jobs of its live stretches, not
 with its jobs. Counts and spend are exact either way. Queue time is `started_at - created_at` and
 run time `completed_at - started_at`, for the jobs we saw running (a job fal ended before we saw it

@@ -136,7 +136,7 @@ WITH days AS MATERIALIZED (
 )""" % _JOB
 """The window's clean rolled-up periods (its whole days, then its whole hours outside them) and, read
 live, its jobs outside them: the edges, the recent hours, stale hours. Each live range is an index
-range on `fal_jobs_stats`."""
+range on created_at (`fal_jobs_created`: the failed jobs' errors are read from the table)."""
 
 
 def _merged(table: str) -> str:
