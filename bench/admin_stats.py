@@ -10,10 +10,15 @@ slow the fill. They spread evenly over --days back from now, over 8 models and 1
 completed, 10% failed (20 distinct errors), 3% cancelled, 2% running; a VACUUM ANALYZE follows,
 as autovacuum would after such a load.
 
+The rollup (`service.jobs.stats_rollup`) is then built as the sweep builds it, by one pass
+(`roll_up`, no limit on hours), and timed; a second pass, with nothing left to do, shows what
+each later sweep costs. The last two hours are not settled and stay live, as in a running service.
+
 Each window (1 h, 24 h, 7 d, the whole span) is timed --repeat times through the service's own
 `admin_stats.stats` (one statement, one asyncpg connection, from this process: client time,
-round trips included); the table shows the median and the best, and the EXPLAIN (ANALYZE) of the
-statement over 24 h shows the index the plan uses.
+round trips included); the table shows the median and the best, and how many rolled-up periods
+and live jobs each read. The EXPLAIN (ANALYZE) of the statement over the whole span shows the
+indexes the plan uses.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import asyncpg  # noqa: E402
 
 from bench.harness import open_server, scratch_database  # noqa: E402
 from service.jobs.admin_stats import STATS_QUERY, stats  # noqa: E402
+from service.jobs.stats_rollup import roll_up  # noqa: E402
+from service.jobs.stats_sql import NO_JIT, WINDOW_PARTS  # noqa: E402
 
 FILL = """
 INSERT INTO fal_users (id, name)
@@ -79,7 +86,26 @@ async def fill(connection: asyncpg.Connection, jobs: int, days: float) -> float:
     return time.perf_counter() - started
 
 
-async def time_windows(connection: asyncpg.Connection, days: float, repeat: int) -> list[tuple[str, int, float, float]]:
+async def periods_and_live(connection: asyncpg.Connection, since: datetime, until: datetime) -> str:
+    """What the stats statement reads for a window: rolled-up periods (days, hours) and live jobs."""
+    row = await connection.fetchrow(WINDOW_PARTS, since, until)
+    assert row is not None
+    return f"{row['periods']} + {row['live']:,}"
+
+
+async def build_rollup(connection: asyncpg.Connection) -> tuple[str, str]:
+    """One pass with no limit (the sweep's, at most HOURS_PER_PASS hours each), then an idle one."""
+    first = await roll_up(connection, max_hours=1_000_000)
+    idle = await roll_up(connection, max_hours=1_000_000)
+    rows = await connection.fetchval("SELECT (SELECT count(*) FROM fal_stats_models) + (SELECT count(*) FROM fal_stats_users)"
+                                     " + (SELECT count(*) FROM fal_stats_durations) + (SELECT count(*) FROM fal_stats_failures)")
+    return (f"{first.hours} hours and {first.days} days in {first.seconds:.1f} s "
+            f"({first.seconds / max(first.hours, 1) * 1000:.0f} ms an hour, days included; {rows:,} rollup rows)",
+            f"{idle.hours} hours, {idle.days} days in {idle.seconds * 1000:.0f} ms")
+
+
+async def time_windows(connection: asyncpg.Connection, days: float,
+                       repeat: int) -> list[tuple[str, int, str, float, float]]:
     now = datetime.now(UTC)
     windows = [("1 h", timedelta(hours=1)), ("24 h", timedelta(days=1)), ("7 d", timedelta(days=7)),
                (f"{days:g} d (all)", timedelta(days=days, hours=1))]
@@ -93,7 +119,8 @@ async def time_windows(connection: asyncpg.Connection, days: float, repeat: int)
             started = time.perf_counter()
             await stats(connection, now - span, now)
             times.append((time.perf_counter() - started) * 1000)
-        rows.append((label, in_window, statistics.median(times), min(times)))
+        read = await periods_and_live(connection, now - span, now)
+        rows.append((label, in_window, read, statistics.median(times), min(times)))
     return rows
 
 
@@ -104,15 +131,20 @@ async def run(dsn: str, jobs: int, days: float, repeat: int) -> None:
         filled = await fill(connection, jobs, days)
         total = await connection.fetchval("SELECT count(*) FROM fal_jobs")
         print(f"[bench] {total:,} jobs in {filled:.1f} s (fill, VACUUM ANALYZE)", file=sys.stderr)
+        built, idle = await build_rollup(connection)
+        await connection.execute("ANALYZE")  # as autovacuum would after the rollup's first build
+        print(f"\nrollup, first pass: {built}\nrollup, next pass with nothing to do: {idle}")
         rows = await time_windows(connection, days, repeat)
         print(f"\nstats call (one statement: per model, per user, failures) over {total:,} jobs, {repeat} runs each\n")
-        print(f"{'window':>14} {'jobs in window':>15} {'median ms':>10} {'best ms':>9}")
-        for label, in_window, median, best in rows:
-            print(f"{label:>14} {in_window:>15,} {median:>10.1f} {best:>9.1f}")
+        print(f"{'window':>14} {'jobs in window':>15} {'periods + live jobs':>20} {'median ms':>10} {'best ms':>9}")
+        for label, in_window, read, median, best in rows:
+            print(f"{label:>14} {in_window:>15,} {read:>20} {median:>10.1f} {best:>9.1f}")
         now = datetime.now(UTC)
-        plan = await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {STATS_QUERY}",
-                                      now - timedelta(days=1), now, 20)
-        print("\nEXPLAIN ANALYZE of the stats statement, 24 h window:")
+        async with connection.transaction():  # as admin_stats.stats runs it
+            await connection.execute(NO_JIT)
+            plan = await connection.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {STATS_QUERY}",
+                                          now - timedelta(days=days, hours=1), now, 20)
+        print(f"\nEXPLAIN ANALYZE of the stats statement, {days:g} d window:")
         for line in plan:
             print("  " + line[0])
     finally:

@@ -256,10 +256,12 @@ async def test_the_migration_gives_older_events_a_null_cost(database_url: str, u
     migration = importlib.import_module("piccolo_migrations.fal_jobs_2026_12_05t12_00_00_000000_costs")
     # Later migrations build on `cost` (a generated column reads it): undone first, in the same transaction.
     later = importlib.import_module("piccolo_migrations.fal_jobs_2026_12_05t13_00_00_000000_delivery_log_and_admins")
+    rollup = importlib.import_module("piccolo_migrations.fal_jobs_2026_12_05t14_00_00_000000_stats_rollup")
     connection = await asyncpg.connect(database_url)
     try:
         with pytest.raises(RollBack):
             async with connection.transaction():
+                await connection.execute(rollup.BACKWARDS_SQL)
                 await connection.execute(later.BACKWARDS_SQL)
                 await connection.execute(migration.BACKWARDS_SQL)
                 await connection.execute("INSERT INTO fal_jobs (request_id, user_id, model_id, type, input, tags) "

@@ -4,7 +4,8 @@ for the next sweep. Jobs cancelled while fal ran them are asked about the same w
 (a 404 included) frees the open-jobs slot they keep (`reservations.fal_ended`). It also applies
 parked early webhooks whose job has appeared (should the adoption right after creation have failed),
 then applies retention (`service.db.retention`: old events, expired sessions, unclaimed parked
-webhooks, day-old reservations), and keeps the outputs
+webhooks, day-old reservations), rolls the operator's figures up (`service.jobs.stats_rollup`:
+settled hours and days, and those whose jobs changed), and keeps the outputs
 (`service.outputs.upkeep`: failed copies re-driven while fal keeps the file, staging leftovers).
 
 Background work that never wedges:
@@ -35,7 +36,7 @@ from service import metrics
 from service.db.retention import apply_retention
 from service.errors import DatabaseUnavailable
 from service.fal.gateway import FalGateway, FalRequestFailed
-from service.jobs import reservations
+from service.jobs import reservations, stats_rollup
 from service.jobs.delivery_log import Delivery, DeliveryLog
 from service.jobs.models import TERMINAL_STATUSES, JobChange
 from service.jobs.status_machine import apply_change
@@ -86,6 +87,8 @@ class SweepReport(msgspec.Struct):
     """Jobs cancelled while running whose end at fal was seen: their open-jobs slots are free."""
     deleted: dict[str, int] = msgspec.field(default_factory=dict)
     """Rows removed by retention, per table."""
+    rolled_up: int = 0
+    """Hours and days of the operator's figures rolled up (`stats_rollup`)."""
     outputs: dict[str, int] = msgspec.field(default_factory=dict)
     """What the outputs' upkeep did (outputs re-driven, staging files removed)."""
 
@@ -168,6 +171,7 @@ class Reconciler:
                     delivery_log_retention_days=self._delivery_log_retention_days)
         except Exception as error:  # the next sweep tries again
             log.warning("retention failed", extra={"action": "retention", "error": type(error).__name__})
+        await self._roll_up(report)
         if self._outputs is not None:
             try:
                 report.outputs = await self._outputs.sweep()
@@ -182,6 +186,18 @@ class Reconciler:
                 log.warning("removing expired uploads failed", extra={"action": "upload.expire",
                                                                       "error": type(error).__name__})
         return report
+
+    async def _roll_up(self, report: SweepReport) -> None:
+        try:  # short transactions, one hour or day each
+            async with self._pool.acquire() as connection:
+                rolled = await stats_rollup.roll_up(connection)
+        except Exception as error:  # the stats read what is not rolled up live; the next sweep tries again
+            log.warning("rolling the figures up failed", extra={"action": "stats.rollup", "error": type(error).__name__})
+            return
+        report.rolled_up = rolled.hours + rolled.days
+        if rolled.hours:
+            log.info("figures rolled up", extra={"action": "stats.rollup", "hours": rolled.hours, "days": rolled.days,
+                                                 "seconds": round(rolled.seconds, 3)})
 
     async def _reconcile_one(self, target: FollowTarget, report: SweepReport) -> None:
         if self._follower.is_streaming(target.request_id):

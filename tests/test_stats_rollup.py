@@ -1,0 +1,224 @@
+"""The operator's figures from the per-hour and per-day rollup: the same counts and spend as a live
+read of the jobs, percentiles within the stated bound, and a change to a job of a rolled-up hour
+seen by the next call (and recomputed by the next pass)."""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from service.auth.api_keys import NewUser, create_user
+from service.jobs.admin_stats import Percentiles, Stats, histogram_percentiles, stats
+from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range
+from tests.conftest import RunningServer
+from tests.test_admin import insert_job
+from tests.test_retention import sweep
+
+BOUND = 2 ** (1 / 16) - 1 + 0.001
+"""admin_stats' stated bound on a percentile read from the histograms (4.4 %, and float rounding)."""
+MODELS = ("test/rollup-a", "test/rollup-b", "test/rollup-c")
+
+
+def a_day_of_its_own() -> datetime:
+    """Midnight UTC of a day years back that no other test's jobs fall on."""
+    return datetime(1990, 1, 1, tzinfo=UTC) + timedelta(days=int(uuid.uuid4().int % 3000))
+
+
+async def fill(pool: asyncpg.Pool, first_day: datetime, users: list[NewUser], jobs: int = 240) -> list[str]:
+    """Jobs over three days: several models, users, statuses, errors, times and prices."""
+    rng = random.Random(first_day.toordinal())
+    ids = []
+    for _ in range(jobs):
+        status = rng.choices(("completed", "failed", "cancelled", "in_progress"), (80, 12, 4, 4))[0]
+        ids.append(await insert_job(
+            pool, rng.choice(users), model=rng.choice(MODELS), status=status,
+            created_at=first_day + timedelta(seconds=rng.uniform(0, 3 * 86400)),
+            queue_s=None if status == "cancelled" else math.exp(rng.uniform(-4, 5)), run_s=math.exp(rng.uniform(-1, 6)),
+            error=rng.choice(("boom", "out of memory", None)) if status == "failed" else None,
+            final=None if rng.random() < 0.2 else 0.003 * rng.randint(0, 9) if status != "failed" else 0))
+    return ids
+
+
+def assert_close(rolled: Percentiles, live: Percentiles) -> None:
+    for got, exact in ((rolled.p50, live.p50), (rolled.p95, live.p95)):
+        assert (got is None) == (exact is None)
+        if got is not None and exact is not None:
+            assert abs(got - exact) <= BOUND * exact, (got, exact)
+
+
+def assert_same_figures(rolled: Stats, live: Stats) -> None:
+    assert [(m.model_id, m.jobs, m.completed, m.failed, m.success_rate, m.spend) for m in rolled.models] == \
+           [(m.model_id, m.jobs, m.completed, m.failed, m.success_rate, m.spend) for m in live.models]
+    for r, e in zip(rolled.models, live.models, strict=True):
+        assert_close(r.queue_s, e.queue_s)
+        assert_close(r.run_s, e.run_s)
+    assert rolled.users == live.users
+    assert rolled.failures == live.failures
+
+
+async def rolled_periods(pool: asyncpg.Pool, since: datetime, until: datetime) -> list[tuple[int, datetime]]:
+    rows = await pool.fetch("SELECT hours, start FROM fal_stats_periods WHERE start >= $1 AND start < $2 "
+                            "ORDER BY hours DESC, start", since, until)
+    return [(r["hours"], r["start"]) for r in rows]
+
+
+@pytest.fixture
+async def users(pool: asyncpg.Pool) -> list[NewUser]:
+    return [await create_user(pool, f"rollup-{uuid.uuid4().hex[:10]}") for _ in range(4)]
+
+
+async def test_rolled_up_figures_equal_a_live_read(pool: asyncpg.Pool, users: list[NewUser]) -> None:
+    day = a_day_of_its_own()
+    await fill(pool, day, users)
+    # Ragged edges: parts of two hours read live, a whole day and 35 whole hours from the rollup.
+    since, until = day + timedelta(hours=5, minutes=30, seconds=17), day + timedelta(days=2, hours=17, minutes=15)
+    live = await stats(pool, since, until)
+    assert sum(m.jobs for m in live.models) > 150 and live.failures
+
+    async with pool.acquire() as connection:
+        report = await roll_up_range(connection, day, day + timedelta(days=3))
+    assert (report.hours, report.days) == (72, 3)
+    periods = await rolled_periods(pool, day, day + timedelta(days=3))
+    assert [p for p in periods if p[0] == 24] == [(24, day + timedelta(days=n)) for n in range(3)]
+    assert len(periods) == 3 + 72
+    rolled = await stats(pool, since, until)
+    assert_same_figures(rolled, live)
+    whole = await stats(pool, day, day + timedelta(days=3))  # three days of the rollup, nothing live
+    assert sum(m.jobs for m in whole.models) == 240
+
+    # The rolled-up rows are what is read: a change the log does not see (triggers off, for this
+    # session alone) leaves the figures as they were.
+    async with pool.acquire() as connection:
+        await connection.execute("SET session_replication_role = replica")
+        try:
+            await connection.execute("UPDATE fal_jobs SET status = 'failed', error = 'unseen' WHERE created_at >= $1 "
+                                     "AND created_at < $2", day + timedelta(days=1), day + timedelta(days=2))
+        finally:
+            await connection.execute("RESET session_replication_role")
+    assert (await stats(pool, since, until)).models == rolled.models
+
+
+async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
+        pool: asyncpg.Pool, users: list[NewUser]) -> None:
+    day = a_day_of_its_own()
+    await fill(pool, day, users, jobs=60)
+    async with pool.acquire() as connection:
+        await roll_up_range(connection, day, day + timedelta(days=3))
+    since, until = day, day + timedelta(days=3)
+    before = await stats(pool, since, until)
+    job = await pool.fetchrow("SELECT request_id, model_id, created_at FROM fal_jobs WHERE status = 'completed' "
+                              "AND created_at >= $1 AND created_at < $2 ORDER BY created_at LIMIT 1", since, until)
+    hour = job["created_at"].replace(minute=0, second=0, microsecond=0)
+
+    # A late webhook fails a job of a rolled-up hour: its hour (and day) is read live until recomputed.
+    await pool.execute("UPDATE fal_jobs SET status = 'failed', error = 'late news', version = version + 1 "
+                       "WHERE request_id = $1", job["request_id"])
+    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 1
+    after = await stats(pool, since, until)
+    model = next(m for m in after.models if m.model_id == job["model_id"])
+    was = next(m for m in before.models if m.model_id == job["model_id"])
+    assert (model.completed, model.failed) == (was.completed - 1, was.failed + 1)
+    assert {"error": "late news", "jobs": 1} in [{"error": f.error, "jobs": f.jobs} for f in after.failures]
+
+    # The next pass recomputes that hour and its day, and the figures stay.
+    async with pool.acquire() as connection:
+        report = await roll_up(connection, max_hours=100_000)
+    assert report.hours >= 1 and report.days >= 1
+    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 0
+    assert (1, hour) in await rolled_periods(pool, since, until)
+    assert (24, day) in await rolled_periods(pool, since, until)
+    assert await stats(pool, since, until) == after
+
+    # A backdated insert and a deleted job: seen at once, too.
+    await insert_job(pool, users[0], model="test/rollup-backdated", created_at=day + timedelta(hours=30))
+    await pool.execute("DELETE FROM fal_jobs WHERE request_id = $1", job["request_id"])
+    latest = await stats(pool, since, until)
+    assert any(m.model_id == "test/rollup-backdated" and m.jobs == 1 for m in latest.models)
+    assert sum(m.jobs for m in latest.models) == sum(m.jobs for m in after.models)
+
+
+async def test_a_pass_rolls_up_settled_hours_with_jobs_and_their_days(pool: asyncpg.Pool, users: list[NewUser]) -> None:
+    day = a_day_of_its_own()
+    await insert_job(pool, users[0], model=MODELS[0], created_at=day + timedelta(hours=7, minutes=5))
+    async with pool.acquire() as connection:
+        await roll_up(connection, max_hours=100_000)
+        assert (await roll_up(connection, max_hours=100_000)).hours == 0  # nothing left to do
+    periods = await rolled_periods(pool, day, day + timedelta(days=1))
+    assert periods == [(24, day)] + [(1, day + timedelta(hours=h)) for h in range(24)]
+    # The hours of the last two hours are not settled: a pass leaves them to the live read.
+    now = datetime.now(UTC)
+    await insert_job(pool, users[0], model=MODELS[0], created_at=now - timedelta(minutes=30))
+    async with pool.acquire() as connection:
+        await roll_up(connection, max_hours=100_000)
+    assert await pool.fetchval("SELECT max(start) FROM fal_stats_periods WHERE hours = 1") <= now - timedelta(hours=3)
+
+
+async def test_a_change_committed_while_its_hour_is_recomputed_is_not_lost(
+        pool: asyncpg.Pool, users: list[NewUser]) -> None:
+    day = a_day_of_its_own()
+    hour = day + timedelta(hours=5)
+    request_id = await insert_job(pool, users[0], model=MODELS[0], created_at=hour + timedelta(minutes=10))
+    async with pool.acquire() as connection:
+        await roll_up_hour(connection, hour)
+    # A late webhook's transaction is open (its change noted, not committed) while the hour is
+    # recomputed: the recompute neither waits for it nor sees it, and the hour must stay stale.
+    async with pool.acquire() as writer, pool.acquire() as roller:
+        late = writer.transaction()
+        await late.start()
+        await writer.execute("UPDATE fal_jobs SET status = 'failed', error = 'late', version = version + 1 "
+                             "WHERE request_id = $1", request_id)
+        await roll_up_hour(roller, hour)
+        await late.commit()
+    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 1
+    figures = await stats(pool, hour, hour + timedelta(hours=1))
+    assert [(m.completed, m.failed) for m in figures.models] == [(0, 1)]
+    async with pool.acquire() as connection:
+        await roll_up_hour(connection, hour)
+    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 0
+    again = await stats(pool, hour, hour + timedelta(hours=1))  # from the rollup now
+    assert [(m.completed, m.failed) for m in again.models] == [(0, 1)] and again.failures == figures.failures
+
+
+async def test_the_sweep_rolls_the_figures_up(service: RunningServer, pool: asyncpg.Pool,
+                                              users: list[NewUser]) -> None:
+    day = a_day_of_its_own()
+    await insert_job(pool, users[0], model=MODELS[0], created_at=day + timedelta(hours=3))
+    await sweep(service)  # this one, or the service's own start-up sweep if it ran after the insert
+    assert (24, day) in await rolled_periods(pool, day, day + timedelta(days=1))
+    assert (await sweep(service)).rolled_up == 0  # nothing left to roll up
+
+
+async def test_changes_to_recent_jobs_stay_off_the_change_log(pool: asyncpg.Pool, users: list[NewUser]) -> None:
+    recent = await insert_job(pool, users[0], model=MODELS[0], status="pending",
+                              created_at=datetime.now(UTC) - timedelta(minutes=50))
+    older = await insert_job(pool, users[0], model=MODELS[0], status="pending",
+                             created_at=datetime.now(UTC) - timedelta(minutes=70))
+    noted = await pool.fetchval("SELECT count(*) FROM fal_stats_changes")
+    await pool.execute("UPDATE fal_jobs SET updated_at = now() WHERE request_id = ANY($1)", [recent, older])
+    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes") == noted  # nothing the figures read
+    await pool.execute("UPDATE fal_jobs SET status = 'completed', version = version + 1 WHERE request_id = $1", recent)
+    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes") == noted
+    await pool.execute("UPDATE fal_jobs SET status = 'completed', version = version + 1 WHERE request_id = $1", older)
+    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes") == noted + 1
+
+
+def test_histogram_percentiles_stay_within_the_bound() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        values = sorted(math.exp(rng.uniform(-6, 9)) for _ in range(rng.randint(1, 300)))
+        counts: dict[int, int] = {}
+        for value in values:
+            bucket = math.floor(8 * math.log(value) / math.log(2))
+            counts[bucket] = counts.get(bucket, 0) + 1
+        approx = histogram_percentiles(sorted(counts.items()))
+        for fraction, got in ((0.5, approx.p50), (0.95, approx.p95)):
+            position = fraction * (len(values) - 1)
+            low = math.floor(position)
+            exact = values[low] + (values[min(low + 1, len(values) - 1)] - values[low]) * (position - low)
+            assert got is not None and abs(got - exact) <= BOUND * exact
+    assert histogram_percentiles([]) == Percentiles(p50=None, p95=None)
