@@ -98,8 +98,9 @@ async def test_the_sweep_deletes_what_expired_and_streams_still_work(
     assert parked == {recent_parked}
     kept = {r["id"] for r in await pool.fetch("SELECT id FROM fal_job_reservations WHERE id = ANY($1)", reservations)}
     assert kept == {reservations[1]}, "an idempotency key older than a day goes; a recent one stays"
-    assert (await http.get(f"{service.url}/?token={live_link}", follow_redirects=False)).status_code == 303, \
-        "an unexpired sign-in link still works"
+    async with httpx.AsyncClient(timeout=30) as browser:  # its session cookie stays out of the shared client
+        signed_in = await browser.get(f"{service.url}/?token={live_link}", follow_redirects=False)
+    assert signed_in.status_code == 303, "an unexpired sign-in link still works"
 
     # Streams: a fresh one gets the snapshot; a resume from a deleted id gets the current state, then the end.
     latest = old_events[-1]
