@@ -22,6 +22,7 @@ from service.db.retention import apply_retention
 from service.emulator import FalEmulator
 from service.emulator.signing import SigningKey, signed_headers
 from service.jobs.models import NewJob
+from service.jobs.stats_rollup import roll_up_range
 from service.jobs.status_machine import create_job
 from tests.conftest import RunningServer, bearer
 from tests.test_cli import cli
@@ -173,8 +174,10 @@ async def test_stats_per_model_per_user_and_failures_over_the_window(
         service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser,
         other_user: NewUser) -> None:
     admin = await new_admin(pool)
-    # A window of its own, years back: no other test's jobs fall in it.
-    start = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(days=int(uuid.uuid4().int % 3000))
+    # A window of its own, years back: no other test's jobs fall in it. Half past the hour, so that it
+    # holds no whole hour: read live from the jobs, never from a roll-up the sweep may have made
+    # meanwhile, its percentiles are exact (tests/test_stats_rollup.py checks the rolled-up ones).
+    start = datetime(2001, 1, 1, 0, 30, tzinfo=UTC) + timedelta(days=int(uuid.uuid4().int % 3000))
     model, other_model = "test/stats-a", "test/stats-b"
     for i in range(4):  # queue 1..4 s, run 10..40 s; one more failed
         await insert_job(pool, user, model=model, created_at=start + timedelta(minutes=i), queue_s=i + 1,
@@ -183,6 +186,8 @@ async def test_stats_per_model_per_user_and_failures_over_the_window(
     await insert_job(pool, other_user, model=other_model, status="failed", error="boom", created_at=start, final=0)
     await insert_job(pool, other_user, model=other_model, status="in_progress", created_at=start, final=None)
     await insert_job(pool, user, model=model, created_at=start + timedelta(hours=2))  # outside the window
+    async with pool.acquire() as connection:  # as the sweep would: the two hours it touches, rolled up
+        await roll_up_range(connection, start - timedelta(minutes=30), start + timedelta(minutes=90))
 
     answer = await http.get(f"{service.url}/api/admin/stats", headers=bearer(admin), params={
         "since": start.isoformat(), "until": (start + timedelta(hours=1)).isoformat()})
