@@ -18,7 +18,9 @@ Each window (1 h, 24 h, 7 d, the whole span) is timed --repeat times through the
 `admin_stats.stats` (one statement, one asyncpg connection, from this process: client time,
 round trips included); the table shows the median and the best, and how many rolled-up periods
 and live jobs each read. The EXPLAIN (ANALYZE) of the statement over the whole span shows the
-indexes the plan uses.
+indexes the plan uses. Then the admin list's first page (`list_all_jobs`, 50 jobs) is timed per
+filter: none, a status, a model and status, a user, a day's range, and text in the prompt or error
+(found often, rarely, never).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ if str(ROOT) not in sys.path:
 import asyncpg  # noqa: E402
 
 from bench.harness import open_server, scratch_database  # noqa: E402
+from service.jobs.admin import JobFilter, list_all_jobs  # noqa: E402
 from service.jobs.admin_stats import STATS_QUERY, stats  # noqa: E402
 from service.jobs.stats_rollup import roll_up  # noqa: E402
 from service.jobs.stats_sql import NO_JIT, WINDOW_PARTS  # noqa: E402
@@ -124,6 +127,38 @@ async def time_windows(connection: asyncpg.Connection, days: float,
     return rows
 
 
+def list_filters(days: float) -> list[tuple[str, JobFilter]]:
+    ten_days_back = datetime.now(UTC) - timedelta(days=min(10.0, days / 2))
+    return [
+        ("none (the newest)", JobFilter()),
+        ("status failed", JobFilter(status="failed")),
+        ("model + status", JobFilter(model="fal-ai/flux/dev", status="completed")),
+        ("user", JobFilter(user="bench-user-7")),
+        ("a day, 10 days back", JobFilter(since=ten_days_back - timedelta(days=1), until=ten_days_back)),
+        ("text, common", JobFilter(text="fal error #7")),
+        ("text, 11 jobs", JobFilter(text="prompt 99999")),
+        ("text, no job", JobFilter(text="no such words")),
+    ]
+
+
+async def time_lists(connection: asyncpg.Connection, days: float, repeat: int) -> list[tuple[str, int, float, float]]:
+    """The admin list's first page (50 jobs) per filter, through the service's own prepared statement:
+    every filter runs once first (past Postgres's five custom plans, as in a service that has run a while)."""
+    filters = list_filters(days)
+    for _ in range(2):
+        for _, where in filters:
+            await list_all_jobs(connection, where, limit=50)
+    rows = []
+    for label, where in filters:
+        times, found = [], 0
+        for _ in range(repeat):
+            started = time.perf_counter()
+            found = len((await list_all_jobs(connection, where, limit=50)).jobs)
+            times.append((time.perf_counter() - started) * 1000)
+        rows.append((label, found, statistics.median(times), min(times)))
+    return rows
+
+
 async def run(dsn: str, jobs: int, days: float, repeat: int) -> None:
     connection = await asyncpg.connect(dsn)
     try:
@@ -139,6 +174,10 @@ async def run(dsn: str, jobs: int, days: float, repeat: int) -> None:
         print(f"{'window':>14} {'jobs in window':>15} {'periods + live jobs':>20} {'median ms':>10} {'best ms':>9}")
         for label, in_window, read, median, best in rows:
             print(f"{label:>14} {in_window:>15,} {read:>20} {median:>10.1f} {best:>9.1f}")
+        print(f"\nadmin list, first page of 50, over {total:,} jobs, {repeat} runs each\n")
+        print(f"{'filter':>22} {'jobs':>5} {'median ms':>10} {'best ms':>9}")
+        for label, found, median, best in await time_lists(connection, days, repeat):
+            print(f"{label:>22} {found:>5} {median:>10.1f} {best:>9.1f}")
         now = datetime.now(UTC)
         async with connection.transaction():  # as admin_stats.stats runs it
             await connection.execute(NO_JIT)

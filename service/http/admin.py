@@ -116,7 +116,7 @@ class AdminController(Controller):
             raise InvalidRequest(f"since: a window of at most {MAX_STATS_WINDOW.days} days")
         return await admin_stats.stats(pool, start, end)
 
-    @get("/events", summary="Every user's jobs, live (SSE); stays open (admins only)", tags=["admin", "live"])
+    @get("/events", summary="Every user's jobs, live (SSE); stays open (admins only)")
     async def events(
         self, request: Request, pool: PoolDependency, admin_id: AdminDependency, caller: CallerDependency,
         hub: NamedDependency[Hub], admission: NamedDependency[Admission],
