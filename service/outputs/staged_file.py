@@ -128,8 +128,9 @@ class _StagedFile:
         if self._file is None or not hasattr(os, "posix_fadvise"):
             return
         self._file.flush()
-        os.posix_fadvise(self._file.fileno(), self._flushed_before, self._written - self._flushed_before,
-                         os.POSIX_FADV_DONTNEED)
+        with contextlib.suppress(OSError):  # advice only: a filesystem that refuses it still gets the data
+            os.posix_fadvise(self._file.fileno(), self._flushed_before, self._written - self._flushed_before,
+                             os.POSIX_FADV_DONTNEED)
         self._flushed_before, self._flushed = self._flushed, self._written
 
     def commit(self) -> None:
