@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 import asyncpg  # noqa: E402
 
 from bench.harness import open_server, scratch_database  # noqa: E402
+from service.db.pool import init_connection  # noqa: E402
 from service.jobs.admin import JobFilter, list_all_jobs  # noqa: E402
 from service.jobs.admin_stats import STATS_QUERY, stats  # noqa: E402
 from service.jobs.stats_rollup import roll_up  # noqa: E402
@@ -161,6 +162,7 @@ async def time_lists(connection: asyncpg.Connection, days: float, repeat: int) -
 
 async def run(dsn: str, jobs: int, days: float, repeat: int) -> None:
     connection = await asyncpg.connect(dsn)
+    await init_connection(connection)  # the service's codecs (jsonb as msgspec), as its pool sets them
     try:
         print(f"[bench] filling {jobs:,} jobs over {days:g} days ...", file=sys.stderr)
         filled = await fill(connection, jobs, days)
