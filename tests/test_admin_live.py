@@ -11,8 +11,10 @@ import asyncpg
 import httpx
 import pytest
 
-from service.auth.api_keys import NewUser
+from service.app import CREDENTIAL_CHECK_S
+from service.auth.api_keys import NewUser, hash_key
 from service.auth.browser_sessions import SESSION_COOKIE, issue_sign_in_token, redeem_sign_in_token
+from service.auth.callers import KEY
 from service.auth.users import set_admin
 from service.realtime import streams
 from service.realtime.events import EVENT_COLUMNS, event_from_row
@@ -159,3 +161,20 @@ async def test_an_operator_stream_that_falls_behind_gets_a_fresh_ready(pool: asy
     live = await asyncio.wait_for(anext(messages), 5)
     assert (live.event, live.id) == ("job", events[-1].id)
     stream.close()
+
+
+async def test_a_demoted_admins_stream_ends_within_the_check_interval(
+        service: RunningServer, http: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    """Admin status is read when the stream opens, and again by each process's periodic check
+    (`CREDENTIAL_CHECK_S`): made an ordinary user again, an operator stops seeing every user's jobs
+    within the interval, while the streams of their own jobs stay open."""
+    admin = await new_admin(pool)
+    async with SseReader(http, f"{service.url}/api/admin/events", bearer(admin)) as everyone, \
+            SseReader(http, f"{service.url}/api/events", bearer(admin)) as own:
+        assert (await everyone.next()).event == "ready" and (await own.next()).event == "ready"
+        await set_admin(pool, admin.name, False)
+        async with asyncio.timeout(CREDENTIAL_CHECK_S + 3):  # its heartbeats would keep expect_end waiting
+            await everyone.expect_end()
+        assert service.app.state.admission.held(KEY + hash_key(admin.api_key), "stream") == 1, "its place is given back"
+        mine = await new_job(pool, admin)
+        assert (await own.next_job())[1]["request_id"] == mine, "the user's own stream goes on"
