@@ -43,6 +43,7 @@ from service.http.request_log import request_log_middleware
 from service.http.security_headers import security_headers
 from service.http.uploads import UploadsController
 from service.http.webhooks import WEBHOOK_PATH, fal_webhook
+from service.jobs.admin import not_admins_among
 from service.jobs.delivery_log import DeliveryLog
 from service.jobs.reservations import Limits
 from service.logging import configure_logging
@@ -168,7 +169,8 @@ async def lifespan(app: Litestar, *, settings: Settings, fal: FalTarget) -> Asyn
         await enter(running(reconciler.run_forever(), name="reconcile"))
         admission = Admission(max_per_credential=settings.max_streams_per_user,
                               max_downloads=settings.max_downloads_per_user)
-        await enter(running(admission.revalidate_forever(partial(revoked_among, pool), every_s=CREDENTIAL_CHECK_S),
+        await enter(running(admission.revalidate_forever(partial(revoked_among, pool), every_s=CREDENTIAL_CHECK_S,
+                                                         not_admins_among=partial(not_admins_among, pool)),
                             name="revalidate-credentials"))
         await enter(sampling_pool_metrics())
         prices = PriceBook(gateway, settings.allowed_models, ttl_s=settings.pricing_ttl_s)

@@ -100,7 +100,8 @@ class AdminController(Controller):
         # The caller's key or browser session (same origin: EventSource sends the cookie), not a
         # stream token: a token in a URL is for end users' browsers, and opens one user's jobs at most.
         resume_after = last_event_id(request, last_event_id_query)
-        ticket = admission.admit(caller, "stream")  # a sign-out or a revoked key ends it
+        # A sign-out, a revoked key, or the caller made an ordinary user again ends it.
+        ticket = admission.admit(caller, "stream", admin_only=True)
         try:
             stream = await open_user_stream(hub, pool, user_id=None, statuses=None, types=None,
                                             last_event_id=resume_after)

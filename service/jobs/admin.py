@@ -22,6 +22,8 @@ from service.jobs.rows import JOB_COLUMNS
 from service.jobs.tags import check_tag
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     import asyncpg
 
 MAX_TEXT = 200
@@ -29,6 +31,17 @@ MAX_TEXT = 200
 
 async def is_admin(connection: asyncpg.Connection | asyncpg.Pool, user_id: str) -> bool:
     return bool(await connection.fetchval("SELECT is_admin FROM fal_users WHERE id = $1", user_id))
+
+
+_NOT_ADMINS = """
+SELECT asked.id FROM unnest($1::text[]) AS asked(id)
+WHERE NOT EXISTS (SELECT 1 FROM fal_users u WHERE u.id = asked.id AND u.is_admin)
+"""
+
+
+async def not_admins_among(pool: asyncpg.Pool, user_ids: Collection[str]) -> set[str]:
+    """Which of these users are not admins (any more): one query for all of them."""
+    return {row[0] for row in await pool.fetch(_NOT_ADMINS, list(user_ids))}
 
 
 def parse_moment(name: str, value: str | None, *, now: datetime | None = None) -> datetime | None:

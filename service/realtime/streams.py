@@ -8,7 +8,9 @@ hub's position, and everything above that position reaches the subscription.
 
 A job stream resumed after event N sends the job's latest state when it is newer than N (one
 message, not every change since). A user stream resumed after N replays the changes above N (or
-each changed job's latest state past `REPLAY_LIMIT`). Late events (committed after their id was
+each changed job's latest state past `REPLAY_LIMIT`). An operator's stream of every user's jobs
+past `REPLAY_LIMIT`, or after falling behind, sends a fresh `ready` at the current position instead
+(the client reads its list again): the latest state of every job changed since has no bound. Late events (committed after their id was
 skipped, see `cursor`) reach open streams as they are read: on a job stream with their id (a job's
 ids grow with its versions), on a user stream with a resume token `<position>.<seq>` as its id
 (see `hub`). A stream that sends a snapshot (a resume, a resync) sends the late events it owes
@@ -50,6 +52,12 @@ HEARTBEAT = Outgoing(comment="heartbeat")
 
 def job_message(event: JobEvent, *, id: int | str | None = None) -> Outgoing:
     return Outgoing(event="job", id=event.id if id is None else id, data=event.data)
+
+
+def ready_message(position: int, *, id: int | str | None = None) -> Outgoing:
+    """A user stream's start: every change after `position` follows."""
+    return Outgoing(event="ready", id=position if id is None else id,
+                    data=msgspec.json.encode({"position": position}).decode())
 
 
 class LiveStream:
@@ -132,7 +140,8 @@ class LiveStream:
 
     async def _resync(self) -> AsyncIterator[Outgoing]:
         """After the subscription fell behind (its backlog dropped): the late events it owes, then
-        each changed job's latest state, read from the database."""
+        each changed job's latest state, read from the database; on an operator's stream, a fresh
+        `ready` (the client reads its list again)."""
         subscription = self._subscription
         # Re-arm first (no await in between), so that every event above `position`,
         # and every late event after `late_seq`, is queued again while the snapshot
@@ -141,6 +150,11 @@ class LiveStream:
         owed = subscription.late_seq
         late_seq = self._hub.late_seq
         subscription.resynced(position, late_seq)
+        if _everyones(subscription):
+            # Every user's jobs changed meanwhile, without bound: the client starts afresh,
+            # and has every late event up to `late_seq` by reading its list again.
+            yield ready_message(position, id=f"{position}.{late_seq}" if self._stamped else None)
+            return
         # The late events dropped with the backlog, placed where the stream stood:
         # it had every event up to `after` and every late one up to `owed`.
         late = [] if self._ends_on_terminal else [
@@ -230,7 +244,7 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str | None,
         preamble: list[Outgoing] = []
         replay: list[JobEvent] = []
         if last_event_id is None:
-            preamble = [Outgoing(event="ready", id=position, data=msgspec.json.encode({"position": position}).decode())]
+            preamble = [ready_message(position)]
         else:
             rows = await pool.fetch(
                 f"SELECT {EVENT_COLUMNS} FROM fal_job_events WHERE {_owned_by(user_id)} AND id > $2 AND id <= $3 "
@@ -238,7 +252,10 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str | None,
                 user_id, last_event_id, position, REPLAY_LIMIT + 1,
             )
             replay = [e for e in map(event_from_row, rows) if subscription.wants(e)]
-            if len(rows) > REPLAY_LIMIT:
+            if len(rows) > REPLAY_LIMIT and _everyones(subscription):
+                # Every user's jobs changed since, without bound: the client starts afresh.
+                preamble, replay, late = [ready_message(position)], [], []
+            elif len(rows) > REPLAY_LIMIT:
                 replay = await _latest_per_job(pool, subscription, last_event_id, position)
             for event in replay:
                 if hub.may_come_late(event.id, late_seq):
@@ -248,6 +265,11 @@ async def open_user_stream(hub: Hub, pool: asyncpg.Pool, *, user_id: str | None,
         raise
     subscription.last_id = max(subscription.last_id, position)
     return LiveStream(hub, pool, subscription, preamble=preamble, initial=[*late, *replay], ends_on_terminal=False)
+
+
+def _everyones(subscription: Subscription) -> bool:
+    """An operator's stream of every user's jobs."""
+    return subscription.user_id is None and subscription.request_id is None
 
 
 async def _latest_per_job(pool: asyncpg.Pool, subscription: Subscription, after: int, position: int) -> list[JobEvent]:

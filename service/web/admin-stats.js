@@ -6,6 +6,7 @@ import { $, ApiError, el, get, money, percent, row, seconds, showError, when } f
 
 const LIVE_REFRESH_MS = 10_000;
 let refreshTimer = null;
+let generation = 0; // bumped by every read: an older answer, landing after a newer one, is dropped
 
 /** A job changed (the stream): the figures are read again, at most once per LIVE_REFRESH_MS. */
 export function statsChanged() {
@@ -23,15 +24,18 @@ export function wireStats() {
 }
 
 export async function loadStats() {
+  const mine = ++generation;
   const span = $('[data-testid="stats-window"]').value;
   let stats;
   try {
     stats = await get(`/api/admin/stats?${new URLSearchParams({ since: span })}`);
   } catch (error) {
+    if (mine !== generation) return;
     showError(error instanceof ApiError && error.status === 401
       ? "Your session ended: sign in again." : `Could not load the figures: ${error.message}`);
     return;
   }
+  if (mine !== generation) return; // a newer read (another window, perhaps) is on its way or shown
   $('[data-testid="stats-range"]').textContent = `From ${when(stats.since)} to ${when(stats.until)}.`;
   fill("stats-models", 8, stats.models, (m) => row(
     el("code", {}, m.model_id), [m.jobs, "num"],

@@ -3,6 +3,7 @@
 
 import { $, ApiError, el, get, money, row, showError, when } from "/static/admin-util.js";
 
+const RELOAD_MS = 300;
 let openId = null;
 let reloadTimer = null;
 
@@ -13,6 +14,7 @@ export function wireTimeline() {
   dialog().addEventListener("close", () => {
     openId = null;
     clearTimeout(reloadTimer);
+    reloadTimer = null;
   });
 }
 
@@ -24,11 +26,20 @@ export async function openTimeline(requestId) {
   await loadTimeline(requestId);
 }
 
-/** A live change of the job whose timeline is open: read it again (a burst, once). */
+/** A live change of the job whose timeline is open: read it again, at most once per RELOAD_MS (a
+ * throttle: a debounce would never fire while its changes keep coming closer than that). */
 export function jobChanged(requestId) {
-  if (requestId !== openId) return;
-  clearTimeout(reloadTimer);
-  reloadTimer = setTimeout(() => loadTimeline(requestId), 300);
+  if (requestId === openId) timelineStale();
+}
+
+/** The open timeline may have changed unseen (the stream started afresh): read it again. */
+export function timelineStale() {
+  if (openId === null || reloadTimer !== null) return;
+  const requestId = openId;
+  reloadTimer = setTimeout(() => {
+    reloadTimer = null;
+    loadTimeline(requestId);
+  }, RELOAD_MS);
 }
 
 async function loadTimeline(requestId) {

@@ -4,11 +4,13 @@
 // Order of work at start, as on the user's page: session → stream (wait for its `ready`) → list.
 // A change of a job in the table updates its row in place (by version: never backwards); a job
 // the table does not hold yet makes the console read the first page of the filter again, so a new
-// job appears only when the server's filter takes it, with its user's name.
+// job appears only when the server's filter takes it, with its user's name. A `ready` after the
+// list loaded (a resume from too far back, or a stream that fell behind: the server sends no
+// replay) reads the first page again and drops the older rows, which may have changed unseen.
 
 import { $, ApiError, costText, el, get, showError, when } from "/static/admin-util.js";
 import { loadStats, statsChanged, wireStats } from "/static/admin-stats.js";
-import { badge, jobChanged, openTimeline, wireTimeline } from "/static/admin-timeline.js";
+import { badge, jobChanged, openTimeline, timelineStale, wireTimeline } from "/static/admin-timeline.js";
 
 const PAGE_SIZE = 50;
 const FILTERS = ["status", "model", "user", "tag", "since", "until", "q"];
@@ -106,9 +108,22 @@ function clearTable() {
   $('[data-testid="job-rows"]').replaceChildren();
 }
 
+/** Drops the rows the first page just read does not hold (older ones: they may be stale). */
+function keepOnly(jobs) {
+  const kept = new Set(jobs.map((job) => job.request_id));
+  for (const [requestId, tr] of state.rows) {
+    if (kept.has(requestId)) continue;
+    tr.remove();
+    state.rows.delete(requestId);
+    state.jobs.delete(requestId);
+  }
+}
+
 // ---------------------------------------------------------------- the list
 
-async function loadPage(cursor) {
+/** A page of the filter; `replace`: the first page, in place of every row held. */
+async function loadPage(cursor, { replace = false } = {}) {
+  if (replace) state.generation++; // a page of the rows held, still on its way, is dropped
   const generation = state.generation;
   const query = new URLSearchParams(state.filter);
   query.set("limit", String(PAGE_SIZE));
@@ -122,8 +137,10 @@ async function loadPage(cursor) {
   }
   if (generation !== state.generation) return; // the filter changed meanwhile
   showError("");
+  // Rows are kept, not rebuilt: one a live change updated meanwhile keeps its newer version.
+  if (replace) keepOnly(page.jobs);
   // A first page read again (a new job) keeps the cursor after the oldest row shown.
-  if (cursor !== null || state.rows.size === 0) state.nextCursor = page.next_cursor;
+  if (cursor !== null || replace || state.rows.size === 0) state.nextCursor = page.next_cursor;
   for (const job of page.jobs) upsert(job);
   if (cursor === null) state.listLoaded = true;
   $('[data-testid="older"]').hidden = !state.nextCursor;
@@ -219,7 +236,11 @@ function openStream() {
     source.addEventListener("ready", (event) => {
       remember(event);
       // A fresh stream carries changes from its `ready` on: a list read before it is read again.
-      if (state.listLoaded) refreshFirstPage();
+      if (state.listLoaded) {
+        loadPage(null, { replace: true });
+        timelineStale();
+        statsChanged();
+      }
       resolve();
     });
     source.addEventListener("job", (event) => {
@@ -244,10 +265,15 @@ function onChange(job) {
   statsChanged();
 }
 
-/** A job the table lacks changed: the first page of the filter, read again (once for a burst). */
+/** A job the table lacks changed: the first page of the filter, read again, at most once per
+ * REFRESH_MS. A throttle, not a debounce: with every user's jobs on the stream, events may never
+ * pause for REFRESH_MS, and a timer reset by each would never fire. */
 function refreshFirstPage() {
-  clearTimeout(state.refreshTimer);
-  state.refreshTimer = setTimeout(() => loadPage(null), REFRESH_MS);
+  if (state.refreshTimer !== null) return; // a read is already due: it sees this change too
+  state.refreshTimer = setTimeout(() => {
+    state.refreshTimer = null;
+    loadPage(null);
+  }, REFRESH_MS);
 }
 
 function delay(ms) {

@@ -4,22 +4,30 @@ job's timeline, and watches another user's job change live; a non-admin gets a 4
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
+import pytest
 
 from service.auth.api_keys import create_user
 from service.auth.users import set_admin
 from service.emulator import FalEmulator
+from service.realtime import streams
 from tests.browser.test_accessibility import axe_violations
 from tests.browser.test_page import HELD, expect_
 from tests.conftest import RunningServer, bearer
 from tests.test_admin import insert_job
+from tests.test_live_streams import change, new_job
+
+PAGE_SIZE = 50
+"""The console's page (admin.js)."""
 
 
 async def open_console(signed_in: Any, pool: asyncpg.Pool, service: RunningServer) -> Any:
@@ -38,6 +46,15 @@ def row(page: Any, request_id: str) -> Any:
 
 async def shown_ids(page: Any) -> list[str]:
     return await page.get_by_test_id("job-row").evaluate_all("rows => rows.map(r => r.dataset.requestId)")
+
+
+async def range_text(page: Any, stats: dict[str, Any]) -> str:
+    """The range line the console shows for these figures, formatted by the page's own code."""
+    return await page.evaluate(
+        """async ([since, until]) => {
+             const { when } = await import("/static/admin-util.js");
+             return `From ${when(since)} to ${when(until)}.`;
+           }""", [stats["since"], stats["until"]])
 
 
 async def filter_by(page: Any, **fields: str) -> None:
@@ -127,10 +144,12 @@ async def test_an_admin_opens_a_jobs_timeline_and_reads_the_figures(
     await timeline.get_by_test_id("timeline-close").click()
     await expect_(timeline).to_be_hidden()
 
-    # The figures are the stats API's for the window chosen, one row per model.
+    # The figures are the stats API's for the window chosen, one row per model: once the range
+    # shows that window (the 24 h figures may list the same models).
     async with page.expect_response(lambda r: "/api/admin/stats?since=7d" in r.url) as info:
         await page.get_by_test_id("stats-window").select_option("7d")
     stats = await (await info.value).json()
+    await expect_(page.get_by_test_id("stats-range")).to_have_text(await range_text(page, stats))
     models = page.get_by_test_id("stats-models").locator("tbody tr")
     await expect_(models).to_have_count(max(1, len(stats["models"])))
     assert [m["model_id"] for m in stats["models"]] == await models.locator("td:first-child").all_text_contents()
@@ -174,3 +193,133 @@ async def test_a_non_admin_gets_a_404_for_the_console(signed_in: Any, service: R
     # Chromium logs each 404 it was given; that is the answer asked for.
     for logged in (session.console_errors, errors):
         logged[:] = [e for e in logged if "404" not in e]
+
+
+async def test_the_figures_shown_are_those_of_the_last_window_asked_for(
+        signed_in: Any, service: RunningServer, pool: asyncpg.Pool) -> None:
+    """Answers landing out of order: the 7-day figures, asked for first and slow, come after the
+    24-hour ones asked for next; the console keeps showing the 24-hour figures."""
+    page = (await open_console(signed_in, pool, service)).page
+    await expect_(page.get_by_test_id("stats-range")).not_to_be_empty()
+    release = asyncio.Event()
+
+    async def held(route: Any) -> None:
+        await release.wait()
+        await route.continue_()
+
+    await page.route("**/api/admin/stats?since=7d", held)
+    await page.get_by_test_id("stats-window").select_option("7d")
+    async with page.expect_response(lambda r: "/api/admin/stats?since=24h" in r.url) as info:
+        await page.get_by_test_id("stats-window").select_option("24h")
+    newer = await (await info.value).json()
+    shown = await range_text(page, newer)
+    await expect_(page.get_by_test_id("stats-range")).to_have_text(shown)
+    async with page.expect_response(lambda r: "/api/admin/stats?since=7d" in r.url) as late:
+        release.set()
+    await (await late.value).finished()
+    await page.evaluate("() => new Promise((resolve) => setTimeout(resolve, 300))")  # its handler has run
+    assert await page.get_by_test_id("stats-range").text_content() == shown
+
+
+async def test_a_new_job_appears_while_other_users_jobs_keep_changing(
+        signed_in: Any, service: RunningServer, pool: asyncpg.Pool) -> None:
+    """The stream carries every user's changes, which may never pause: the first page is read again
+    at most every 300 ms, not 300 ms after the last change (a timer reset by each would never fire)."""
+    page = (await open_console(signed_in, pool, service)).page
+    someone = await create_user(pool, f"erin-{uuid.uuid4().hex[:8]}")
+    busy = await create_user(pool, f"busy-{uuid.uuid4().hex[:8]}")
+    await filter_by(page, user=someone.name)
+    await expect_(page.get_by_test_id("jobs-empty")).to_be_visible()
+    stop = asyncio.Event()
+
+    async def changing() -> None:  # another user's jobs, one every 50 ms: none matches the filter
+        while not stop.is_set():
+            await new_job(pool, busy)
+            await asyncio.sleep(0.05)
+
+    burst = asyncio.create_task(changing())
+    try:
+        await asyncio.sleep(0.5)
+        mine = await new_job(pool, someone)
+        await expect_(row(page, mine)).to_be_visible(timeout=4000)
+        assert not burst.done(), "the row came while the changes kept coming"
+    finally:
+        stop.set()
+        await burst
+
+
+XSS = '<img src=x onerror="window.__xss=1">'
+
+
+async def test_user_controlled_text_is_shown_as_text(
+        signed_in: Any, service: RunningServer, pool: asyncpg.Pool) -> None:
+    """A prompt, an error and a user name that look like HTML show as that very text, in the table
+    and the timeline; no element is made of them and no handler of theirs runs."""
+    page = (await open_console(signed_in, pool, service)).page
+    someone = await create_user(pool, f"mallory-{uuid.uuid4().hex[:8]}")
+    # Names are checked when made; one written otherwise (an older row, a hand edit) is text all the same.
+    name = f"{XSS}-{uuid.uuid4().hex[:8]}"
+    await pool.execute("UPDATE fal_users SET name = $2 WHERE id = $1", someone.user_id, name)
+    model = f"test/xss-{uuid.uuid4().hex[:8]}"
+    failed = await insert_job(pool, someone, model=model, status="failed", prompt=XSS, error=XSS, final=0)
+    done = await insert_job(pool, someone, model=model, prompt=XSS)
+
+    await filter_by(page, model=model)
+    await expect_(page.get_by_test_id("job-row")).to_have_count(2)
+    for request_id in (failed, done):
+        await expect_(row(page, request_id).get_by_test_id("row-text")).to_have_text(XSS)
+        await expect_(row(page, request_id).get_by_test_id("row-user")).to_have_text(name)
+    await row(page, failed).get_by_test_id("open-timeline").click()
+    summary = page.get_by_test_id("timeline-summary")
+    await expect_(summary).to_contain_text(failed)
+    facts = await summary.locator("dd").all_text_contents()
+    assert facts.count(XSS) == 2 and name in facts, facts  # the prompt and the error; the user
+    await expect_(page.get_by_test_id("timeline-events")).to_contain_text(XSS)  # the event's error
+    assert await page.locator('img[src="x"]').count() == 0
+    assert await page.evaluate("window.__xss") is None
+
+
+async def test_a_console_resuming_from_too_far_back_reads_its_list_again(
+        signed_in: Any, service: RunningServer, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `REPLAY_LIMIT` missed events the stream sends no replay but a fresh `ready`: the console
+    reads its first page again (a change made while it was away shows) and drops the older rows it
+    held, which may have changed unseen (Older brings them back)."""
+    monkeypatch.setattr(streams, "REPLAY_LIMIT", 0)
+    session = await open_console(signed_in, pool, service)
+    page = session.page
+    someone = await create_user(pool, f"frank-{uuid.uuid4().hex[:8]}")
+    model = f"test/resume-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC) - timedelta(hours=1)
+    oldest = await insert_job(pool, someone, model=model, created_at=start)
+    for minute in range(1, PAGE_SIZE):
+        await insert_job(pool, someone, model=model, created_at=start + timedelta(minutes=minute))
+    newest = await insert_job(pool, someone, model=model, status="in_progress")
+    await filter_by(page, model=model)
+    await expect_(page.get_by_test_id("job-row")).to_have_count(PAGE_SIZE)
+    async with page.expect_response(lambda r: "/api/admin/jobs?" in r.url):
+        await page.get_by_test_id("older").click()
+    await expect_(row(page, oldest)).to_be_visible()
+
+    blocked = True
+    refused = asyncio.Event()
+
+    async def events(route: Any) -> None:
+        if blocked:
+            refused.set()
+            await route.abort("connectionrefused")
+        else:
+            await route.continue_()
+
+    await page.route("**/api/admin/events*", events)
+    service.app.state.hub.close_all()
+    await expect_(page.get_by_test_id("connection")).to_have_attribute("data-state", "reconnecting")
+    await change(pool, newest, "completed")
+    await asyncio.wait_for(refused.wait(), 20)
+    blocked = False
+    await expect_(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    # Chromium logs the refused reconnects provoked on purpose; nothing else may log.
+    session.console_errors[:] = [e for e in session.console_errors if "/api/admin/events" not in e]
+    await expect_(row(page, newest)).to_have_attribute("data-status", "completed")
+    await expect_(page.get_by_test_id("job-row")).to_have_count(PAGE_SIZE)
+    await expect_(row(page, oldest)).to_have_count(0)
+    await expect_(page.get_by_test_id("older")).to_be_visible()
