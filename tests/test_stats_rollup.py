@@ -103,6 +103,30 @@ async def test_rolled_up_figures_equal_a_live_read(pool: asyncpg.Pool, users: li
     assert (await stats(pool, since, until)).models == rolled.models
 
 
+async def test_days_are_utc_days_whatever_the_session_time_zone(
+        database_url: str, pool: asyncpg.Pool, users: list[NewUser]) -> None:
+    # Europe/Berlin's DST changes in 1993: a day added there is 23 hours in spring, 25 in autumn.
+    spring, autumn = datetime(1993, 3, 28, tzinfo=UTC), datetime(1993, 9, 26, tzinfo=UTC)
+    for day in (spring, autumn):
+        assert not await rolled_periods(pool, day - timedelta(days=1), day + timedelta(days=2))
+        await fill(pool, day - timedelta(days=1), users, jobs=120)  # the day before, the day, the day after
+    await insert_job(pool, users[0], model=MODELS[0], created_at=spring + timedelta(hours=23, minutes=30))
+    windows = [(spring, spring + timedelta(hours=23)), (autumn, autumn + timedelta(hours=25)),
+               (spring - timedelta(days=1), spring + timedelta(days=2)),
+               (autumn - timedelta(hours=1), autumn + timedelta(days=1, hours=1))]
+    berlin = await asyncpg.connect(database_url, server_settings={"timezone": "Europe/Berlin"})
+    try:
+        live = [await stats(berlin, since, until) for since, until in windows]
+        for day in (spring, autumn):
+            await roll_up_range(berlin, day - timedelta(days=1), day + timedelta(days=2))
+            periods = await rolled_periods(pool, day - timedelta(days=1), day + timedelta(days=2))
+            assert [p for p in periods if p[0] == 24] == [(24, day + timedelta(days=n)) for n in (-1, 0, 1)]
+        for (since, until), expected in zip(windows, live, strict=True):
+            assert_same_figures(await stats(berlin, since, until), expected)
+    finally:
+        await berlin.close()
+
+
 async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
         pool: asyncpg.Pool, users: list[NewUser]) -> None:
     day = a_day_of_its_own()

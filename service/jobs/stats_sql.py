@@ -30,6 +30,11 @@ _GROUPS = {
 }
 """Each rollup table's columns after (hours, start), from a set of jobs with `_JOB`'s columns."""
 
+# Periods are UTC hours and days: `interval '24 hours'`, never '1 day', and date_trunc(…, 'UTC').
+# A day added to a timestamptz is a day of the session's time zone: 23 or 25 hours across a DST
+# change under, say, Europe/Berlin (such a day would never count its 24 hours, nor end where a UTC
+# day ends).
+
 # --- Rolling up ----------------------------------------------------------------------------------
 
 NO_JIT = "SET LOCAL jit = off"
@@ -62,7 +67,7 @@ _DAY_SUMS = {
     "durations": "SELECT model_id, kind, bucket, sum(jobs) FROM {hours} GROUP BY model_id, kind, bucket",
     "failures": "SELECT model_id, error, sum(jobs) FROM {hours} GROUP BY model_id, error",
 }
-_DAY_HOURS = "(SELECT * FROM fal_stats_{table} WHERE hours = 1 AND start >= $1 AND start < $1 + interval '1 day') h"
+_DAY_HOURS = "(SELECT * FROM fal_stats_{table} WHERE hours = 1 AND start >= $1 AND start < $1 + interval '24 hours') h"
 
 ROLL_DAY = (
     "WITH period AS (INSERT INTO fal_stats_periods (hours, start) VALUES (24, $1)), "
@@ -110,7 +115,7 @@ ORDER BY c.day DESC
 
 DAY_IS_CLEAN = """
 SELECT count(*) = 24 FROM fal_stats_periods p
-WHERE p.hours = 1 AND p.start >= $1 AND p.start < $1 + interval '1 day'
+WHERE p.hours = 1 AND p.start >= $1 AND p.start < $1 + interval '24 hours'
   AND NOT EXISTS (SELECT 1 FROM fal_stats_changes c WHERE c.hour = p.start)
 """
 
@@ -119,8 +124,8 @@ WHERE p.hours = 1 AND p.start >= $1 AND p.start < $1 + interval '1 day'
 _PERIODS = """
 WITH days AS MATERIALIZED (
     SELECT p.start FROM fal_stats_periods p
-    WHERE p.hours = 24 AND p.start >= $1::timestamptz AND p.start <= $2::timestamptz - interval '1 day'
-      AND NOT EXISTS (SELECT 1 FROM fal_stats_changes c WHERE c.hour >= p.start AND c.hour < p.start + interval '1 day')
+    WHERE p.hours = 24 AND p.start >= $1::timestamptz AND p.start <= $2::timestamptz - interval '24 hours'
+      AND NOT EXISTS (SELECT 1 FROM fal_stats_changes c WHERE c.hour >= p.start AND c.hour < p.start + interval '24 hours')
 ), periods AS MATERIALIZED (
     SELECT 24::smallint AS hours, start FROM days
     UNION ALL
