@@ -4,6 +4,7 @@ seen by the next call (and recomputed by the next pass)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import uuid
@@ -14,7 +15,7 @@ import pytest
 
 from service.auth.api_keys import NewUser, create_user
 from service.jobs.admin_stats import Percentiles, Stats, histogram_percentiles, stats
-from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range
+from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range, settled_until
 from tests.conftest import RunningServer
 from tests.test_admin import insert_job
 from tests.test_retention import sweep
@@ -24,9 +25,16 @@ BOUND = 2 ** (1 / 16) - 1 + 0.001
 MODELS = ("test/rollup-a", "test/rollup-b", "test/rollup-c")
 
 
-def a_day_of_its_own() -> datetime:
-    """Midnight UTC of a day years back that no other test's jobs fall on."""
-    return datetime(1990, 1, 1, tzinfo=UTC) + timedelta(days=int(uuid.uuid4().int % 3000))
+@pytest.fixture
+async def day(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> datetime:
+    """Midnight UTC of the first of four days centuries back that are this test's own: derived from
+    its id (the same every run, another test's days at random: 1 chance in 80,000 that two tests
+    meet, and then the check below says so every run, not now and then)."""
+    digest = int.from_bytes(hashlib.sha256(request.node.nodeid.encode()).digest()[:8], "big")
+    first = datetime(1000, 1, 1, tzinfo=UTC) + timedelta(days=4 * (digest % 80_000))
+    assert not await pool.fetchval("SELECT count(*) FROM fal_jobs WHERE created_at >= $1 AND created_at < $2",
+                                   first, first + timedelta(days=4)), f"{first:%Y-%m-%d} is another test's"
+    return first
 
 
 async def fill(pool: asyncpg.Pool, first_day: datetime, users: list[NewUser], jobs: int = 240) -> list[str]:
@@ -72,8 +80,7 @@ async def users(pool: asyncpg.Pool) -> list[NewUser]:
     return [await create_user(pool, f"rollup-{uuid.uuid4().hex[:10]}") for _ in range(4)]
 
 
-async def test_rolled_up_figures_equal_a_live_read(pool: asyncpg.Pool, users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+async def test_rolled_up_figures_equal_a_live_read(pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
     await fill(pool, day, users)
     # Ragged edges: parts of two hours read live, a whole day and 35 whole hours from the rollup.
     since, until = day + timedelta(hours=5, minutes=30, seconds=17), day + timedelta(days=2, hours=17, minutes=15)
@@ -128,8 +135,7 @@ async def test_days_are_utc_days_whatever_the_session_time_zone(
 
 
 async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
-        pool: asyncpg.Pool, users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+        pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
     await fill(pool, day, users, jobs=60)
     async with pool.acquire() as connection:
         await roll_up_range(connection, day, day + timedelta(days=3))
@@ -166,25 +172,28 @@ async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
     assert sum(m.jobs for m in latest.models) == sum(m.jobs for m in after.models)
 
 
-async def test_a_pass_rolls_up_settled_hours_with_jobs_and_their_days(pool: asyncpg.Pool, users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+async def test_a_pass_rolls_up_settled_hours_with_jobs_and_their_days(
+        pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
     await insert_job(pool, users[0], model=MODELS[0], created_at=day + timedelta(hours=7, minutes=5))
     async with pool.acquire() as connection:
-        await roll_up(connection, max_hours=100_000)
-        assert (await roll_up(connection, max_hours=100_000)).hours == 0  # nothing left to do
+        # One cutoff for both passes: the clock may pass the top of an hour between them, and then
+        # today's newest hour, settled since, would be the second pass's to do.
+        until = await settled_until(connection)
+        await roll_up(connection, max_hours=100_000, until=until)
+        assert (await roll_up(connection, max_hours=100_000, until=until)).hours == 0  # nothing left to do
     periods = await rolled_periods(pool, day, day + timedelta(days=1))
     assert periods == [(24, day)] + [(1, day + timedelta(hours=h)) for h in range(24)]
-    # The hours of the last two hours are not settled: a pass leaves them to the live read.
-    now = datetime.now(UTC)
+    # The last two hours are not settled: a pass leaves them to the live read, by the database's
+    # clock, whatever the caller's (here three hours fast).
+    now = await pool.fetchval("SELECT now()")
     await insert_job(pool, users[0], model=MODELS[0], created_at=now - timedelta(minutes=30))
     async with pool.acquire() as connection:
-        await roll_up(connection, max_hours=100_000)
+        await roll_up(connection, max_hours=100_000, until=now + timedelta(hours=3))
     assert await pool.fetchval("SELECT max(start) FROM fal_stats_periods WHERE hours = 1") <= now - timedelta(hours=3)
 
 
 async def test_a_change_committed_while_its_hour_is_recomputed_is_not_lost(
-        pool: asyncpg.Pool, users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+        pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
     hour = day + timedelta(hours=5)
     request_id = await insert_job(pool, users[0], model=MODELS[0], created_at=hour + timedelta(minutes=10))
     async with pool.acquire() as connection:
@@ -209,12 +218,19 @@ async def test_a_change_committed_while_its_hour_is_recomputed_is_not_lost(
 
 
 async def test_the_sweep_rolls_the_figures_up(service: RunningServer, pool: asyncpg.Pool,
-                                              users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+                                              users: list[NewUser], day: datetime) -> None:
     await insert_job(pool, users[0], model=MODELS[0], created_at=day + timedelta(hours=3))
-    await sweep(service)  # this one, or the service's own start-up sweep if it ran after the insert
-    assert (24, day) in await rolled_periods(pool, day, day + timedelta(days=1))
-    assert (await sweep(service)).rolled_up == 0  # nothing left to roll up
+    # Newest first, at most 240 hours a pass: other tests' open days may come before this one's.
+    for _ in range(20):
+        await sweep(service)  # this one, or the service's own start-up sweep if it ran after the insert
+        if (24, day) in await rolled_periods(pool, day, day + timedelta(days=1)):
+            break
+    rolled = await pool.fetch("SELECT hours, start, rolled_at FROM fal_stats_periods WHERE start >= $1 AND start < $2 "
+                              "ORDER BY hours, start", day, day + timedelta(days=1))
+    assert len(rolled) == 25
+    await sweep(service)
+    assert await pool.fetch("SELECT hours, start, rolled_at FROM fal_stats_periods WHERE start >= $1 AND start < $2 "
+                            "ORDER BY hours, start", day, day + timedelta(days=1)) == rolled  # nothing more to do here
 
 
 async def test_changes_to_recent_jobs_stay_off_the_change_log(pool: asyncpg.Pool, users: list[NewUser]) -> None:

@@ -1,7 +1,8 @@
 """Rolling the operator's figures up per hour and per day, so that a stats call over a month reads
 a few thousand summed rows rather than every job of the month.
 
-An hour is rolled up once it is settled: it ended `SETTLE` ago or more. Most jobs end within
+An hour is rolled up once it is settled: it ended `SETTLE` ago or more, by the database's
+clock (the triggers', `stats_sql.SETTLED_UNTIL`). Most jobs end within
 minutes of their creation (the sweep asks fal about any job open past RECONCILE_AFTER_S, 5 min by
 default), so two hours leave few changes to come; the margin is not what keeps the figures right,
 the change log is (`piccolo_migrations/…_stats_rollup.py`): any later change to a job of an hour
@@ -46,9 +47,10 @@ class RollupReport(msgspec.Struct, kw_only=True):
     seconds: float = 0.0
 
 
-def settled_until(now: datetime) -> datetime:
-    """The end of the newest settled hour."""
-    return (now - SETTLE).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+async def settled_until(connection: asyncpg.Connection) -> datetime:
+    """The end of the newest settled hour, by the database's clock (the triggers')."""
+    until: datetime = await connection.fetchval(stats_sql.SETTLED_UNTIL, SETTLE)
+    return until
 
 
 async def roll_up_hour(connection: asyncpg.Connection, hour: datetime) -> None:
@@ -70,12 +72,14 @@ async def roll_up_day(connection: asyncpg.Connection, day: datetime) -> bool:
 
 
 async def roll_up(connection: asyncpg.Connection, *, max_hours: int = HOURS_PER_PASS,
-                  now: datetime | None = None) -> RollupReport:
+                  until: datetime | None = None) -> RollupReport:
     """One pass: settled hours without a rollup or with changes (newest first, at most `max_hours`),
-    then the days all of whose hours are rolled up."""
+    then the days all of whose hours are rolled up. `until` (for the tests: a cutoff that stays put
+    while the clock passes an hour) can only move the cutoff back, never past the settled hours."""
     started = time.perf_counter()
     report = RollupReport()
-    until = settled_until(now or datetime.now(UTC))
+    settled = await settled_until(connection)
+    until = settled if until is None else min(until, settled)
     for row in await connection.fetch(stats_sql.HOURS_TO_ROLL, until, max_hours):
         await roll_up_hour(connection, row["hour"])
         report.hours += 1
@@ -91,7 +95,7 @@ async def roll_up_range(connection: asyncpg.Connection, since: datetime, until: 
     started = time.perf_counter()
     report = RollupReport()
     hour = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    end = min(until, settled_until(datetime.now(UTC)))
+    end = min(until, await settled_until(connection))
     while hour + timedelta(hours=1) <= end:
         await roll_up_hour(connection, hour)
         report.hours += 1

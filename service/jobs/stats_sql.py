@@ -44,6 +44,11 @@ more: past jit_above_cost, where compiling them costs more than running them (1.
 ROLLUP_LOCK = "SELECT pg_advisory_xact_lock(7022354316245180496), set_config('jit', 'off', true)"
 """One roll-up transaction at a time; NO_JIT for its statements."""
 
+SETTLED_UNTIL = "SELECT date_trunc('hour', now() - $1::interval, 'UTC')"
+"""The end of the newest settled hour ($1: the margin), by the database's clock: the triggers that
+note changes read that clock (`now()`), so a skewed app clock cannot roll an hour that can still
+change unseen."""
+
 FORGET_HOUR = """
 WITH noted AS (DELETE FROM fal_stats_changes WHERE hour = $1)
 DELETE FROM fal_stats_periods WHERE (hours = 1 AND start = $1) OR (hours = 24 AND start = date_trunc('day', $1, 'UTC'))
