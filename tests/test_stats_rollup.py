@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from service.auth.api_keys import NewUser, create_user
+from service.jobs import stats_sql
 from service.jobs.admin_stats import Percentiles, Stats, histogram_percentiles, stats
 from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range, settled_until
 from tests.conftest import RunningServer
@@ -194,27 +195,35 @@ async def test_a_pass_rolls_up_settled_hours_with_jobs_and_their_days(
 
 async def test_a_change_committed_while_its_hour_is_recomputed_is_not_lost(
         pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
-    hour = day + timedelta(hours=5)
-    request_id = await insert_job(pool, users[0], model=MODELS[0], created_at=hour + timedelta(minutes=10))
-    async with pool.acquire() as connection:
-        await roll_up_hour(connection, hour)
-    # A late webhook's transaction is open (its change noted, not committed) while the hour is
-    # recomputed: the recompute neither waits for it nor sees it, and the hour must stay stale.
-    async with pool.acquire() as writer, pool.acquire() as roller:
-        late = writer.transaction()
-        await late.start()
-        await writer.execute("UPDATE fal_jobs SET status = 'failed', error = 'late', version = version + 1 "
-                             "WHERE request_id = $1", request_id)
-        await roll_up_hour(roller, hour)
-        await late.commit()
-    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 1
-    figures = await stats(pool, hour, hour + timedelta(hours=1))
-    assert [(m.completed, m.failed) for m in figures.models] == [(0, 1)]
-    async with pool.acquire() as connection:
-        await roll_up_hour(connection, hour)
-    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 0
-    again = await stats(pool, hour, hour + timedelta(hours=1))  # from the rollup now
-    assert [(m.completed, m.failed) for m in again.models] == [(0, 1)] and again.failures == figures.failures
+    # A late webhook's change commits before, between or after the recompute's statements (the
+    # code's own, in its order, in one transaction as roll_up_hour runs them): whichever, the
+    # next stats call sees it, as a stale hour read live or in the recomputed rows.
+    steps = stats_sql.RECOMPUTE_HOUR
+    for split in range(len(steps) + 1):
+        hour = day + timedelta(hours=split)
+        request_id = await insert_job(pool, users[0], model=MODELS[0], created_at=hour + timedelta(minutes=10))
+        async with pool.acquire() as connection:
+            await roll_up_hour(connection, hour)
+        async with pool.acquire() as writer, pool.acquire() as roller:
+            late = writer.transaction()
+            await late.start()
+            await writer.execute("UPDATE fal_jobs SET status = 'failed', error = 'late', version = version + 1 "
+                                 "WHERE request_id = $1", request_id)
+            async with roller.transaction():
+                await roller.execute(stats_sql.ROLLUP_LOCK)
+                for step in steps[:split]:
+                    await roller.execute(step, hour)
+                await late.commit()
+                for step in steps[split:]:
+                    await roller.execute(step, hour)
+        figures = await stats(pool, hour, hour + timedelta(hours=1))
+        assert [(m.completed, m.failed) for m in figures.models] == [(0, 1)], f"committed after {split} statements"
+        async with pool.acquire() as connection:
+            await roll_up_hour(connection, hour)
+        assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 0
+        assert (1, hour) in await rolled_periods(pool, hour, hour + timedelta(hours=1))
+        again = await stats(pool, hour, hour + timedelta(hours=1))  # from the rollup now
+        assert [(m.completed, m.failed) for m in again.models] == [(0, 1)] and again.failures == figures.failures
 
 
 async def test_the_sweep_rolls_the_figures_up(service: RunningServer, pool: asyncpg.Pool,

@@ -56,8 +56,8 @@ async def settled_until(connection: asyncpg.Connection) -> datetime:
 async def roll_up_hour(connection: asyncpg.Connection, hour: datetime) -> None:
     async with connection.transaction():
         await connection.execute(stats_sql.ROLLUP_LOCK)
-        await connection.execute(stats_sql.FORGET_HOUR, hour)
-        await connection.execute(stats_sql.ROLL_HOUR, hour)
+        for statement in stats_sql.RECOMPUTE_HOUR:
+            await connection.execute(statement, hour)
 
 
 async def roll_up_day(connection: asyncpg.Connection, day: datetime) -> bool:

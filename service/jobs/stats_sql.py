@@ -66,6 +66,9 @@ ROLL_HOUR = (
 """An hour from its jobs: a later statement than FORGET_HOUR, so a later snapshot. The period's row
 is written by the same statement: the foreign keys are checked at its end."""
 
+RECOMPUTE_HOUR = (FORGET_HOUR, ROLL_HOUR)
+"""An hour's recompute, in this order, in one transaction ($1: the hour)."""
+
 _DAY_SUMS = {
     "models": "SELECT model_id, sum(jobs), sum(completed), sum(failed), sum(spend) FROM {hours} GROUP BY model_id",
     "users": "SELECT user_id, sum(jobs), sum(spend) FROM {hours} GROUP BY user_id",
