@@ -17,9 +17,19 @@ from service.auth.api_keys import NewUser, create_user
 from service.jobs import stats_sql
 from service.jobs.admin_stats import Percentiles, Stats, histogram_percentiles, stats
 from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range, settled_until
+from service.jobs.stats_sql import SPAN_HOURS
 from tests.conftest import RunningServer
 from tests.test_admin import insert_job
 from tests.test_retention import sweep
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SPAN = timedelta(hours=SPAN_HOURS)
+
+
+def span_of(moment: datetime) -> datetime:
+    """The start of the 30-day period holding `moment` (stats_sql.span_of)."""
+    return EPOCH + (moment - EPOCH) // SPAN * SPAN
+
 
 BOUND = 2 ** (1 / 16) - 1 + 0.001
 """admin_stats' stated bound on a percentile read from the histograms (4.4 %, and float rounding)."""
@@ -70,9 +80,11 @@ def assert_same_figures(rolled: Stats, live: Stats) -> None:
     assert rolled.failures == live.failures
 
 
-async def rolled_periods(pool: asyncpg.Pool, since: datetime, until: datetime) -> list[tuple[int, datetime]]:
+async def rolled_periods(pool: asyncpg.Pool, since: datetime, until: datetime,
+                         sizes: tuple[int, ...] = (1, 24)) -> list[tuple[int, datetime]]:
+    """Days, then hours (or `sizes`): a 30-day period starts in a test's days or not, by chance."""
     rows = await pool.fetch("SELECT hours, start FROM fal_stats_periods WHERE start >= $1 AND start < $2 "
-                            "ORDER BY hours DESC, start", since, until)
+                            "AND hours = ANY($3) ORDER BY hours DESC, start", since, until, list(sizes))
     return [(r["hours"], r["start"]) for r in rows]
 
 
@@ -87,15 +99,23 @@ async def test_rolled_up_figures_equal_a_live_read(pool: asyncpg.Pool, users: li
     since, until = day + timedelta(hours=5, minutes=30, seconds=17), day + timedelta(days=2, hours=17, minutes=15)
     live = await stats(pool, since, until)
     assert sum(m.jobs for m in live.models) > 150 and live.failures
+    # The 30-day periods holding the three days (their other days have no job), with ragged edges.
+    spans = sorted({span_of(day), span_of(day + timedelta(days=2))})
+    wide = (spans[0] - timedelta(hours=3, minutes=7), spans[-1] + SPAN + timedelta(minutes=41))
+    live_wide = await stats(pool, *wide)
 
     async with pool.acquire() as connection:
         report = await roll_up_range(connection, day, day + timedelta(days=3))
-    assert (report.hours, report.days) == (72, 3)
+    assert (report.hours, report.days) == (72, 3) and report.spans >= len(spans)
     periods = await rolled_periods(pool, day, day + timedelta(days=3))
     assert [p for p in periods if p[0] == 24] == [(24, day + timedelta(days=n)) for n in range(3)]
     assert len(periods) == 3 + 72
+    assert await rolled_periods(pool, spans[0], spans[-1] + SPAN, (SPAN_HOURS,)) == [(SPAN_HOURS, s) for s in spans]
     rolled = await stats(pool, since, until)
     assert_same_figures(rolled, live)
+    assert_same_figures(await stats(pool, *wide), live_wide)
+    parts = await pool.fetchrow(stats_sql.WINDOW_PARTS, spans[0], spans[-1] + SPAN)
+    assert (parts["periods"], parts["live"]) == (len(spans), 0)  # the 30-day periods alone
     whole = await stats(pool, day, day + timedelta(days=3))  # three days of the rollup, nothing live
     assert sum(m.jobs for m in whole.models) == 240
 
@@ -142,6 +162,9 @@ async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
         await roll_up_range(connection, day, day + timedelta(days=3))
     since, until = day, day + timedelta(days=3)
     before = await stats(pool, since, until)
+    span = (span_of(day), span_of(day) + SPAN)
+    assert (await pool.fetchrow(stats_sql.WINDOW_PARTS, *span))["periods"] == 1
+    span_before = await stats(pool, *span)
     job = await pool.fetchrow("SELECT request_id, model_id, created_at FROM fal_jobs WHERE status = 'completed' "
                               "AND created_at >= $1 AND created_at < $2 ORDER BY created_at LIMIT 1", since, until)
     hour = job["created_at"].replace(minute=0, second=0, microsecond=0)
@@ -155,6 +178,10 @@ async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
     was = next(m for m in before.models if m.model_id == job["model_id"])
     assert (model.completed, model.failed) == (was.completed - 1, was.failed + 1)
     assert {"error": "late news", "jobs": 1} in [{"error": f.error, "jobs": f.jobs} for f in after.failures]
+    assert span[0] <= job["created_at"] < span[1]  # and so are its 30 days
+    was = next(m for m in span_before.models if m.model_id == job["model_id"])
+    now = next(m for m in (await stats(pool, *span)).models if m.model_id == job["model_id"])
+    assert (now.completed, now.failed) == (was.completed - 1, was.failed + 1)
 
     # The next pass recomputes that hour and its day, and the figures stay.
     async with pool.acquire() as connection:
