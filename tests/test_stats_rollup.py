@@ -16,7 +16,7 @@ import pytest
 from service.auth.api_keys import NewUser, create_user
 from service.jobs import stats_sql
 from service.jobs.admin_stats import Percentiles, Stats, histogram_percentiles, stats
-from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range, settled_until
+from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range, roll_up_span, settled_until
 from service.jobs.stats_sql import SPAN_HOURS
 from tests.conftest import RunningServer
 from tests.test_admin import insert_job
@@ -251,6 +251,21 @@ async def test_a_change_committed_while_its_hour_is_recomputed_is_not_lost(
         assert (1, hour) in await rolled_periods(pool, hour, hour + timedelta(hours=1))
         again = await stats(pool, hour, hour + timedelta(hours=1))  # from the rollup now
         assert [(m.completed, m.failed) for m in again.models] == [(0, 1)] and again.failures == figures.failures
+
+
+async def test_30_days_roll_up_once_their_days_with_jobs_have(
+        pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
+    start = span_of(day)
+    await insert_job(pool, users[0], model=MODELS[0], created_at=day + timedelta(hours=1))
+    async with pool.acquire() as connection:
+        assert not await roll_up_span(connection, start)  # a day with a job and no rollup
+        await roll_up_range(connection, day, day + timedelta(days=1))  # its other days have no job
+        assert (SPAN_HOURS, start) in await rolled_periods(pool, start, start + SPAN, (SPAN_HOURS,))
+    # A job backdated into one of its empty days is a change: the 30 days are read live again.
+    other = start + timedelta(days=29) if day - start < timedelta(days=29) else start
+    await insert_job(pool, users[0], model="test/rollup-backdated-span", created_at=other + timedelta(hours=5))
+    figures = await stats(pool, start, start + SPAN)
+    assert sorted((m.model_id, m.jobs) for m in figures.models) == [(MODELS[0], 1), ("test/rollup-backdated-span", 1)]
 
 
 async def test_the_sweep_rolls_the_figures_up(service: RunningServer, pool: asyncpg.Pool,
