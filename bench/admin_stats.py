@@ -11,10 +11,10 @@ completed, 10% failed (20 distinct errors), 3% cancelled, 2% running; a VACUUM A
 as autovacuum would after such a load.
 
 The rollup (`service.jobs.stats_rollup`) is then built as the sweep builds it, by one pass
-(`roll_up`, no limit on hours), and timed; a second pass, with nothing left to do, shows what
+(`roll_up`, no limit on hours: hours, days, 30-day periods), and timed; a second pass, with nothing left to do, shows what
 each later sweep costs. The last two hours are not settled and stay live, as in a running service.
 
-Each window (1 h, 24 h, 7 d, the whole span) is timed --repeat times through the service's own
+Each window (1 h, 24 h, 7 d, 30 d when --days is longer, the whole span: --days and an hour) is timed --repeat times through the service's own
 `admin_stats.stats` (one statement, one asyncpg connection, from this process: client time,
 round trips included); the table shows the median and the best, and how many rolled-up periods
 and live jobs each read. The EXPLAIN (ANALYZE) of the statement over the whole span shows the
@@ -103,16 +103,17 @@ async def build_rollup(connection: asyncpg.Connection) -> tuple[str, str]:
     idle = await roll_up(connection, max_hours=1_000_000)
     rows = await connection.fetchval("SELECT (SELECT count(*) FROM fal_stats_models) + (SELECT count(*) FROM fal_stats_users)"
                                      " + (SELECT count(*) FROM fal_stats_durations) + (SELECT count(*) FROM fal_stats_failures)")
-    return (f"{first.hours} hours and {first.days} days in {first.seconds:.1f} s "
+    return (f"{first.hours} hours, {first.days} days and {first.spans} 30-day periods in {first.seconds:.1f} s "
             f"({first.seconds / max(first.hours, 1) * 1000:.0f} ms an hour, days included; {rows:,} rollup rows)",
-            f"{idle.hours} hours, {idle.days} days in {idle.seconds * 1000:.0f} ms")
+            f"{idle.hours} hours, {idle.days} days, {idle.spans} 30-day periods in {idle.seconds * 1000:.0f} ms")
 
 
 async def time_windows(connection: asyncpg.Connection, days: float,
                        repeat: int) -> list[tuple[str, int, str, float, float]]:
     now = datetime.now(UTC)
-    windows = [("1 h", timedelta(hours=1)), ("24 h", timedelta(days=1)), ("7 d", timedelta(days=7)),
-               (f"{days:g} d (all)", timedelta(days=days, hours=1))]
+    windows = [("1 h", timedelta(hours=1)), ("24 h", timedelta(days=1)), ("7 d", timedelta(days=7))]
+    windows += [("30 d", timedelta(days=30))] if days > 30 else []
+    windows += [(f"{days:g} d (all)", timedelta(days=days, hours=1))]
     rows = []
     for label, span in windows:
         in_window = await connection.fetchval(

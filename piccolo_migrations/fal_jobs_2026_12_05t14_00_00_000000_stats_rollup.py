@@ -1,12 +1,13 @@
-"""Raw SQL: a rollup of the operator's figures per hour and per day, and what marks it stale.
+"""Raw SQL: a rollup of the operator's figures per hour, day and 30 days, and what marks it stale.
 
 A stats call over a week or a month cannot read every job of the window in 200 ms (a million jobs
 took 5.6 s through `fal_jobs_stats`). `service/jobs/stats_rollup.py` sums each settled hour once:
 per model (jobs, completed, failed, spend), per user (jobs, spend), per model a histogram of queue
 and run times in log buckets (`fal_stats_bucket`: 8 per doubling, so the bucket's midpoint is
 within 4.5 % of any time in it) and per model the failures by message; a day's rows are the sum of
-its 24 hours. `fal_stats_periods` lists the periods rolled up (`hours` 1 or 24); their rows go with
-them (ON DELETE CASCADE). `service/jobs/admin_stats.py` reads the clean periods inside a window
+its 24 hours, and 30 days' rows (from the Unix epoch, 720 hours: a year's window reads 12 of them
+rather than 365 days of a row per active user) the sum of their days. `fal_stats_periods` lists the
+periods rolled up (`hours` 1, 24 or 720); their rows go with them (ON DELETE CASCADE). `service/jobs/admin_stats.py` reads the clean periods inside a window
 and the rest of the window (its edges, the recent hours, stale hours) live from `fal_jobs`.
 
 Staleness: a job of an hour older than an hour that is inserted, deleted or changes in a way the
@@ -28,12 +29,12 @@ from service.db.raw_migrations import raw_sql_migration
 
 ID = "2026-12-05T14:00:00:000000"
 VERSION = "1.38.0"
-DESCRIPTION = "Per-hour and per-day rollup of the operator's figures"
+DESCRIPTION = "Per-hour, per-day and per-30-day rollup of the operator's figures"
 
 FORWARDS_SQL = """
 DROP INDEX IF EXISTS fal_jobs_stats;
 CREATE TABLE fal_stats_periods (
-    hours smallint NOT NULL CHECK (hours IN (1, 24)),
+    hours smallint NOT NULL CHECK (hours IN (1, 24, 720)),
     start timestamptz NOT NULL,
     rolled_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (hours, start)

@@ -4,6 +4,7 @@ seen by the next call (and recomputed by the next pass)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import uuid
@@ -13,20 +14,38 @@ import asyncpg
 import pytest
 
 from service.auth.api_keys import NewUser, create_user
+from service.jobs import stats_sql
 from service.jobs.admin_stats import Percentiles, Stats, histogram_percentiles, stats
-from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range
+from service.jobs.stats_rollup import roll_up, roll_up_hour, roll_up_range, roll_up_span, settled_until
+from service.jobs.stats_sql import SPAN_HOURS
 from tests.conftest import RunningServer
 from tests.test_admin import insert_job
 from tests.test_retention import sweep
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SPAN = timedelta(hours=SPAN_HOURS)
+
+
+def span_of(moment: datetime) -> datetime:
+    """The start of the 30-day period holding `moment` (stats_sql.span_of)."""
+    return EPOCH + (moment - EPOCH) // SPAN * SPAN
+
 
 BOUND = 2 ** (1 / 16) - 1 + 0.001
 """admin_stats' stated bound on a percentile read from the histograms (4.4 %, and float rounding)."""
 MODELS = ("test/rollup-a", "test/rollup-b", "test/rollup-c")
 
 
-def a_day_of_its_own() -> datetime:
-    """Midnight UTC of a day years back that no other test's jobs fall on."""
-    return datetime(1990, 1, 1, tzinfo=UTC) + timedelta(days=int(uuid.uuid4().int % 3000))
+@pytest.fixture
+async def day(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> datetime:
+    """Midnight UTC of the first of four days centuries back that are this test's own: derived from
+    its id (the same every run, another test's days at random: 1 chance in 80,000 that two tests
+    meet, and then the check below says so every run, not now and then)."""
+    digest = int.from_bytes(hashlib.sha256(request.node.nodeid.encode()).digest()[:8], "big")
+    first = datetime(1000, 1, 1, tzinfo=UTC) + timedelta(days=4 * (digest % 80_000))
+    assert not await pool.fetchval("SELECT count(*) FROM fal_jobs WHERE created_at >= $1 AND created_at < $2",
+                                   first, first + timedelta(days=4)), f"{first:%Y-%m-%d} is another test's"
+    return first
 
 
 async def fill(pool: asyncpg.Pool, first_day: datetime, users: list[NewUser], jobs: int = 240) -> list[str]:
@@ -61,9 +80,11 @@ def assert_same_figures(rolled: Stats, live: Stats) -> None:
     assert rolled.failures == live.failures
 
 
-async def rolled_periods(pool: asyncpg.Pool, since: datetime, until: datetime) -> list[tuple[int, datetime]]:
+async def rolled_periods(pool: asyncpg.Pool, since: datetime, until: datetime,
+                         sizes: tuple[int, ...] = (1, 24)) -> list[tuple[int, datetime]]:
+    """Days, then hours (or `sizes`): a 30-day period starts in a test's days or not, by chance."""
     rows = await pool.fetch("SELECT hours, start FROM fal_stats_periods WHERE start >= $1 AND start < $2 "
-                            "ORDER BY hours DESC, start", since, until)
+                            "AND hours = ANY($3) ORDER BY hours DESC, start", since, until, list(sizes))
     return [(r["hours"], r["start"]) for r in rows]
 
 
@@ -72,22 +93,29 @@ async def users(pool: asyncpg.Pool) -> list[NewUser]:
     return [await create_user(pool, f"rollup-{uuid.uuid4().hex[:10]}") for _ in range(4)]
 
 
-async def test_rolled_up_figures_equal_a_live_read(pool: asyncpg.Pool, users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+async def test_rolled_up_figures_equal_a_live_read(pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
     await fill(pool, day, users)
     # Ragged edges: parts of two hours read live, a whole day and 35 whole hours from the rollup.
     since, until = day + timedelta(hours=5, minutes=30, seconds=17), day + timedelta(days=2, hours=17, minutes=15)
     live = await stats(pool, since, until)
     assert sum(m.jobs for m in live.models) > 150 and live.failures
+    # The 30-day periods holding the three days (their other days have no job), with ragged edges.
+    spans = sorted({span_of(day), span_of(day + timedelta(days=2))})
+    wide = (spans[0] - timedelta(hours=3, minutes=7), spans[-1] + SPAN + timedelta(minutes=41))
+    live_wide = await stats(pool, *wide)
 
     async with pool.acquire() as connection:
         report = await roll_up_range(connection, day, day + timedelta(days=3))
-    assert (report.hours, report.days) == (72, 3)
+    assert (report.hours, report.days) == (72, 3) and report.spans >= len(spans)
     periods = await rolled_periods(pool, day, day + timedelta(days=3))
     assert [p for p in periods if p[0] == 24] == [(24, day + timedelta(days=n)) for n in range(3)]
     assert len(periods) == 3 + 72
+    assert await rolled_periods(pool, spans[0], spans[-1] + SPAN, (SPAN_HOURS,)) == [(SPAN_HOURS, s) for s in spans]
     rolled = await stats(pool, since, until)
     assert_same_figures(rolled, live)
+    assert_same_figures(await stats(pool, *wide), live_wide)
+    parts = await pool.fetchrow(stats_sql.WINDOW_PARTS, spans[0], spans[-1] + SPAN)
+    assert (parts["periods"], parts["live"]) == (len(spans), 0)  # the 30-day periods alone
     whole = await stats(pool, day, day + timedelta(days=3))  # three days of the rollup, nothing live
     assert sum(m.jobs for m in whole.models) == 240
 
@@ -103,14 +131,40 @@ async def test_rolled_up_figures_equal_a_live_read(pool: asyncpg.Pool, users: li
     assert (await stats(pool, since, until)).models == rolled.models
 
 
+async def test_days_are_utc_days_whatever_the_session_time_zone(
+        database_url: str, pool: asyncpg.Pool, users: list[NewUser]) -> None:
+    # Europe/Berlin's DST changes in 1993: a day added there is 23 hours in spring, 25 in autumn.
+    spring, autumn = datetime(1993, 3, 28, tzinfo=UTC), datetime(1993, 9, 26, tzinfo=UTC)
+    for day in (spring, autumn):
+        assert not await rolled_periods(pool, day - timedelta(days=1), day + timedelta(days=2))
+        await fill(pool, day - timedelta(days=1), users, jobs=120)  # the day before, the day, the day after
+    await insert_job(pool, users[0], model=MODELS[0], created_at=spring + timedelta(hours=23, minutes=30))
+    windows = [(spring, spring + timedelta(hours=23)), (autumn, autumn + timedelta(hours=25)),
+               (spring - timedelta(days=1), spring + timedelta(days=2)),
+               (autumn - timedelta(hours=1), autumn + timedelta(days=1, hours=1))]
+    berlin = await asyncpg.connect(database_url, server_settings={"timezone": "Europe/Berlin"})
+    try:
+        live = [await stats(berlin, since, until) for since, until in windows]
+        for day in (spring, autumn):
+            await roll_up_range(berlin, day - timedelta(days=1), day + timedelta(days=2))
+            periods = await rolled_periods(pool, day - timedelta(days=1), day + timedelta(days=2))
+            assert [p for p in periods if p[0] == 24] == [(24, day + timedelta(days=n)) for n in (-1, 0, 1)]
+        for (since, until), expected in zip(windows, live, strict=True):
+            assert_same_figures(await stats(berlin, since, until), expected)
+    finally:
+        await berlin.close()
+
+
 async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
-        pool: asyncpg.Pool, users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+        pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
     await fill(pool, day, users, jobs=60)
     async with pool.acquire() as connection:
         await roll_up_range(connection, day, day + timedelta(days=3))
     since, until = day, day + timedelta(days=3)
     before = await stats(pool, since, until)
+    span = (span_of(day), span_of(day) + SPAN)
+    assert (await pool.fetchrow(stats_sql.WINDOW_PARTS, *span))["periods"] == 1
+    span_before = await stats(pool, *span)
     job = await pool.fetchrow("SELECT request_id, model_id, created_at FROM fal_jobs WHERE status = 'completed' "
                               "AND created_at >= $1 AND created_at < $2 ORDER BY created_at LIMIT 1", since, until)
     hour = job["created_at"].replace(minute=0, second=0, microsecond=0)
@@ -124,6 +178,10 @@ async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
     was = next(m for m in before.models if m.model_id == job["model_id"])
     assert (model.completed, model.failed) == (was.completed - 1, was.failed + 1)
     assert {"error": "late news", "jobs": 1} in [{"error": f.error, "jobs": f.jobs} for f in after.failures]
+    assert span[0] <= job["created_at"] < span[1]  # and so are its 30 days
+    was = next(m for m in span_before.models if m.model_id == job["model_id"])
+    now = next(m for m in (await stats(pool, *span)).models if m.model_id == job["model_id"])
+    assert (now.completed, now.failed) == (was.completed - 1, was.failed + 1)
 
     # The next pass recomputes that hour and its day, and the figures stay.
     async with pool.acquire() as connection:
@@ -142,55 +200,88 @@ async def test_a_change_to_a_job_of_a_rolled_up_hour_shows_in_the_next_call(
     assert sum(m.jobs for m in latest.models) == sum(m.jobs for m in after.models)
 
 
-async def test_a_pass_rolls_up_settled_hours_with_jobs_and_their_days(pool: asyncpg.Pool, users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+async def test_a_pass_rolls_up_settled_hours_with_jobs_and_their_days(
+        pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
     await insert_job(pool, users[0], model=MODELS[0], created_at=day + timedelta(hours=7, minutes=5))
     async with pool.acquire() as connection:
-        await roll_up(connection, max_hours=100_000)
-        assert (await roll_up(connection, max_hours=100_000)).hours == 0  # nothing left to do
+        # One cutoff for both passes: the clock may pass the top of an hour between them, and then
+        # today's newest hour, settled since, would be the second pass's to do.
+        until = await settled_until(connection)
+        await roll_up(connection, max_hours=100_000, until=until)
+        assert (await roll_up(connection, max_hours=100_000, until=until)).hours == 0  # nothing left to do
     periods = await rolled_periods(pool, day, day + timedelta(days=1))
     assert periods == [(24, day)] + [(1, day + timedelta(hours=h)) for h in range(24)]
-    # The hours of the last two hours are not settled: a pass leaves them to the live read.
-    now = datetime.now(UTC)
+    # The last two hours are not settled: a pass leaves them to the live read, by the database's
+    # clock, whatever the caller's (here three hours fast).
+    now = await pool.fetchval("SELECT now()")
     await insert_job(pool, users[0], model=MODELS[0], created_at=now - timedelta(minutes=30))
     async with pool.acquire() as connection:
-        await roll_up(connection, max_hours=100_000)
+        await roll_up(connection, max_hours=100_000, until=now + timedelta(hours=3))
     assert await pool.fetchval("SELECT max(start) FROM fal_stats_periods WHERE hours = 1") <= now - timedelta(hours=3)
 
 
 async def test_a_change_committed_while_its_hour_is_recomputed_is_not_lost(
-        pool: asyncpg.Pool, users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
-    hour = day + timedelta(hours=5)
-    request_id = await insert_job(pool, users[0], model=MODELS[0], created_at=hour + timedelta(minutes=10))
+        pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
+    # A late webhook's change commits before, between or after the recompute's statements (the
+    # code's own, in its order, in one transaction as roll_up_hour runs them): whichever, the
+    # next stats call sees it, as a stale hour read live or in the recomputed rows.
+    steps = stats_sql.RECOMPUTE_HOUR
+    for split in range(len(steps) + 1):
+        hour = day + timedelta(hours=split)
+        request_id = await insert_job(pool, users[0], model=MODELS[0], created_at=hour + timedelta(minutes=10))
+        async with pool.acquire() as connection:
+            await roll_up_hour(connection, hour)
+        async with pool.acquire() as writer, pool.acquire() as roller:
+            late = writer.transaction()
+            await late.start()
+            await writer.execute("UPDATE fal_jobs SET status = 'failed', error = 'late', version = version + 1 "
+                                 "WHERE request_id = $1", request_id)
+            async with roller.transaction():
+                await roller.execute(stats_sql.ROLLUP_LOCK)
+                for step in steps[:split]:
+                    await roller.execute(step, hour)
+                await late.commit()
+                for step in steps[split:]:
+                    await roller.execute(step, hour)
+        figures = await stats(pool, hour, hour + timedelta(hours=1))
+        assert [(m.completed, m.failed) for m in figures.models] == [(0, 1)], f"committed after {split} statements"
+        async with pool.acquire() as connection:
+            await roll_up_hour(connection, hour)
+        assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 0
+        assert (1, hour) in await rolled_periods(pool, hour, hour + timedelta(hours=1))
+        again = await stats(pool, hour, hour + timedelta(hours=1))  # from the rollup now
+        assert [(m.completed, m.failed) for m in again.models] == [(0, 1)] and again.failures == figures.failures
+
+
+async def test_30_days_roll_up_once_their_days_with_jobs_have(
+        pool: asyncpg.Pool, users: list[NewUser], day: datetime) -> None:
+    start = span_of(day)
+    await insert_job(pool, users[0], model=MODELS[0], created_at=day + timedelta(hours=1))
     async with pool.acquire() as connection:
-        await roll_up_hour(connection, hour)
-    # A late webhook's transaction is open (its change noted, not committed) while the hour is
-    # recomputed: the recompute neither waits for it nor sees it, and the hour must stay stale.
-    async with pool.acquire() as writer, pool.acquire() as roller:
-        late = writer.transaction()
-        await late.start()
-        await writer.execute("UPDATE fal_jobs SET status = 'failed', error = 'late', version = version + 1 "
-                             "WHERE request_id = $1", request_id)
-        await roll_up_hour(roller, hour)
-        await late.commit()
-    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 1
-    figures = await stats(pool, hour, hour + timedelta(hours=1))
-    assert [(m.completed, m.failed) for m in figures.models] == [(0, 1)]
-    async with pool.acquire() as connection:
-        await roll_up_hour(connection, hour)
-    assert await pool.fetchval("SELECT count(*) FROM fal_stats_changes WHERE hour = $1", hour) == 0
-    again = await stats(pool, hour, hour + timedelta(hours=1))  # from the rollup now
-    assert [(m.completed, m.failed) for m in again.models] == [(0, 1)] and again.failures == figures.failures
+        assert not await roll_up_span(connection, start)  # a day with a job and no rollup
+        await roll_up_range(connection, day, day + timedelta(days=1))  # its other days have no job
+        assert (SPAN_HOURS, start) in await rolled_periods(pool, start, start + SPAN, (SPAN_HOURS,))
+    # A job backdated into one of its empty days is a change: the 30 days are read live again.
+    other = start + timedelta(days=29) if day - start < timedelta(days=29) else start
+    await insert_job(pool, users[0], model="test/rollup-backdated-span", created_at=other + timedelta(hours=5))
+    figures = await stats(pool, start, start + SPAN)
+    assert sorted((m.model_id, m.jobs) for m in figures.models) == [(MODELS[0], 1), ("test/rollup-backdated-span", 1)]
 
 
 async def test_the_sweep_rolls_the_figures_up(service: RunningServer, pool: asyncpg.Pool,
-                                              users: list[NewUser]) -> None:
-    day = a_day_of_its_own()
+                                              users: list[NewUser], day: datetime) -> None:
     await insert_job(pool, users[0], model=MODELS[0], created_at=day + timedelta(hours=3))
-    await sweep(service)  # this one, or the service's own start-up sweep if it ran after the insert
-    assert (24, day) in await rolled_periods(pool, day, day + timedelta(days=1))
-    assert (await sweep(service)).rolled_up == 0  # nothing left to roll up
+    # Newest first, at most 240 hours a pass: other tests' open days may come before this one's.
+    for _ in range(20):
+        await sweep(service)  # this one, or the service's own start-up sweep if it ran after the insert
+        if (24, day) in await rolled_periods(pool, day, day + timedelta(days=1)):
+            break
+    rolled = await pool.fetch("SELECT hours, start, rolled_at FROM fal_stats_periods WHERE start >= $1 AND start < $2 "
+                              "ORDER BY hours, start", day, day + timedelta(days=1))
+    assert len(rolled) == 25
+    await sweep(service)
+    assert await pool.fetch("SELECT hours, start, rolled_at FROM fal_stats_periods WHERE start >= $1 AND start < $2 "
+                            "ORDER BY hours, start", day, day + timedelta(days=1)) == rolled  # nothing more to do here
 
 
 async def test_changes_to_recent_jobs_stay_off_the_change_log(pool: asyncpg.Pool, users: list[NewUser]) -> None:

@@ -1,9 +1,9 @@
 """An operator's figures over a window of job creation times: per model, per user, failures.
 
-The window's whole days and hours that are rolled up (`stats_rollup.py`) are read from the rollup,
-the rest of it (its edges, the last hours, hours whose jobs changed since) live from `fal_jobs`,
-an index range on created_at per stretch: one statement (`stats_sql.STATS`), whose cost
-grows with the number of hours and days in the window and with the jobs of its live stretches, not
+The window's whole 30-day periods, days and hours that are rolled up (`stats_rollup.py`) are read
+from the rollup, the rest of it (its edges, the last hours, hours whose jobs changed since) live
+from `fal_jobs`, an index range on created_at per stretch: one statement (`stats_sql.STATS`), whose
+cost grows with the number of periods in the window and with the jobs of its live stretches, not
 with its jobs. Counts and spend are exact either way. Queue time is `started_at - created_at` and
 run time `completed_at - started_at`, for the jobs we saw running (a job fal ended before we saw it
 running has neither). Spend is the final cost of ended jobs and the estimate of the others: our

@@ -30,7 +30,21 @@ _GROUPS = {
 }
 """Each rollup table's columns after (hours, start), from a set of jobs with `_JOB`'s columns."""
 
+# Periods are UTC hours and days: `interval '24 hours'`, never '1 day', and date_trunc(…, 'UTC').
+# A day added to a timestamptz is a day of the session's time zone: 23 or 25 hours across a DST
+# change under, say, Europe/Berlin (such a day would never count its 24 hours, nor end where a UTC
+# day ends).
+
 # --- Rolling up ----------------------------------------------------------------------------------
+
+SPAN_HOURS = 720
+"""The coarsest period: 30 days, counted from the Unix epoch (calendar months are of four lengths)."""
+
+
+def span_of(timestamp: str) -> str:
+    """The start of the 30-day period holding `timestamp` (an SQL expression)."""
+    return f"to_timestamp(floor(extract(epoch FROM {timestamp}) / {SPAN_HOURS * 3600}) * {SPAN_HOURS * 3600})"
+
 
 NO_JIT = "SET LOCAL jit = off"
 """These statements read a few thousand rows but the planner, not knowing their ranges, guesses far
@@ -39,12 +53,19 @@ more: past jit_above_cost, where compiling them costs more than running them (1.
 ROLLUP_LOCK = "SELECT pg_advisory_xact_lock(7022354316245180496), set_config('jit', 'off', true)"
 """One roll-up transaction at a time; NO_JIT for its statements."""
 
+SETTLED_UNTIL = "SELECT date_trunc('hour', now() - $1::interval, 'UTC')"
+"""The end of the newest settled hour ($1: the margin), by the database's clock: the triggers that
+note changes read that clock (`now()`), so a skewed app clock cannot roll an hour that can still
+change unseen."""
+
 FORGET_HOUR = """
 WITH noted AS (DELETE FROM fal_stats_changes WHERE hour = $1)
 DELETE FROM fal_stats_periods WHERE (hours = 1 AND start = $1) OR (hours = 24 AND start = date_trunc('day', $1, 'UTC'))
-"""
+    OR (hours = %d AND start = %s)
+""" % (SPAN_HOURS, span_of("$1"))
 """First statement of an hour's recompute: its changes are seen (a change committed after this
-statement's snapshot keeps its row, and the hour stays stale), its rows and its day's go."""
+statement's snapshot keeps its row, and the hour stays stale), its rows and its day's and its 30
+days' go."""
 
 ROLL_HOUR = (
     "WITH period AS (INSERT INTO fal_stats_periods (hours, start) VALUES (1, $1)), "
@@ -56,23 +77,33 @@ ROLL_HOUR = (
 """An hour from its jobs: a later statement than FORGET_HOUR, so a later snapshot. The period's row
 is written by the same statement: the foreign keys are checked at its end."""
 
-_DAY_SUMS = {
-    "models": "SELECT model_id, sum(jobs), sum(completed), sum(failed), sum(spend) FROM {hours} GROUP BY model_id",
-    "users": "SELECT user_id, sum(jobs), sum(spend) FROM {hours} GROUP BY user_id",
-    "durations": "SELECT model_id, kind, bucket, sum(jobs) FROM {hours} GROUP BY model_id, kind, bucket",
-    "failures": "SELECT model_id, error, sum(jobs) FROM {hours} GROUP BY model_id, error",
-}
-_DAY_HOURS = "(SELECT * FROM fal_stats_{table} WHERE hours = 1 AND start >= $1 AND start < $1 + interval '1 day') h"
+RECOMPUTE_HOUR = (FORGET_HOUR, ROLL_HOUR)
+"""An hour's recompute, in this order, in one transaction ($1: the hour)."""
 
-ROLL_DAY = (
-    "WITH period AS (INSERT INTO fal_stats_periods (hours, start) VALUES (24, $1)), "
-    + ", ".join(f"{table} AS (INSERT INTO fal_stats_{table} SELECT 24, $1, g.* FROM "
-                f"({sql.format(hours=_DAY_HOURS.format(table=table))}) g)"
-                for table, sql in _DAY_SUMS.items() if table != "failures")
-    + " INSERT INTO fal_stats_failures SELECT 24, $1, g.* FROM "
-    + f"({_DAY_SUMS['failures'].format(hours=_DAY_HOURS.format(table='failures'))}) g"
-)
-"""A day from its 24 rolled hours (DAYS_TO_ROLL found them all clean)."""
+_SUMS = {
+    "models": "SELECT model_id, sum(jobs), sum(completed), sum(failed), sum(spend) FROM {parts} GROUP BY model_id",
+    "users": "SELECT user_id, sum(jobs), sum(spend) FROM {parts} GROUP BY user_id",
+    "durations": "SELECT model_id, kind, bucket, sum(jobs) FROM {parts} GROUP BY model_id, kind, bucket",
+    "failures": "SELECT model_id, error, sum(jobs) FROM {parts} GROUP BY model_id, error",
+}
+
+
+def _roll_from(hours: int, parts: int) -> str:
+    """A period of `hours` from $1, summed from its rolled-up periods of `parts` hours."""
+    rows = ("(SELECT * FROM fal_stats_{table} WHERE hours = %d AND start >= $1 "
+            "AND start < $1 + interval '%d hours') h" % (parts, hours))
+    return (f"WITH period AS (INSERT INTO fal_stats_periods (hours, start) VALUES ({hours}, $1)), "
+            + ", ".join(f"{table} AS (INSERT INTO fal_stats_{table} SELECT {hours}, $1, g.* FROM "
+                        f"({sql.format(parts=rows.format(table=table))}) g)"
+                        for table, sql in _SUMS.items() if table != "failures")
+            + f" INSERT INTO fal_stats_failures SELECT {hours}, $1, g.* FROM "
+            + f"({_SUMS['failures'].format(parts=rows.format(table='failures'))}) g")
+
+
+ROLL_DAY = _roll_from(24, 1)
+"""A day from its 24 rolled hours (DAY_IS_CLEAN found them all clean)."""
+ROLL_SPAN = _roll_from(SPAN_HOURS, 24)
+"""30 days from their rolled days (SPAN_IS_CLEAN found them clean)."""
 
 HOURS_TO_ROLL = """
 WITH RECURSIVE days(day) AS (
@@ -110,31 +141,60 @@ ORDER BY c.day DESC
 
 DAY_IS_CLEAN = """
 SELECT count(*) = 24 FROM fal_stats_periods p
-WHERE p.hours = 1 AND p.start >= $1 AND p.start < $1 + interval '1 day'
+WHERE p.hours = 1 AND p.start >= $1 AND p.start < $1 + interval '24 hours'
   AND NOT EXISTS (SELECT 1 FROM fal_stats_changes c WHERE c.hour = p.start)
 """
+
+SPANS_TO_ROLL = """
+SELECT DISTINCT %(span)s AS start FROM fal_stats_periods p
+WHERE p.hours = 24 AND %(span)s + interval '%(hours)d hours' <= $1
+  AND NOT EXISTS (SELECT 1 FROM fal_stats_periods s WHERE s.hours = %(hours)d AND s.start = %(span)s)
+ORDER BY 1 DESC
+""" % {"span": span_of("p.start"), "hours": SPAN_HOURS}
+"""30-day periods ended before the settled cutoff $1, with a day rollup and none of their own."""
+
+SPAN_IS_CLEAN = """
+SELECT NOT EXISTS (SELECT 1 FROM fal_stats_changes c WHERE c.hour >= $1 AND c.hour < $1 + interval '%(hours)d hours')
+   AND NOT EXISTS (
+       SELECT 1 FROM generate_series($1, $1 + interval '%(last)d hours', interval '24 hours') d(day)
+       WHERE NOT EXISTS (SELECT 1 FROM fal_stats_periods p WHERE p.hours = 24 AND p.start = d.day)
+         AND EXISTS (SELECT 1 FROM fal_jobs j WHERE j.created_at >= d.day AND j.created_at < d.day + interval '24 hours'))
+""" % {"hours": SPAN_HOURS, "last": SPAN_HOURS - 24}
+"""No change noted in the 30 days, and each day rolled up or without a job (a day without jobs has
+no rollup; a job inserted into it later, being over an hour old, is noted as a change). Settled:
+SPANS_TO_ROLL only offers periods that ended before the cutoff."""
 
 # --- The stats call --------------------------------------------------------------------------------
 
 _PERIODS = """
-WITH days AS MATERIALIZED (
+WITH spans AS MATERIALIZED (
     SELECT p.start FROM fal_stats_periods p
-    WHERE p.hours = 24 AND p.start >= $1::timestamptz AND p.start <= $2::timestamptz - interval '1 day'
-      AND NOT EXISTS (SELECT 1 FROM fal_stats_changes c WHERE c.hour >= p.start AND c.hour < p.start + interval '1 day')
+    WHERE p.hours = %(hours)d AND p.start >= $1::timestamptz AND p.start <= $2::timestamptz - interval '%(hours)d hours'
+      AND NOT EXISTS (SELECT 1 FROM fal_stats_changes c
+                      WHERE c.hour >= p.start AND c.hour < p.start + interval '%(hours)d hours')
+), days AS MATERIALIZED (
+    SELECT p.start FROM fal_stats_periods p
+    WHERE p.hours = 24 AND p.start >= $1::timestamptz AND p.start <= $2::timestamptz - interval '24 hours'
+      AND NOT EXISTS (SELECT 1 FROM fal_stats_changes c WHERE c.hour >= p.start AND c.hour < p.start + interval '24 hours')
+      AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.start = %(day_span)s)
 ), periods AS MATERIALIZED (
-    SELECT 24::smallint AS hours, start FROM days
+    SELECT %(hours)d::smallint AS hours, start FROM spans
+    UNION ALL
+    SELECT 24::smallint, start FROM days
     UNION ALL
     SELECT 1::smallint, p.start FROM fal_stats_periods p
     WHERE p.hours = 1 AND p.start >= $1::timestamptz AND p.start <= $2::timestamptz - interval '1 hour'
       AND NOT EXISTS (SELECT 1 FROM fal_stats_changes c WHERE c.hour = p.start)
       AND NOT EXISTS (SELECT 1 FROM days d WHERE d.start = date_trunc('day', p.start, 'UTC'))
+      AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.start = %(day_span)s)
 ), live AS MATERIALIZED (
     SELECT j.* FROM unnest(tstzmultirange(tstzrange($1::timestamptz, $2::timestamptz)) - (
         SELECT coalesce(range_agg(tstzrange(start, start + make_interval(hours => hours))), '{}'::tstzmultirange)
         FROM periods)) r
-    CROSS JOIN LATERAL (SELECT %s FROM fal_jobs WHERE created_at >= lower(r) AND created_at < upper(r)) j
-)""" % _JOB
-"""The window's clean rolled-up periods (its whole days, then its whole hours outside them) and, read
+    CROSS JOIN LATERAL (SELECT %(job)s FROM fal_jobs WHERE created_at >= lower(r) AND created_at < upper(r)) j
+)""" % {"hours": SPAN_HOURS, "day_span": span_of("p.start"), "job": _JOB}
+"""The window's clean rolled-up periods (its whole 30-day periods, its whole days outside them, then
+its whole hours outside both) and, read
 live, its jobs outside them: the edges, the recent hours, stale hours. Each live range is an index
 range on created_at (`fal_jobs_created`: the failed jobs' errors are read from the table)."""
 

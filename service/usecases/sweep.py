@@ -194,10 +194,10 @@ class Reconciler:
         except Exception as error:  # the stats read what is not rolled up live; the next sweep tries again
             log.warning("rolling the figures up failed", extra={"action": "stats.rollup", "error": type(error).__name__})
             return
-        report.rolled_up = rolled.hours + rolled.days
+        report.rolled_up = rolled.hours + rolled.days + rolled.spans
         if rolled.hours:
             log.info("figures rolled up", extra={"action": "stats.rollup", "hours": rolled.hours, "days": rolled.days,
-                                                 "seconds": round(rolled.seconds, 3)})
+                                                 "spans": rolled.spans, "seconds": round(rolled.seconds, 3)})
 
     async def _reconcile_one(self, target: FollowTarget, report: SweepReport) -> None:
         if self._follower.is_streaming(target.request_id):
