@@ -1,38 +1,12 @@
 // Small helpers the operator's console shares: DOM building, GETs on the session cookie, formats.
 
-export const $ = (selector, root = document) => root.querySelector(selector);
+import { $, el, money, requestJson } from "/static/dom.js";
 
-export class ApiError extends Error {
-  constructor(status, body) {
-    super((body && body.message) || `HTTP ${status}`);
-    this.status = status;
-    this.body = body;
-  }
-}
+export { $, ApiError, el, money } from "/static/dom.js";
 
 /** A GET on the browser session (the console only reads; nothing here needs the CSRF token). */
-export async function get(path) {
-  const response = await fetch(path, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-  const text = await response.text();
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = { message: text };
-  }
-  if (!response.ok) throw new ApiError(response.status, data);
-  return data;
-}
-
-export function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key in node && typeof value !== "string") node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined).map((c) => (typeof c === "number" ? String(c) : c)));
-  return node;
+export function get(path) {
+  return requestJson(path, { headers: { Accept: "application/json" } });
 }
 
 /** A table row of cells; a cell given as [text, "num"] is right-aligned. */
@@ -41,12 +15,6 @@ export function row(...cells) {
     const [content, cls] = Array.isArray(cell) ? cell : [cell, ""];
     return el("td", cls ? { class: cls } : {}, content ?? "—");
   }));
-}
-
-export function money(amount, currency = "USD") {
-  if (amount === null || amount === undefined) return "—";
-  return new Intl.NumberFormat("en-US", { style: "currency", currency: currency || "USD", maximumFractionDigits: 4 })
-    .format(amount);
 }
 
 /** A job's cost as the list shows it: the final one, else "≈ estimate", else a dash. */

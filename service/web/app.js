@@ -6,9 +6,8 @@
 // the stream are merged by request_id, keeping the highest `version`, so overlap is harmless.
 
 import { subscribeJobs } from "/static/vendor/fal-jobs-client.js";
+import { $, ApiError, el, money, requestJson } from "/static/dom.js";
 import { imageField, imagePicker } from "/static/image-input.js";
-
-const $ = (selector, root = document) => root.querySelector(selector);
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "deleted"]);
 const STATUS_LABEL = {
@@ -42,33 +41,11 @@ const state = {
 
 // ---------------------------------------------------------------- HTTP
 
-class ApiError extends Error {
-  constructor(status, body) {
-    super((body && body.message) || `HTTP ${status}`);
-    this.status = status;
-    this.body = body;
-  }
-}
-
 async function api(method, path, body, extraHeaders = {}) {
   const headers = { Accept: "application/json", ...extraHeaders };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && state.session) headers["X-CSRF-Token"] = state.session.csrf_token;
-  const response = await fetch(path, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = { message: text };
-  }
-  if (!response.ok) throw new ApiError(response.status, data);
-  return data;
+  return requestJson(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
 }
 
 // ---------------------------------------------------------------- start
@@ -428,17 +405,6 @@ function refreshEmpty() {
   $('[data-testid="jobs-empty"]').hidden = state.jobs.size > 0;
 }
 
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key in node && typeof value !== "string") node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-}
-
 function createCard(job) {
   const cancel = el("button", { type: "button", class: "secondary cancel", "data-testid": "cancel" }, "Cancel");
   cancel.addEventListener("click", () => cancelJob(job.request_id, cancel));
@@ -498,9 +464,8 @@ function badgeText(job) {
 function costText(cost) {
   const amount = cost?.final ?? cost?.estimated;
   if (amount === null || amount === undefined) return "";
-  const money = new Intl.NumberFormat("en-US", { style: "currency", currency: cost.currency || "USD",
-                                                 maximumFractionDigits: 4 }).format(amount);
-  return cost.final === null || cost.final === undefined ? ` · about ${money}` : ` · ${money}`;
+  const written = money(amount, cost.currency);
+  return cost.final === null || cost.final === undefined ? ` · about ${written}` : ` · ${written}`;
 }
 
 function updateCard(card, job) {
