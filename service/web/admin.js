@@ -9,6 +9,7 @@
 // replay) reads the first page again and drops the older rows, which may have changed unseen.
 
 import { $, ApiError, costText, el, get, showError, when } from "/static/admin-util.js";
+import { placeNewestFirst } from "/static/dom.js";
 import { loadStats, statsChanged, wireStats } from "/static/admin-stats.js";
 import { badge, jobChanged, openTimeline, timelineStale, wireTimeline } from "/static/admin-timeline.js";
 
@@ -157,25 +158,10 @@ function upsert(job) {
   if (!tr) {
     tr = createRow(merged);
     state.rows.set(job.request_id, tr);
-    placeRow(tr, merged);
+    placeNewestFirst($('[data-testid="job-rows"]'), tr, merged, state.jobs);
   }
   updateRow(tr, merged);
   $('[data-testid="jobs-empty"]').hidden = true;
-}
-
-function sortKey(job) {
-  return `${job.created_at}\u0000${job.request_id}`;
-}
-
-/** Newest first: before the first row that is older. */
-function placeRow(tr, job) {
-  const body = $('[data-testid="job-rows"]');
-  const key = sortKey(job);
-  for (const other of body.children) {
-    const otherJob = state.jobs.get(other.dataset.requestId);
-    if (otherJob && sortKey(otherJob) < key) return body.insertBefore(tr, other);
-  }
-  body.appendChild(tr);
 }
 
 function createRow(job) {

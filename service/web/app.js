@@ -6,7 +6,7 @@
 // the stream are merged by request_id, keeping the highest `version`, so overlap is harmless.
 
 import { subscribeJobs } from "/static/vendor/fal-jobs-client.js";
-import { $, ApiError, el, money, requestJson } from "/static/dom.js";
+import { $, ApiError, el, money, placeNewestFirst, requestJson } from "/static/dom.js";
 import { imageField, imagePicker } from "/static/image-input.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "deleted"]);
@@ -367,7 +367,7 @@ function upsert(job) {
   if (!card) {
     card = createCard(job);
     state.cards.set(job.request_id, card);
-    placeCard(card, job);
+    placeNewestFirst($('[data-testid="jobs"]'), card, job, state.jobs);
   }
   updateCard(card, job);
   refreshEmpty();
@@ -381,24 +381,6 @@ function announce(job) {
   const region = $('[data-testid="announcements"]');
   region.append(el("p", {}, `${job.type === "video" ? "Video" : "Image"} job ${ENDINGS[job.status]}: ${what}`));
   while (region.childElementCount > ANNOUNCEMENTS_KEPT) region.firstElementChild.remove();
-}
-
-function sortKey(job) {
-  return `${job.created_at}\u0000${job.request_id}`;
-}
-
-/** Newest first: insert before the first card that is older. */
-function placeCard(card, job) {
-  const list = $('[data-testid="jobs"]');
-  const key = sortKey(job);
-  for (const other of list.children) {
-    const otherJob = state.jobs.get(other.dataset.requestId);
-    if (otherJob && sortKey(otherJob) < key) {
-      list.insertBefore(card, other);
-      return;
-    }
-  }
-  list.appendChild(card);
 }
 
 function refreshEmpty() {

@@ -43,3 +43,16 @@ export function money(amount, currency = "USD") {
   return new Intl.NumberFormat("en-US", { style: "currency", currency: currency || "USD", maximumFractionDigits: 4 })
     .format(amount);
 }
+
+const newestFirstKey = (job) => `${job.created_at}\u0000${job.request_id}`;
+
+/** Put a job's element in `list` newest first (created_at, then request_id, as the API pages them):
+ * before the first element whose job is older. `jobs` maps each element's data-request-id to its job. */
+export function placeNewestFirst(list, node, job, jobs) {
+  const key = newestFirstKey(job);
+  for (const other of list.children) {
+    const otherJob = jobs.get(other.dataset.requestId);
+    if (otherJob && newestFirstKey(otherJob) < key) return list.insertBefore(node, other);
+  }
+  return list.appendChild(node);
+}
