@@ -6,11 +6,14 @@ path for S3, GCS and Azure) answers the same sha256 and leaves nothing when aban
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import itertools
 import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -69,6 +72,72 @@ async def test_local_upload_lands_where_obstore_reads_it(tmp_path: Path) -> None
         assert await read_all(store, odd) == b"odd bytes"
         await store.delete(KEY)
         assert await store.keys("outputs/req-1") == ["outputs/req-1/1-big"]
+    finally:
+        store.close()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_the_disk_writes_while_the_upload_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every WRITEBACK_BYTES a flush runs in a thread of its own, each on a duplicate descriptor
+    that it closes; the file is whole either way."""
+    flushes: list[tuple[int, int, bool]] = []
+    real = staged_file._sync_and_drop
+
+    def recording(descriptor: int, start: int, end: int) -> None:
+        flushes.append((start, end, threading.current_thread() is threading.main_thread()))
+        real(descriptor, start, end)
+
+    monkeypatch.setattr(staged_file, "_sync_and_drop", recording)
+    store = MediaStore.open(None, str(tmp_path))
+    data = sample(3 * staged_file.WRITEBACK_BYTES + 5)
+    try:
+        before = open_descriptors()
+        assert await store.put(KEY, pieces(data, 256 * 1024)) == hashlib.sha256(data).hexdigest()
+        assert open_descriptors() == before
+        assert await read_all(store, KEY) == data
+    finally:
+        store.close()
+    assert flushes and not any(on_loop for *_, on_loop in flushes)
+    # Windows one after another from the start, none past the end.
+    assert flushes[0][0] == 0 and all(end > start for start, end, _ in flushes)
+    assert all(later[0] == earlier[1] for earlier, later in itertools.pairwise(flushes))
+    assert flushes[-1][1] <= len(data)
+
+
+async def test_a_flush_with_no_thread_to_run_it_is_called_off(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every thread busy writing uploads (here the only one): the flushes wait in the queue, and the
+    commit calls them off (closing their descriptors) instead of waiting for them for ever."""
+    ran: list[int] = []
+    monkeypatch.setattr(staged_file, "_sync_and_drop", lambda descriptor, start, end: ran.append(end))
+    data = sample(3 * staged_file.WRITEBACK_BYTES)
+    path = tmp_path / "outputs" / "x"
+    with ThreadPoolExecutor(max_workers=1) as only_one:
+        before = open_descriptors()
+        async with asyncio.timeout(30):
+            digest = await write_staged(path, pieces(data, 256 * 1024), only_one, timeout_s=10)
+        assert open_descriptors() == before
+    assert digest == hashlib.sha256(data).hexdigest() and path.read_bytes() == data
+    assert ran == []
+
+
+async def test_a_failed_flush_fails_the_upload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk's error reaches the flush's fdatasync, and Linux reports it once: to it. So the
+    upload must fail with it, not trust the final sync."""
+
+    def failing(descriptor: int, start: int, end: int) -> None:
+        os.close(descriptor)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(staged_file, "_sync_and_drop", failing)
+    store = MediaStore.open(None, str(tmp_path))
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            await store.put(KEY, pieces(sample(staged_file.WRITEBACK_BYTES + 100)))
+        assert files_in(tmp_path) == []
     finally:
         store.close()
 
@@ -143,7 +212,7 @@ async def test_cancelled_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: p
     writing = threading.Event()
     real_write = staged_file._StagedFile.write
 
-    def slow_write(self: staged_file._StagedFile, batch: memoryview | bytes) -> None:
+    def slow_write(self: staged_file._StagedFile, batch: memoryview) -> None:
         writing.set()
         time.sleep(0.3)
         real_write(self, batch)
@@ -176,7 +245,7 @@ async def test_cancelled_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: p
 async def test_a_stalled_write_times_out_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = staged_file._StagedFile.write
 
-    def stuck_write(self: staged_file._StagedFile, batch: memoryview | bytes) -> None:
+    def stuck_write(self: staged_file._StagedFile, batch: memoryview) -> None:
         time.sleep(0.5)  # a disk that hangs, for longer than the time-out
         real_write(self, batch)
 

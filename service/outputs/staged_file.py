@@ -5,9 +5,9 @@ Why: through obstore's put, the event loop that reads the socket also joined the
 pieces, hashed them and handed them over, and obstore copied each piece again before writing it.
 Here the loop only copies what the socket gives into 1 MiB buffers, up to four used in turn; one
 worker thread hashes and writes each full buffer while the loop fills the next (hashlib and file
-writes release the GIL). The event loop spends less CPU per GB and a copy holds less memory than
-through obstore's put; the process as a whole spends about as much (what the loop no longer does,
-the thread does). docs/benchmarks.md has the outputs bench's figures.
+writes release the GIL). A second thread has the disk write what is already in the file while the
+rest comes in (`_StagedFile._write_back`), so the sync at the end is short. docs/benchmarks.md has
+the uploads and outputs benches' figures.
 
 The guarantees are LocalStore's own: the file appears whole or not at all (written under a
 staging name in the same folder, then `os.replace`d, atomic within one filesystem), and the
@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
-    from concurrent.futures import Executor
+    from concurrent.futures import Executor, Future
     from pathlib import Path
 
 BATCH_BYTES = 1024 * 1024
@@ -47,7 +47,7 @@ once all are full. With two (one filling, one being written) large copies fell b
 from run to run; with four they kept up."""
 
 WRITEBACK_BYTES = 8 * BATCH_BYTES
-"""How often the kernel is asked to start writing the file to the disk (see `_start_writeback`)."""
+"""How much new data starts a flush to the disk (see `_StagedFile._write_back`)."""
 
 SPARE_BUFFERS = BUFFERS
 """Buffers a process keeps for later uploads once one ends: a fresh buffer pays its page faults as
@@ -66,6 +66,18 @@ def local_path(root: Path, key: str) -> Path | None:
     return root.joinpath(*key.split("/")) if _PLAIN_KEY.fullmatch(key) else None
 
 
+def _sync_and_drop(descriptor: int, start: int, end: int) -> None:
+    """Bytes up to `end` to the disk, then `start:end` out of the page cache (those before were
+    dropped by the flush before)."""
+    try:
+        os.fdatasync(descriptor)
+        if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):  # advice only
+                os.posix_fadvise(descriptor, start, end - start, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+
+
 class _StagedFile:
     """The thread's side. Every step holds the lock, so a discard that follows a step still in
     flight (the loop stopped waiting: cancelled, timed out) waits for it, and no step follows."""
@@ -73,8 +85,12 @@ class _StagedFile:
     sync: Callable[[int], None] = staticmethod(os.fsync)
     """How a file descriptor's data reaches the disk (a seam for the tests to record the order)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: Executor | None = None) -> None:
         self.path = path
+        self._threads = threads
+        """Where the early flushes run (see `_write_back`); None: all of it at the commit."""
+        self._flushing: Future[None] | None = None
+        self._flushing_descriptor = -1
         self._folders: list[Path] = []
         """Folders whose entries must reach the disk after the rename: the file's own, and the
         parent of each folder this upload created."""
@@ -83,9 +99,7 @@ class _StagedFile:
         self._file: IO[bytes] | None = None
         self._written = 0
         self._flushed = 0
-        self._flushed_before = 0
-        """Bytes written; how many of them the kernel was told to start writing to the disk; and
-        where the window before the last began (its pages are on the disk by now, to be dropped)."""
+        """Bytes written, and how many of them a flush has been started for."""
         self._discarded = False
         self._committed = False
         self._lock = threading.Lock()
@@ -117,26 +131,49 @@ class _StagedFile:
             self._file.write(batch)
             self._written += batch.nbytes
             if self._written - self._flushed >= WRITEBACK_BYTES:
-                self._start_writeback()
+                self._write_back()
 
-    def _start_writeback(self) -> None:
-        """Ask the kernel to start writing what we have so far: the disk works while more comes
-        in, so the sync at the end waits for the last few MiB, not the whole file (on a 500 MB
-        upload the sync had been most of the time). POSIX_FADV_DONTNEED starts the writeback of
-        dirty pages and drops the ones already on disk; an upload is not read back soon. Each call
-        covers the new window and the one before it (written back since), not the whole file."""
-        if self._file is None or not hasattr(os, "posix_fadvise"):
+    def _write_back(self) -> None:
+        """Have the disk write what we have so far while more comes in, so the sync at the end
+        waits for the last few MiB, not the whole file (on a 500 MB upload the sync had been
+        most of the time). An fdatasync in a thread of its own, one at a time, on a duplicate of
+        the descriptor that the job closes: asking the kernel to start writing instead
+        (POSIX_FADV_DONTNEED or sync_file_range, no wait) stopped helping whenever both CPUs were
+        busy, and uploads keep them busy. Its pages are then dropped: an upload is not read back
+        soon. A flush that failed fails the upload (its error is reported once, to it)."""
+        if self._threads is None or self._file is None:
             return
+        if self._flushing is not None:
+            if not self._flushing.done():
+                return  # one at a time: the next batch asks again
+            self._flushing.result()
         self._file.flush()
-        with contextlib.suppress(OSError):  # advice only: a filesystem that refuses it still gets the data
-            os.posix_fadvise(self._file.fileno(), self._flushed_before, self._written - self._flushed_before,
-                             os.POSIX_FADV_DONTNEED)
-        self._flushed_before, self._flushed = self._flushed, self._written
+        descriptor = os.dup(self._file.fileno())
+        try:
+            self._flushing = self._threads.submit(_sync_and_drop, descriptor, self._flushed, self._written)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        self._flushing_descriptor = descriptor
+        self._flushed = self._written
+
+    def _end_writeback(self, *, wait: bool) -> None:
+        """A flush not yet started is called off (its descriptor closed here): with every thread
+        busy writing, waiting for it could wait for ever. One in progress is waited for when
+        `wait`, and its error raised."""
+        flushing, self._flushing = self._flushing, None
+        if flushing is None:
+            return
+        if flushing.cancel():
+            os.close(self._flushing_descriptor)
+        elif wait:
+            flushing.result()
 
     def commit(self) -> None:
         with self._lock:
             if self._file is None:
                 raise RuntimeError("the staging file is not open")
+            self._end_writeback(wait=True)
             self._file.flush()
             self.sync(self._file.fileno())
             self._file.close()
@@ -153,6 +190,7 @@ class _StagedFile:
     def discard(self) -> None:
         with self._lock:
             self._discarded = True
+            self._end_writeback(wait=False)
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -186,7 +224,7 @@ class _Upload:
 
     def __init__(self, path: Path, threads: Executor, timeout_s: float) -> None:
         self.loop = asyncio.get_running_loop()
-        self.staged = _StagedFile(path)
+        self.staged = _StagedFile(path, threads)
         self.threads = threads
         self.timeout_s = timeout_s
         self.batches: queue.SimpleQueue[memoryview | bool] = queue.SimpleQueue()  # True: commit, False: stop
